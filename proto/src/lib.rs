@@ -1,0 +1,30 @@
+//! The wire contract of Micro: generated types and tonic clients/servers for
+//! every core service, plus the protobuf descriptor set they were built from.
+//!
+//! This crate holds no logic. It must never depend on another Micro crate.
+
+/// Key/value store service.
+pub mod store {
+    tonic::include_proto!("store");
+}
+
+/// Configuration service.
+pub mod config {
+    tonic::include_proto!("config");
+}
+
+/// Service registry.
+pub mod registry {
+    tonic::include_proto!("registry");
+}
+
+/// The serialized `FileDescriptorSet` of every core service, for gRPC
+/// reflection and for deriving endpoint schemas.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/micro_descriptor.bin"));
+
+/// The gRPC service names (package.Service) of the core services.
+pub const CORE_SERVICES: &[(&str, &str)] = &[
+    ("store", "store.Store"),
+    ("config", "config.Config"),
+    ("registry", "registry.Registry"),
+];

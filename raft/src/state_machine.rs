@@ -1,0 +1,598 @@
+//! The replicated state machine: an ordered key space on a sled tree.
+//!
+//! Layout of the `sm` tree (one tree, so one sled batch makes an entry's
+//! effects and the new `last_applied` atomic):
+//!
+//! * `d` + key                      -> bincode [`Record`]
+//! * `x` + expires_at (BE u64) + key -> empty (the expiry index)
+//! * `q` + prefix                   -> next sequence number (BE u64)
+//! * `m` + name                     -> metadata: last applied log id, membership
+//!
+//! Apply uses no clock and no randomness: expiry is judged against the `now`
+//! carried in each transaction. The state machine knows nothing of services.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, RwLock};
+
+use crate::txn::{sequence_key, Cond, Millis, Op, Record, Txn, TxnResult};
+use crate::{BasicNode, NodeId, TypeConfig};
+
+const DATA: u8 = b'd';
+const EXPIRY: u8 = b'x';
+const SEQ: u8 = b'q';
+const META_APPLIED: &[u8] = b"mapplied";
+const META_MEMBERSHIP: &[u8] = b"mmembership";
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
+
+type SErr = StorageError<NodeId>;
+
+/// A change the state machine applied, for watchers of a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A key was written.
+    Put { key: Vec<u8>, record: Record },
+    /// A key was removed (deleted, purged by prefix, or expired).
+    Delete { key: Vec<u8> },
+    /// The whole state was replaced by a snapshot: watchers must re-read.
+    Reset,
+}
+
+fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(DATA);
+    k.extend_from_slice(key);
+    k
+}
+
+fn expiry_key(at: Millis, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 9);
+    k.push(EXPIRY);
+    k.extend_from_slice(&at.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn seq_key(prefix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 1);
+    k.push(SEQ);
+    k.extend_from_slice(prefix);
+    k
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
+    bincode::serialize(v)
+}
+
+fn decode_record(raw: &[u8]) -> Result<Record, crate::Error> {
+    bincode::deserialize(raw).map_err(|e| crate::Error::Storage(format!("corrupt record: {e}")))
+}
+
+/// The smallest key greater than every key that starts with `prefix`, or
+/// `None` when no such key exists (prefix of all 0xFF).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Read access to the applied state. Cheap to clone; safe to use from any
+/// task. Reads never block on apply: sled batches are atomic, so a reader sees
+/// an entry's effects whole or not at all.
+#[derive(Clone)]
+pub struct Reader {
+    tree: sled::Tree,
+}
+
+impl Reader {
+    /// The live record under `key` at time `now`.
+    pub fn get(&self, key: &[u8], now: Millis) -> Result<Option<Record>, crate::Error> {
+        match self.tree.get(data_key(key))? {
+            Some(raw) => {
+                let r = decode_record(&raw)?;
+                Ok((!r.expired(now)).then_some(r))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Live records whose keys start with `prefix`, in key order (or reverse
+    /// order), starting after `after` when given.
+    pub fn scan<'a>(
+        &'a self,
+        prefix: &[u8],
+        now: Millis,
+        reverse: bool,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Record), crate::Error>> + 'a {
+        let start = data_key(prefix);
+        let end = prefix_end(&start);
+        let iter = match end {
+            Some(end) => self.tree.range(start..end),
+            None => self.tree.range(start..),
+        };
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if reverse { Box::new(iter.rev()) } else { Box::new(iter) };
+        iter.filter_map(move |item| match item {
+            Err(e) => Some(Err(e.into())),
+            Ok((k, v)) => match decode_record(&v) {
+                Err(e) => Some(Err(e)),
+                Ok(r) if r.expired(now) => None,
+                Ok(r) => Some(Ok((k[1..].to_vec(), r))),
+            },
+        })
+    }
+
+    /// The distinct path segments directly below `prefix`, where segments end
+    /// at `sep`: for keys `a/x/1`, `a/y/2` and prefix `a/`, yields `x`, `y`.
+    /// Skips from one segment to the next, so it costs one seek per segment
+    /// rather than a pass over every key. Segments with only expired records
+    /// are left out.
+    pub fn children(&self, prefix: &[u8], sep: u8, now: Millis) -> Result<Vec<Vec<u8>>, crate::Error> {
+        let full = data_key(prefix);
+        let end = prefix_end(&full);
+        let mut out = Vec::new();
+        let mut cursor = full.clone();
+        loop {
+            let range = match &end {
+                Some(end) => self.tree.range(cursor.clone()..end.clone()),
+                None => self.tree.range(cursor.clone()..),
+            };
+            let mut next_cursor = None;
+            for item in range {
+                let (k, v) = item?;
+                let rest = &k[full.len()..];
+                let Some(pos) = rest.iter().position(|b| *b == sep) else {
+                    continue; // a key directly under the prefix, no segment
+                };
+                if decode_record(&v)?.expired(now) {
+                    continue;
+                }
+                let segment = rest[..pos].to_vec();
+                let mut skip = full.clone();
+                skip.extend_from_slice(&segment);
+                skip.push(sep + 1);
+                out.push(segment);
+                next_cursor = Some(skip);
+                break;
+            }
+            match next_cursor {
+                Some(c) => cursor = c,
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+/// Writes of one entry, held until the entry is done so that later
+/// operations of the same transaction see earlier ones.
+struct Pending<'a> {
+    tree: &'a sled::Tree,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Pending<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Pending {
+            tree,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, crate::Error> {
+        if let Some(w) = self.writes.get(k) {
+            return Ok(w.clone());
+        }
+        Ok(self.tree.get(k)?.map(|v| v.to_vec()))
+    }
+
+    fn record(&self, key: &[u8], now: Millis) -> Result<Option<Record>, crate::Error> {
+        match self.get(&data_key(key))? {
+            Some(raw) => {
+                let r = decode_record(&raw)?;
+                Ok((!r.expired(now)).then_some(r))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn insert(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.writes.insert(k, Some(v));
+    }
+
+    fn remove(&mut self, k: Vec<u8>) {
+        self.writes.insert(k, None);
+    }
+
+    /// Keys (raw, in the `sm` tree) starting with `prefix`, tree and pending
+    /// writes merged, at most `limit`.
+    fn keys_with_prefix(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, crate::Error> {
+        let mut keys: BTreeMap<Vec<u8>, ()> = BTreeMap::new();
+        let iter = match end {
+            Some(end) => self.tree.range(start.to_vec()..end.to_vec()),
+            None => self.tree.range(start.to_vec()..),
+        };
+        for item in iter {
+            let (k, _) = item?;
+            if keys.len() >= limit {
+                break;
+            }
+            keys.insert(k.to_vec(), ());
+        }
+        for (k, v) in self.writes.range(start.to_vec()..) {
+            if end.is_some_and(|e| k.as_slice() >= e) {
+                break;
+            }
+            match v {
+                Some(_) => {
+                    keys.insert(k.clone(), ());
+                }
+                None => {
+                    keys.remove(k);
+                }
+            }
+        }
+        Ok(keys.into_keys().take(limit).collect())
+    }
+
+    /// Removes a record and its expiry index entry; reports whether it existed.
+    fn delete_record(&mut self, key: &[u8], changes: &mut Vec<Change>) -> Result<bool, crate::Error> {
+        let dk = data_key(key);
+        let Some(raw) = self.get(&dk)? else {
+            return Ok(false);
+        };
+        let old = decode_record(&raw)?;
+        if let Some(at) = old.expires_at {
+            self.remove(expiry_key(at, key));
+        }
+        self.remove(dk);
+        changes.push(Change::Delete { key: key.to_vec() });
+        Ok(true)
+    }
+
+    fn put_record(&mut self, key: &[u8], record: Record, changes: &mut Vec<Change>) -> Result<(), crate::Error> {
+        let dk = data_key(key);
+        if let Some(raw) = self.get(&dk)? {
+            if let Some(at) = decode_record(&raw)?.expires_at {
+                self.remove(expiry_key(at, key));
+            }
+        }
+        if let Some(at) = record.expires_at {
+            self.insert(expiry_key(at, key), Vec::new());
+        }
+        let raw = encode(&record).map_err(|e| crate::Error::Storage(e.to_string()))?;
+        self.insert(dk, raw);
+        changes.push(Change::Put {
+            key: key.to_vec(),
+            record,
+        });
+        Ok(())
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch
+    }
+}
+
+/// Evaluates and applies one transaction at log index `index`.
+fn apply_txn(p: &mut Pending<'_>, txn: &Txn, index: u64, changes: &mut Vec<Change>) -> Result<TxnResult, crate::Error> {
+    let now = txn.now;
+    for (i, cond) in txn.conds.iter().enumerate() {
+        let ok = match cond {
+            Cond::Absent(k) => p.record(k, now)?.is_none(),
+            Cond::Exists(k) => p.record(k, now)?.is_some(),
+            Cond::VersionEq(k, v) => p.record(k, now)?.is_some_and(|r| r.version == *v),
+            Cond::ValueEq(k, v) => p.record(k, now)?.is_some_and(|r| &r.value == v),
+        };
+        if !ok {
+            return Ok(TxnResult {
+                succeeded: false,
+                failed_cond: Some(i as u32),
+                index,
+                ..Default::default()
+            });
+        }
+    }
+    let mut result = TxnResult {
+        succeeded: true,
+        index,
+        ..Default::default()
+    };
+    for op in &txn.ops {
+        match op {
+            Op::Put { key, value, expires_at } => {
+                let record = Record {
+                    value: value.clone(),
+                    version: index,
+                    expires_at: *expires_at,
+                };
+                p.put_record(key, record, changes)?;
+            }
+            Op::Delete { key } => {
+                if p.delete_record(key, changes)? {
+                    result.deleted += 1;
+                }
+            }
+            Op::DeletePrefix { prefix } => {
+                let start = data_key(prefix);
+                let end = prefix_end(&start);
+                for raw in p.keys_with_prefix(&start, end.as_deref(), usize::MAX)? {
+                    if p.delete_record(&raw[1..], changes)? {
+                        result.deleted += 1;
+                    }
+                }
+            }
+            Op::Append { prefix, value, expires_at } => {
+                let sk = seq_key(prefix);
+                let seq = match p.get(&sk)? {
+                    Some(raw) if raw.len() == 8 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&raw);
+                        u64::from_be_bytes(b)
+                    }
+                    _ => 1,
+                };
+                p.insert(sk, (seq + 1).to_be_bytes().to_vec());
+                let key = sequence_key(prefix, seq);
+                let record = Record {
+                    value: value.clone(),
+                    version: index,
+                    expires_at: *expires_at,
+                };
+                p.put_record(&key, record, changes)?;
+                result.appended.push(key);
+            }
+            Op::PurgeExpired { limit } => {
+                let start = [EXPIRY];
+                let end = expiry_key(now.saturating_add(1), b"");
+                for raw in p.keys_with_prefix(&start, Some(&end), *limit as usize)? {
+                    let key = raw[9..].to_vec();
+                    let mut at = [0u8; 8];
+                    at.copy_from_slice(&raw[1..9]);
+                    let at = u64::from_be_bytes(at);
+                    let live = match p.get(&data_key(&key))? {
+                        Some(r) => decode_record(&r)?.expires_at == Some(at),
+                        None => false,
+                    };
+                    if live {
+                        if p.delete_record(&key, changes)? {
+                            result.deleted += 1;
+                        }
+                    } else {
+                        p.remove(raw);
+                    }
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The state machine openraft drives. Also builds and installs snapshots.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: sled::Db,
+    tree: sled::Tree,
+    snap: sled::Tree,
+    /// Apply and snapshot install take it for writing, snapshot builds for
+    /// reading, so a snapshot is a consistent cut of the state.
+    gate: Arc<RwLock<()>>,
+    changes: broadcast::Sender<Arc<Vec<Change>>>,
+}
+
+impl StateMachine {
+    pub(crate) fn open(db: &sled::Db, changes: broadcast::Sender<Arc<Vec<Change>>>) -> Result<Self, crate::Error> {
+        Ok(StateMachine {
+            db: db.clone(),
+            tree: db.open_tree("sm")?,
+            snap: db.open_tree("snapshot")?,
+            gate: Arc::new(RwLock::new(())),
+            changes,
+        })
+    }
+
+    /// A reader over the applied state.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            tree: self.tree.clone(),
+        }
+    }
+
+    fn meta<T: for<'de> Deserialize<'de> + Default>(&self, key: &[u8]) -> Result<T, SErr> {
+        match self.tree.get(key).map_err(|e| StorageIOError::read_state_machine(&e))? {
+            Some(raw) => bincode::deserialize(&raw).map_err(|e| StorageIOError::read_state_machine(&e).into()),
+            None => Ok(T::default()),
+        }
+    }
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), SErr> {
+        Ok((self.meta(META_APPLIED)?, self.meta(META_MEMBERSHIP)?))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<TxnResult>, SErr>
+    where
+        I: IntoIterator<Item = crate::Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let _gate = self.gate.write().await;
+        let mut results = Vec::new();
+        let mut changes = Vec::new();
+        for entry in entries {
+            let mut p = Pending::new(&self.tree);
+            let index = entry.log_id.index;
+            let result = match &entry.payload {
+                EntryPayload::Blank => TxnResult {
+                    succeeded: true,
+                    index,
+                    ..Default::default()
+                },
+                EntryPayload::Normal(txn) => {
+                    apply_txn(&mut p, txn, index, &mut changes).map_err(|e| StorageIOError::apply(entry.log_id, &e))?
+                }
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                    p.insert(META_MEMBERSHIP.to_vec(), encode(&stored).map_err(sm_write_err)?);
+                    TxnResult {
+                        succeeded: true,
+                        index,
+                        ..Default::default()
+                    }
+                }
+            };
+            p.insert(META_APPLIED.to_vec(), encode(&Some(entry.log_id)).map_err(sm_write_err)?);
+            self.tree.apply_batch(p.into_batch()).map_err(sm_write_err)?;
+            results.push(result);
+        }
+        if !changes.is_empty() {
+            // Nobody listening is fine.
+            let _ = self.changes.send(Arc::new(changes));
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let bytes = snapshot.into_inner();
+        let body: SnapshotBody = bincode::deserialize(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        {
+            let _gate = self.gate.write().await;
+            let mut batch = sled::Batch::default();
+            for k in self.tree.iter().keys() {
+                batch.remove(k.map_err(sm_write_err)?);
+            }
+            for (k, v) in body.pairs {
+                batch.insert(k, v);
+            }
+            batch.insert(META_APPLIED, encode(&meta.last_log_id).map_err(sm_write_err)?);
+            batch.insert(META_MEMBERSHIP, encode(&meta.last_membership).map_err(sm_write_err)?);
+            self.tree.apply_batch(batch).map_err(sm_write_err)?;
+        }
+        self.save_snapshot(meta, &bytes).await?;
+        let _ = self.changes.send(Arc::new(vec![Change::Reset]));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let read_err = |e: String| -> SErr { StorageIOError::read_snapshot(None, openraft::AnyError::error(e)).into() };
+        let meta = self.snap.get(SNAP_META).map_err(|e| read_err(e.to_string()))?;
+        let data = self.snap.get(SNAP_DATA).map_err(|e| read_err(e.to_string()))?;
+        match (meta, data) {
+            (Some(meta), Some(data)) => {
+                let meta: SnapshotMeta<NodeId, BasicNode> = bincode::deserialize(&meta).map_err(|e| read_err(e.to_string()))?;
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data.to_vec())),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl StateMachine {
+    /// Keeps `bytes` as the current snapshot, durably.
+    async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, bytes: &[u8]) -> Result<(), SErr> {
+        let err = |e: String| -> SErr { StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e)).into() };
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAP_META, encode(meta).map_err(|e| err(e.to_string()))?);
+        batch.insert(SNAP_DATA, bytes);
+        self.snap.apply_batch(batch).map_err(|e| err(e.to_string()))?;
+        self.db.flush_async().await.map_err(|e| err(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let (bytes, last_applied, membership) = {
+            let _gate = self.gate.read().await;
+            let last_applied: Option<LogId<NodeId>> = self.meta(META_APPLIED)?;
+            let membership: StoredMembership<NodeId, BasicNode> = self.meta(META_MEMBERSHIP)?;
+            let mut pairs = Vec::new();
+            for item in self.tree.iter() {
+                let (k, v) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
+                if k.first() != Some(&b'm') {
+                    pairs.push((k.to_vec(), v.to_vec()));
+                }
+            }
+            let bytes = encode(&SnapshotBody { pairs }).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            (bytes, last_applied, membership)
+        };
+        let snapshot_id = match &last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, crate::txn::now_millis()),
+            None => format!("0-0-{}", crate::txn::now_millis()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        self.save_snapshot(&meta, &bytes).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl Reader {
+    /// The earliest expiry time in the expiry index, if any record expires.
+    pub fn first_expiry(&self) -> Result<Option<Millis>, crate::Error> {
+        let start = [EXPIRY];
+        let end = [EXPIRY + 1];
+        match self.tree.range(start..end).next() {
+            Some(item) => {
+                let (k, _) = item?;
+                let mut at = [0u8; 8];
+                at.copy_from_slice(&k[1..9]);
+                Ok(Some(u64::from_be_bytes(at)))
+            }
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The small transaction language the state machine replicates.
+//!
+//! A [`Txn`] is a list of conditions and a list of operations. If every
+//! condition holds, every operation is applied, atomically; otherwise nothing
+//! changes and the result says which condition failed. The proposer stamps
+//! the transaction with its clock (`now`, unix milliseconds), so applying it
+//! is deterministic: expiry is judged against that stamp, never against the
+//! applying node's clock.
+
+use serde::{Deserialize, Serialize};
+
+/// Unix time in milliseconds.
+pub type Millis = u64;
+
+/// A condition on one key. A record whose expiry is at or before the
+/// transaction's `now` counts as absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cond {
+    /// The key holds no live record.
+    Absent(Vec<u8>),
+    /// The key holds a live record.
+    Exists(Vec<u8>),
+    /// The key's live record has this version (the log index of its last write).
+    VersionEq(Vec<u8>, u64),
+    /// The key's live record has exactly this value.
+    ValueEq(Vec<u8>, Vec<u8>),
+}
+
+/// One change to the key space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Set a key, optionally with an absolute expiry.
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expires_at: Option<Millis>,
+    },
+    /// Remove a key (no error if absent).
+    Delete { key: Vec<u8> },
+    /// Remove every key that starts with `prefix`.
+    DeletePrefix { prefix: Vec<u8> },
+    /// Store `value` under `prefix` followed by the prefix's next sequence
+    /// number, written as 20 zero-padded decimal digits so keys sort in order.
+    Append {
+        prefix: Vec<u8>,
+        value: Vec<u8>,
+        expires_at: Option<Millis>,
+    },
+    /// Delete up to `limit` records whose expiry is at or before the
+    /// transaction's `now`. Proposed by the leader's expiry sweeper.
+    PurgeExpired { limit: u32 },
+}
+
+/// A transaction: all operations apply if and only if all conditions hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub conds: Vec<Cond>,
+    pub ops: Vec<Op>,
+    /// The proposer's clock; [`crate::Replica::write`] fills it when zero.
+    pub now: Millis,
+}
+
+impl Txn {
+    /// A transaction with no conditions.
+    pub fn ops(ops: Vec<Op>) -> Self {
+        Txn {
+            conds: Vec::new(),
+            ops,
+            now: 0,
+        }
+    }
+
+    /// Adds a condition.
+    pub fn when(mut self, cond: Cond) -> Self {
+        self.conds.push(cond);
+        self
+    }
+
+    /// A single put.
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, expires_at: Option<Millis>) -> Self {
+        Txn::ops(vec![Op::Put {
+            key: key.into(),
+            value: value.into(),
+            expires_at,
+        }])
+    }
+
+    /// A single delete.
+    pub fn delete(key: impl Into<Vec<u8>>) -> Self {
+        Txn::ops(vec![Op::Delete { key: key.into() }])
+    }
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResult {
+    /// Whether every condition held (and so the operations were applied).
+    pub succeeded: bool,
+    /// Index of the first condition that failed, when one did.
+    pub failed_cond: Option<u32>,
+    /// The log index the transaction was applied at: the version of every
+    /// record it wrote.
+    pub index: u64,
+    /// For each `Append`, the key it wrote, in operation order.
+    pub appended: Vec<Vec<u8>>,
+    /// Number of records removed by deletes and purges.
+    pub deleted: u64,
+}
+
+/// A stored record as reads see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub value: Vec<u8>,
+    /// Log index of the write that produced this value.
+    pub version: u64,
+    pub expires_at: Option<Millis>,
+}
+
+impl Record {
+    /// Whether the record is expired at time `now`.
+    pub fn expired(&self, now: Millis) -> bool {
+        matches!(self.expires_at, Some(t) if t <= now)
+    }
+}
+
+/// The key an `Append` writes for a prefix and sequence number.
+pub fn sequence_key(prefix: &[u8], seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 20);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(format!("{seq:020}").as_bytes());
+    key
+}
+
+/// The current unix time in milliseconds.
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
