@@ -20,7 +20,8 @@ pub mod registry {
 
 /// The serialized `FileDescriptorSet` of every core service, for gRPC
 /// reflection and for deriving endpoint schemas.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/micro_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/micro_descriptor.bin"));
 
 /// The gRPC service names (package.Service) of the core services.
 pub const CORE_SERVICES: &[(&str, &str)] = &[

@@ -52,7 +52,10 @@ pub enum Error {
     #[error("storage error: {0}")]
     Storage(String),
     #[error("this node is not the leader (the leader is node {leader_id} at {leader_addr})")]
-    NotLeader { leader_id: NodeId, leader_addr: String },
+    NotLeader {
+        leader_id: NodeId,
+        leader_addr: String,
+    },
     #[error("no leader is elected: the cluster has no quorum")]
     NoLeader,
     #[error("the replicated state is shutting down")]
@@ -160,7 +163,13 @@ impl Replica {
                 .await
                 .map_err(|e| Error::Raft(e.to_string()))?;
         } else {
-            let voters: BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.voter_ids().collect();
+            let voters: BTreeSet<NodeId> = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .voter_ids()
+                .collect();
             if voters.len() == 1 && voters.contains(&self.id) {
                 self.raft.trigger().elect().await.map_err(fatal)?;
             }
@@ -234,7 +243,9 @@ impl Replica {
                         _ => return Err(Error::NoLeader),
                     }
                 }
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => return Err(Error::NoLeader),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    return Err(Error::NoLeader)
+                }
                 Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
             }
         }
@@ -283,7 +294,10 @@ impl Replica {
                         continue;
                     }
                 }
-                match me.write(Txn::ops(vec![Op::PurgeExpired { limit: 1000 }])).await {
+                match me
+                    .write(Txn::ops(vec![Op::PurgeExpired { limit: 1000 }]))
+                    .await
+                {
                     Ok(_) | Err(Error::NotLeader { .. }) | Err(Error::NoLeader) => {}
                     Err(Error::Stopped) => return,
                     Err(e) => tracing::warn!("expiry sweep: {e}"),

@@ -48,19 +48,26 @@ impl LogStore {
 
     fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, SErr> {
         match self.meta.get(key).map_err(|e| StorageIOError::read(&e))? {
-            Some(raw) => Ok(Some(bincode::deserialize(&raw).map_err(|e| StorageIOError::read(&e))?)),
+            Some(raw) => Ok(Some(
+                bincode::deserialize(&raw).map_err(|e| StorageIOError::read(&e))?,
+            )),
             None => Ok(None),
         }
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], v: &T) -> Result<(), SErr> {
         let raw = bincode::serialize(v).map_err(|e| StorageIOError::write(&e))?;
-        self.meta.insert(key, raw).map_err(|e| StorageIOError::write(&e))?;
+        self.meta
+            .insert(key, raw)
+            .map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
 
     async fn flush(&self) -> Result<(), SErr> {
-        self.db.flush_async().await.map_err(|e| StorageIOError::write_logs(&e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }
@@ -96,7 +103,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged: Option<LogId<NodeId>> = self.get_meta(LAST_PURGED)?;
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
             Some((_, v)) => {
-                let e: Entry = bincode::deserialize(&v).map_err(|e| StorageIOError::read_logs(&e))?;
+                let e: Entry =
+                    bincode::deserialize(&v).map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(e.log_id)
             }
             None => last_purged,
@@ -113,7 +121,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
         self.put_meta(VOTE, vote)?;
-        self.db.flush_async().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
@@ -141,7 +152,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let raw = bincode::serialize(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.insert(&index_key(entry.log_id.index), raw);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let flushed = self.db.flush_async().await;
         match flushed {
             Ok(_) => callback.log_io_completed(Ok(())),
@@ -159,7 +172,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for k in self.log.range(index_key(log_id.index)..).keys() {
             batch.remove(k.map_err(|e| StorageIOError::write_logs(&e))?);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush().await
     }
 
@@ -174,7 +189,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             debug_assert!(index_of(&k) <= log_id.index);
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush().await
     }
 }

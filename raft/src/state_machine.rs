@@ -39,8 +39,12 @@ type SErr = StorageError<NodeId>;
 /// A change the state machine applied, for watchers of a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A key was written.
-    Put { key: Vec<u8>, record: Record },
+    /// A key was written; `created` when it held no live record before.
+    Put {
+        key: Vec<u8>,
+        record: Record,
+        created: bool,
+    },
     /// A key was removed (deleted, purged by prefix, or expired).
     Delete { key: Vec<u8> },
     /// The whole state was replaced by a snapshot: watchers must re-read.
@@ -124,8 +128,11 @@ impl Reader {
             Some(end) => self.tree.range(start..end),
             None => self.tree.range(start..),
         };
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if reverse { Box::new(iter.rev()) } else { Box::new(iter) };
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if reverse {
+            Box::new(iter.rev())
+        } else {
+            Box::new(iter)
+        };
         iter.filter_map(move |item| match item {
             Err(e) => Some(Err(e.into())),
             Ok((k, v)) => match decode_record(&v) {
@@ -141,7 +148,12 @@ impl Reader {
     /// Skips from one segment to the next, so it costs one seek per segment
     /// rather than a pass over every key. Segments with only expired records
     /// are left out.
-    pub fn children(&self, prefix: &[u8], sep: u8, now: Millis) -> Result<Vec<Vec<u8>>, crate::Error> {
+    pub fn children(
+        &self,
+        prefix: &[u8],
+        sep: u8,
+        now: Millis,
+    ) -> Result<Vec<Vec<u8>>, crate::Error> {
         let full = data_key(prefix);
         let end = prefix_end(&full);
         let mut out = Vec::new();
@@ -219,7 +231,12 @@ impl<'a> Pending<'a> {
 
     /// Keys (raw, in the `sm` tree) starting with `prefix`, tree and pending
     /// writes merged, at most `limit`.
-    fn keys_with_prefix(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, crate::Error> {
+    fn keys_with_prefix(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, crate::Error> {
         let mut keys: BTreeMap<Vec<u8>, ()> = BTreeMap::new();
         let iter = match end {
             Some(end) => self.tree.range(start.to_vec()..end.to_vec()),
@@ -249,7 +266,11 @@ impl<'a> Pending<'a> {
     }
 
     /// Removes a record and its expiry index entry; reports whether it existed.
-    fn delete_record(&mut self, key: &[u8], changes: &mut Vec<Change>) -> Result<bool, crate::Error> {
+    fn delete_record(
+        &mut self,
+        key: &[u8],
+        changes: &mut Vec<Change>,
+    ) -> Result<bool, crate::Error> {
         let dk = data_key(key);
         let Some(raw) = self.get(&dk)? else {
             return Ok(false);
@@ -263,10 +284,19 @@ impl<'a> Pending<'a> {
         Ok(true)
     }
 
-    fn put_record(&mut self, key: &[u8], record: Record, changes: &mut Vec<Change>) -> Result<(), crate::Error> {
+    fn put_record(
+        &mut self,
+        key: &[u8],
+        record: Record,
+        now: Millis,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), crate::Error> {
         let dk = data_key(key);
+        let mut created = true;
         if let Some(raw) = self.get(&dk)? {
-            if let Some(at) = decode_record(&raw)?.expires_at {
+            let old = decode_record(&raw)?;
+            created = old.expired(now);
+            if let Some(at) = old.expires_at {
                 self.remove(expiry_key(at, key));
             }
         }
@@ -278,6 +308,7 @@ impl<'a> Pending<'a> {
         changes.push(Change::Put {
             key: key.to_vec(),
             record,
+            created,
         });
         Ok(())
     }
@@ -295,7 +326,12 @@ impl<'a> Pending<'a> {
 }
 
 /// Evaluates and applies one transaction at log index `index`.
-fn apply_txn(p: &mut Pending<'_>, txn: &Txn, index: u64, changes: &mut Vec<Change>) -> Result<TxnResult, crate::Error> {
+fn apply_txn(
+    p: &mut Pending<'_>,
+    txn: &Txn,
+    index: u64,
+    changes: &mut Vec<Change>,
+) -> Result<TxnResult, crate::Error> {
     let now = txn.now;
     for (i, cond) in txn.conds.iter().enumerate() {
         let ok = match cond {
@@ -320,13 +356,17 @@ fn apply_txn(p: &mut Pending<'_>, txn: &Txn, index: u64, changes: &mut Vec<Chang
     };
     for op in &txn.ops {
         match op {
-            Op::Put { key, value, expires_at } => {
+            Op::Put {
+                key,
+                value,
+                expires_at,
+            } => {
                 let record = Record {
                     value: value.clone(),
                     version: index,
                     expires_at: *expires_at,
                 };
-                p.put_record(key, record, changes)?;
+                p.put_record(key, record, now, changes)?;
             }
             Op::Delete { key } => {
                 if p.delete_record(key, changes)? {
@@ -342,7 +382,11 @@ fn apply_txn(p: &mut Pending<'_>, txn: &Txn, index: u64, changes: &mut Vec<Chang
                     }
                 }
             }
-            Op::Append { prefix, value, expires_at } => {
+            Op::Append {
+                prefix,
+                value,
+                expires_at,
+            } => {
                 let sk = seq_key(prefix);
                 let seq = match p.get(&sk)? {
                     Some(raw) if raw.len() == 8 => {
@@ -359,7 +403,7 @@ fn apply_txn(p: &mut Pending<'_>, txn: &Txn, index: u64, changes: &mut Vec<Chang
                     version: index,
                     expires_at: *expires_at,
                 };
-                p.put_record(&key, record, changes)?;
+                p.put_record(&key, record, now, changes)?;
                 result.appended.push(key);
             }
             Op::PurgeExpired { limit } => {
@@ -406,7 +450,10 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub(crate) fn open(db: &sled::Db, changes: broadcast::Sender<Arc<Vec<Change>>>) -> Result<Self, crate::Error> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        changes: broadcast::Sender<Arc<Vec<Change>>>,
+    ) -> Result<Self, crate::Error> {
         Ok(StateMachine {
             db: db.clone(),
             tree: db.open_tree("sm")?,
@@ -424,8 +471,13 @@ impl StateMachine {
     }
 
     fn meta<T: for<'de> Deserialize<'de> + Default>(&self, key: &[u8]) -> Result<T, SErr> {
-        match self.tree.get(key).map_err(|e| StorageIOError::read_state_machine(&e))? {
-            Some(raw) => bincode::deserialize(&raw).map_err(|e| StorageIOError::read_state_machine(&e).into()),
+        match self
+            .tree
+            .get(key)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?
+        {
+            Some(raw) => bincode::deserialize(&raw)
+                .map_err(|e| StorageIOError::read_state_machine(&e).into()),
             None => Ok(T::default()),
         }
     }
@@ -438,7 +490,9 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> SErr {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), SErr> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), SErr> {
         Ok((self.meta(META_APPLIED)?, self.meta(META_MEMBERSHIP)?))
     }
 
@@ -459,12 +513,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     index,
                     ..Default::default()
                 },
-                EntryPayload::Normal(txn) => {
-                    apply_txn(&mut p, txn, index, &mut changes).map_err(|e| StorageIOError::apply(entry.log_id, &e))?
-                }
+                EntryPayload::Normal(txn) => apply_txn(&mut p, txn, index, &mut changes)
+                    .map_err(|e| StorageIOError::apply(entry.log_id, &e))?,
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                    p.insert(META_MEMBERSHIP.to_vec(), encode(&stored).map_err(sm_write_err)?);
+                    p.insert(
+                        META_MEMBERSHIP.to_vec(),
+                        encode(&stored).map_err(sm_write_err)?,
+                    );
                     TxnResult {
                         succeeded: true,
                         index,
@@ -472,8 +528,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             };
-            p.insert(META_APPLIED.to_vec(), encode(&Some(entry.log_id)).map_err(sm_write_err)?);
-            self.tree.apply_batch(p.into_batch()).map_err(sm_write_err)?;
+            p.insert(
+                META_APPLIED.to_vec(),
+                encode(&Some(entry.log_id)).map_err(sm_write_err)?,
+            );
+            self.tree
+                .apply_batch(p.into_batch())
+                .map_err(sm_write_err)?;
             results.push(result);
         }
         if !changes.is_empty() {
@@ -508,8 +569,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for (k, v) in body.pairs {
                 batch.insert(k, v);
             }
-            batch.insert(META_APPLIED, encode(&meta.last_log_id).map_err(sm_write_err)?);
-            batch.insert(META_MEMBERSHIP, encode(&meta.last_membership).map_err(sm_write_err)?);
+            batch.insert(
+                META_APPLIED,
+                encode(&meta.last_log_id).map_err(sm_write_err)?,
+            );
+            batch.insert(
+                META_MEMBERSHIP,
+                encode(&meta.last_membership).map_err(sm_write_err)?,
+            );
             self.tree.apply_batch(batch).map_err(sm_write_err)?;
         }
         self.save_snapshot(meta, &bytes).await?;
@@ -518,12 +585,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        let read_err = |e: String| -> SErr { StorageIOError::read_snapshot(None, openraft::AnyError::error(e)).into() };
-        let meta = self.snap.get(SNAP_META).map_err(|e| read_err(e.to_string()))?;
-        let data = self.snap.get(SNAP_DATA).map_err(|e| read_err(e.to_string()))?;
+        let read_err = |e: String| -> SErr {
+            StorageIOError::read_snapshot(None, openraft::AnyError::error(e)).into()
+        };
+        let meta = self
+            .snap
+            .get(SNAP_META)
+            .map_err(|e| read_err(e.to_string()))?;
+        let data = self
+            .snap
+            .get(SNAP_DATA)
+            .map_err(|e| read_err(e.to_string()))?;
         match (meta, data) {
             (Some(meta), Some(data)) => {
-                let meta: SnapshotMeta<NodeId, BasicNode> = bincode::deserialize(&meta).map_err(|e| read_err(e.to_string()))?;
+                let meta: SnapshotMeta<NodeId, BasicNode> =
+                    bincode::deserialize(&meta).map_err(|e| read_err(e.to_string()))?;
                 Ok(Some(Snapshot {
                     meta,
                     snapshot: Box::new(Cursor::new(data.to_vec())),
@@ -536,13 +612,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 impl StateMachine {
     /// Keeps `bytes` as the current snapshot, durably.
-    async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, bytes: &[u8]) -> Result<(), SErr> {
-        let err = |e: String| -> SErr { StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e)).into() };
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        bytes: &[u8],
+    ) -> Result<(), SErr> {
+        let err = |e: String| -> SErr {
+            StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
+                .into()
+        };
         let mut batch = sled::Batch::default();
         batch.insert(SNAP_META, encode(meta).map_err(|e| err(e.to_string()))?);
         batch.insert(SNAP_DATA, bytes);
-        self.snap.apply_batch(batch).map_err(|e| err(e.to_string()))?;
-        self.db.flush_async().await.map_err(|e| err(e.to_string()))?;
+        self.snap
+            .apply_batch(batch)
+            .map_err(|e| err(e.to_string()))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| err(e.to_string()))?;
         Ok(())
     }
 }
@@ -560,11 +648,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     pairs.push((k.to_vec(), v.to_vec()));
                 }
             }
-            let bytes = encode(&SnapshotBody { pairs }).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let bytes = encode(&SnapshotBody { pairs })
+                .map_err(|e| StorageIOError::read_state_machine(&e))?;
             (bytes, last_applied, membership)
         };
         let snapshot_id = match &last_applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, crate::txn::now_millis()),
+            Some(id) => format!(
+                "{}-{}-{}",
+                id.leader_id.term,
+                id.index,
+                crate::txn::now_millis()
+            ),
             None => format!("0-0-{}", crate::txn::now_millis()),
         };
         let meta = SnapshotMeta {

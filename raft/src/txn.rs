@@ -77,7 +77,11 @@ impl Txn {
     }
 
     /// A single put.
-    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, expires_at: Option<Millis>) -> Self {
+    pub fn put(
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        expires_at: Option<Millis>,
+    ) -> Self {
         Txn::ops(vec![Op::Put {
             key: key.into(),
             value: value.into(),

@@ -7,8 +7,12 @@ use std::time::Duration;
 use micro_raft::{Change, Cond, Error, Op, Options, Replica, Txn};
 
 async fn replica(dir: &std::path::Path) -> Replica {
-    let r = Replica::open(dir, 1, Options::default()).await.expect("open");
-    r.bootstrap_alone("127.0.0.1:0".into()).await.expect("bootstrap");
+    let r = Replica::open(dir, 1, Options::default())
+        .await
+        .expect("open");
+    r.bootstrap_alone("127.0.0.1:0".into())
+        .await
+        .expect("bootstrap");
     r
 }
 
@@ -26,9 +30,16 @@ async fn put_get_delete_and_versions() {
     let res = r.write(Txn::put("a", "1", None)).await.unwrap();
     assert!(res.succeeded);
     r.linearize().await.unwrap();
-    let rec = r.reader().get(b"a", micro_raft::now_millis()).unwrap().unwrap();
+    let rec = r
+        .reader()
+        .get(b"a", micro_raft::now_millis())
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.value, b"1");
-    assert_eq!(rec.version, res.index, "a record's version is the index of its write");
+    assert_eq!(
+        rec.version, res.index,
+        "a record's version is the index of its write"
+    );
 
     // version-equals guards a compare-and-set
     let stale = r
@@ -37,7 +48,11 @@ async fn put_get_delete_and_versions() {
         .unwrap();
     assert!(!stale.succeeded);
     assert_eq!(stale.failed_cond, Some(0));
-    assert_eq!(value(&r, "a").unwrap(), b"1", "a failed condition changes nothing");
+    assert_eq!(
+        value(&r, "a").unwrap(),
+        b"1",
+        "a failed condition changes nothing"
+    );
     let ok = r
         .write(Txn::put("a", "2", None).when(Cond::VersionEq(b"a".to_vec(), rec.version)))
         .await
@@ -46,11 +61,31 @@ async fn put_get_delete_and_versions() {
     assert_eq!(value(&r, "a").unwrap(), b"2");
 
     // absent / exists / value-equals
-    assert!(!r.write(Txn::put("a", "3", None).when(Cond::Absent(b"a".to_vec()))).await.unwrap().succeeded);
-    assert!(r.write(Txn::put("b", "x", None).when(Cond::Absent(b"b".to_vec()))).await.unwrap().succeeded);
-    assert!(r.write(Txn::delete("b").when(Cond::ValueEq(b"b".to_vec(), b"x".to_vec()))).await.unwrap().succeeded);
+    assert!(
+        !r.write(Txn::put("a", "3", None).when(Cond::Absent(b"a".to_vec())))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    assert!(
+        r.write(Txn::put("b", "x", None).when(Cond::Absent(b"b".to_vec())))
+            .await
+            .unwrap()
+            .succeeded
+    );
+    assert!(
+        r.write(Txn::delete("b").when(Cond::ValueEq(b"b".to_vec(), b"x".to_vec())))
+            .await
+            .unwrap()
+            .succeeded
+    );
     assert_eq!(value(&r, "b"), None);
-    assert!(!r.write(Txn::delete("a").when(Cond::Exists(b"b".to_vec()))).await.unwrap().succeeded);
+    assert!(
+        !r.write(Txn::delete("a").when(Cond::Exists(b"b".to_vec())))
+            .await
+            .unwrap()
+            .succeeded
+    );
     r.shutdown().await;
 }
 
@@ -59,18 +94,44 @@ async fn operations_in_one_txn_see_each_other_and_are_atomic() {
     let dir = tempfile::tempdir().unwrap();
     let r = replica(dir.path()).await;
     let txn = Txn::ops(vec![
-        Op::Put { key: b"p/1".to_vec(), value: b"a".to_vec(), expires_at: None },
-        Op::Put { key: b"p/2".to_vec(), value: b"b".to_vec(), expires_at: None },
-        Op::Put { key: b"q/1".to_vec(), value: b"c".to_vec(), expires_at: None },
-        Op::DeletePrefix { prefix: b"p/".to_vec() },
-        Op::Put { key: b"p/3".to_vec(), value: b"d".to_vec(), expires_at: None },
+        Op::Put {
+            key: b"p/1".to_vec(),
+            value: b"a".to_vec(),
+            expires_at: None,
+        },
+        Op::Put {
+            key: b"p/2".to_vec(),
+            value: b"b".to_vec(),
+            expires_at: None,
+        },
+        Op::Put {
+            key: b"q/1".to_vec(),
+            value: b"c".to_vec(),
+            expires_at: None,
+        },
+        Op::DeletePrefix {
+            prefix: b"p/".to_vec(),
+        },
+        Op::Put {
+            key: b"p/3".to_vec(),
+            value: b"d".to_vec(),
+            expires_at: None,
+        },
     ]);
     let res = r.write(txn).await.unwrap();
     assert_eq!(res.deleted, 2);
     let now = micro_raft::now_millis();
-    let keys: Vec<Vec<u8>> = r.reader().scan(b"", now, false).map(|i| i.unwrap().0).collect();
+    let keys: Vec<Vec<u8>> = r
+        .reader()
+        .scan(b"", now, false)
+        .map(|i| i.unwrap().0)
+        .collect();
     assert_eq!(keys, vec![b"p/3".to_vec(), b"q/1".to_vec()]);
-    let rev: Vec<Vec<u8>> = r.reader().scan(b"", now, true).map(|i| i.unwrap().0).collect();
+    let rev: Vec<Vec<u8>> = r
+        .reader()
+        .scan(b"", now, true)
+        .map(|i| i.unwrap().0)
+        .collect();
     assert_eq!(rev, vec![b"q/1".to_vec(), b"p/3".to_vec()]);
     r.shutdown().await;
 }
@@ -82,7 +143,11 @@ async fn append_assigns_ordered_sequence_keys() {
     let mut keys = Vec::new();
     for i in 0..12 {
         let res = r
-            .write(Txn::ops(vec![Op::Append { prefix: b"ev/".to_vec(), value: vec![i], expires_at: None }]))
+            .write(Txn::ops(vec![Op::Append {
+                prefix: b"ev/".to_vec(),
+                value: vec![i],
+                expires_at: None,
+            }]))
             .await
             .unwrap();
         keys.extend(res.appended);
@@ -94,7 +159,11 @@ async fn append_assigns_ordered_sequence_keys() {
         .scan(b"ev/", micro_raft::now_millis(), false)
         .map(|i| i.unwrap().1.value[0])
         .collect();
-    assert_eq!(values, (0..12).collect::<Vec<u8>>(), "sequence keys sort in append order");
+    assert_eq!(
+        values,
+        (0..12).collect::<Vec<u8>>(),
+        "sequence keys sort in append order"
+    );
     r.shutdown().await;
 }
 
@@ -113,20 +182,30 @@ async fn expired_records_are_hidden_then_purged_by_the_leader() {
     let mut txn = Txn::put("t", "new", None).when(Cond::Absent(b"t".to_vec()));
     txn.now = soon + 1;
     assert!(r.write(txn).await.unwrap().succeeded);
-    r.write(Txn::put("t2", "x", Some(micro_raft::now_millis() + 200))).await.unwrap();
+    r.write(Txn::put("t2", "x", Some(micro_raft::now_millis() + 200)))
+        .await
+        .unwrap();
     let mut changes = r.subscribe();
     // The sweeper removes it from storage: the delete shows as a change.
     let deleted = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let batch = changes.recv().await.unwrap();
-            if batch.iter().any(|c| *c == Change::Delete { key: b"t2".to_vec() }) {
+            if batch.iter().any(|c| {
+                *c == Change::Delete {
+                    key: b"t2".to_vec(),
+                }
+            }) {
                 return;
             }
         }
     })
     .await;
     assert!(deleted.is_ok(), "the expired record was not purged");
-    assert_eq!(r.reader().first_expiry().unwrap(), None, "expiry index emptied");
+    assert_eq!(
+        r.reader().first_expiry().unwrap(),
+        None,
+        "expiry index emptied"
+    );
     assert_eq!(value(&r, "keep").unwrap(), b"y");
     sweeper.abort();
     r.shutdown().await;
@@ -136,7 +215,14 @@ async fn expired_records_are_hidden_then_purged_by_the_leader() {
 async fn children_lists_distinct_segments() {
     let dir = tempfile::tempdir().unwrap();
     let r = replica(dir.path()).await;
-    for k in ["s/db1/t1/a", "s/db1/t2/a", "s/db1/t2/b", "s/db2/t1/a", "s/x", "t/db9/z/a"] {
+    for k in [
+        "s/db1/t1/a",
+        "s/db1/t2/a",
+        "s/db1/t2/b",
+        "s/db2/t1/a",
+        "s/x",
+        "t/db9/z/a",
+    ] {
         r.write(Txn::put(k, "v", None)).await.unwrap();
     }
     let now = micro_raft::now_millis();
@@ -153,14 +239,19 @@ async fn acknowledged_writes_survive_a_restart() {
     {
         let r = replica(dir.path()).await;
         for i in 0..50 {
-            r.write(Txn::put(format!("k{i:02}"), format!("v{i}"), None)).await.unwrap();
+            r.write(Txn::put(format!("k{i:02}"), format!("v{i}"), None))
+                .await
+                .unwrap();
         }
         r.shutdown().await;
     }
     let r = replica(dir.path()).await;
     r.linearize().await.unwrap();
     for i in 0..50 {
-        assert_eq!(value(&r, &format!("k{i:02}")).unwrap(), format!("v{i}").into_bytes());
+        assert_eq!(
+            value(&r, &format!("k{i:02}")).unwrap(),
+            format!("v{i}").into_bytes()
+        );
     }
     // and the sequence counter carried over too
     let res = r.write(Txn::put("after", "restart", None)).await.unwrap();
@@ -171,17 +262,25 @@ async fn acknowledged_writes_survive_a_restart() {
 #[tokio::test]
 async fn snapshot_compacts_the_log_and_restores_on_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options { snapshot_after: 50, ..Options::default() };
+    let opts = Options {
+        snapshot_after: 50,
+        ..Options::default()
+    };
     {
         let r = Replica::open(dir.path(), 1, opts.clone()).await.unwrap();
         r.bootstrap_alone("127.0.0.1:0".into()).await.unwrap();
         for i in 0..200u32 {
-            r.write(Txn::put(format!("k{i:03}"), i.to_string(), None)).await.unwrap();
+            r.write(Txn::put(format!("k{i:03}"), i.to_string(), None))
+                .await
+                .unwrap();
         }
         r.raft().trigger().snapshot().await.unwrap();
         r.raft()
             .wait(Some(Duration::from_secs(10)))
-            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= 200), "snapshot built")
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= 200),
+                "snapshot built",
+            )
             .await
             .expect("snapshot built");
         r.shutdown().await;
@@ -190,7 +289,10 @@ async fn snapshot_compacts_the_log_and_restores_on_restart() {
     r.bootstrap_alone("127.0.0.1:0".into()).await.unwrap();
     r.linearize().await.unwrap();
     for i in [0u32, 99, 199] {
-        assert_eq!(value(&r, &format!("k{i:03}")).unwrap(), i.to_string().into_bytes());
+        assert_eq!(
+            value(&r, &format!("k{i:03}")).unwrap(),
+            i.to_string().into_bytes()
+        );
     }
     r.shutdown().await;
 }
@@ -200,10 +302,12 @@ async fn a_write_without_a_leader_fails_clearly() {
     // A replica that was never bootstrapped has no leader and must say so
     // rather than hang or acknowledge.
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options { leader_wait: Duration::from_millis(300), ..Options::default() };
+    let opts = Options {
+        leader_wait: Duration::from_millis(300),
+        ..Options::default()
+    };
     let r = Replica::open(dir.path(), 1, opts).await.unwrap();
     let err = r.write(Txn::put("a", "b", None)).await.unwrap_err();
     assert!(matches!(err, Error::NoLeader), "{err}");
     r.shutdown().await;
 }
-

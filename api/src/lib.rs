@@ -1,0 +1,217 @@
+//! Micro's HTTP side: the API gateway (`:8080`) and the web dashboard
+//! (`:8082`).
+//!
+//! Architecture invariant: this crate never imports the node. Everything it
+//! needs from the node comes through the [`Backend`] trait, so the HTTP layer
+//! can be tested against a fake backend and the node can change underneath.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+/// A registered service as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub version: String,
+    pub nodes: usize,
+    pub endpoints: Vec<String>,
+}
+
+/// This node's place in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeSummary {
+    pub id: u64,
+    pub role: String,
+    pub term: u64,
+    pub applied_index: u64,
+    pub leader: Option<u64>,
+}
+
+/// What the HTTP side needs from the node.
+pub trait Backend: Send + Sync + 'static {
+    /// The running version of Micro.
+    fn version(&self) -> &str;
+    /// This node's Raft state.
+    fn node(&self) -> NodeSummary;
+    /// The services registered in `namespace`, sorted by name.
+    fn services(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<ServiceSummary>, String>> + Send;
+}
+
+/// The API gateway's routes.
+pub fn gateway<B: Backend>(backend: Arc<B>) -> Router {
+    Router::new()
+        .route("/", get(version::<B>))
+        .with_state(backend)
+}
+
+async fn version<B: Backend>(State(b): State<Arc<B>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "version": b.version() }))
+}
+
+/// The web dashboard's routes.
+pub fn dashboard<B: Backend>(backend: Arc<B>) -> Router {
+    Router::new()
+        .route("/", get(dashboard_page::<B>))
+        .route("/api/services", get(dashboard_services::<B>))
+        .with_state(backend)
+}
+
+#[derive(Deserialize)]
+struct NsQuery {
+    namespace: Option<String>,
+}
+
+fn namespace(q: &NsQuery) -> &str {
+    q.namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(micro::DEFAULT_NAMESPACE)
+}
+
+async fn dashboard_services<B: Backend>(
+    State(b): State<Arc<B>>,
+    Query(q): Query<NsQuery>,
+) -> Response {
+    match b.services(namespace(&q)).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+    }
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn dashboard_page<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<NsQuery>) -> Response {
+    let ns = namespace(&q);
+    let node = b.node();
+    let rows = match b.services(ns).await {
+        Ok(list) if list.is_empty() => "<tr><td colspan=4>No services</td></tr>".to_string(),
+        Ok(list) => list
+            .iter()
+            .map(|s| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&s.name),
+                    escape(&s.version),
+                    s.nodes,
+                    escape(&s.endpoints.join(", "))
+                )
+            })
+            .collect::<String>(),
+        Err(e) => format!(
+            "<tr><td colspan=4>Cannot list services: {}</td></tr>",
+            escape(&e)
+        ),
+    };
+    let leader = node
+        .leader
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "none".into());
+    Html(format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>Micro</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;text-align:left}}</style></head>\
+         <body><h1>Micro</h1><p>version {} &middot; node {} ({}) &middot; term {} &middot; applied {} &middot; leader {}</p>\
+         <h2>Services in namespace {}</h2><table><tr><th>Name</th><th>Version</th><th>Nodes</th><th>Endpoints</th></tr>{}</table>\
+         </body></html>",
+        escape(b.version()),
+        node.id,
+        escape(&node.role),
+        node.term,
+        node.applied_index,
+        leader,
+        escape(ns),
+        rows
+    ))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    struct Fake;
+
+    impl Backend for Fake {
+        fn version(&self) -> &str {
+            "9.9.9"
+        }
+        fn node(&self) -> NodeSummary {
+            NodeSummary {
+                id: 7,
+                role: "leader".into(),
+                term: 2,
+                applied_index: 10,
+                leader: Some(7),
+            }
+        }
+        async fn services(&self, namespace: &str) -> Result<Vec<ServiceSummary>, String> {
+            if namespace != "micro" {
+                return Ok(vec![]);
+            }
+            Ok(vec![ServiceSummary {
+                name: "<store>".into(),
+                version: "1".into(),
+                nodes: 1,
+                endpoints: vec!["Store.Read".into()],
+            }])
+        }
+    }
+
+    async fn body(router: Router, uri: &str) -> (StatusCode, String) {
+        let resp = router
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn root_reports_the_version() {
+        let (status, text) = body(gateway(Arc::new(Fake)), "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(text, r#"{"version":"9.9.9"}"#);
+    }
+
+    #[tokio::test]
+    async fn dashboard_lists_services_escaped() {
+        let (status, text) = body(dashboard(Arc::new(Fake)), "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(text.contains("&lt;store&gt;"), "{text}");
+        assert!(text.contains("Store.Read"));
+        let (_, other) = body(dashboard(Arc::new(Fake)), "/?namespace=other").await;
+        assert!(other.contains("No services"));
+    }
+}

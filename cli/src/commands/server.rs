@@ -1,0 +1,71 @@
+//! `micro server`: runs a node until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+
+use micro_node::ServerOptions;
+
+use crate::args::ServerArgs;
+use crate::errors::Failure;
+
+fn default_data_dir() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".micro").join("server")
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub fn run(args: &ServerArgs) -> Result<(), Failure> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG_LEVEL").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
+        });
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = ServerOptions {
+        data_dir: args.data_dir.clone().unwrap_or_else(default_data_dir),
+        api_address: args.api_address.clone(),
+        proxy_address: args.proxy_address.clone(),
+        web_address: args.web_address.clone(),
+        cluster_address: args.cluster_address.clone(),
+        config_secret_key: args.config_secret_key.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::msg(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async move {
+        let shutdown = async {
+            terminated().await;
+            // A second signal while shutting down stops at once.
+            tokio::spawn(async {
+                terminated().await;
+                std::process::exit(130);
+            });
+        };
+        micro_node::run(opts, shutdown).await
+    })
+    .map_err(|e| Failure::msg(format!("micro server: {e}")))
+}

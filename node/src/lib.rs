@@ -1,0 +1,21 @@
+//! The Micro server: one node of a Micro cluster.
+//!
+//! Each building-block service is a module in [`services`] that translates its
+//! gRPC API into transactions on the replicated state (`micro-raft`).
+//! [`server`] is the composition root: it opens the data directory, starts
+//! Raft, binds the gRPC endpoint, the API gateway and the dashboard, registers
+//! the node's own services and shuts everything down in order.
+//!
+//! Architecture invariant: services never talk to sled or openraft directly;
+//! they go through [`micro_raft::Replica`]. Nothing here reads a terminal.
+
+mod backend;
+mod grpc;
+pub mod secrets;
+pub mod server;
+pub mod services;
+
+pub use server::{run, ServerError, ServerOptions};
+
+/// The version of Micro this node runs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

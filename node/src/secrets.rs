@@ -1,0 +1,139 @@
+//! The key that encrypts config secrets at rest, and the AEAD that uses it
+//! (XChaCha20-Poly1305, a fresh random nonce per value).
+//!
+//! The key is `MICRO_CONFIG_SECRET_KEY` / `--config-secret-key` when given
+//! (any string; its SHA-256 is the key), else 32 random bytes generated at
+//! first start and kept in `<data-dir>/config-secret.key`, mode 0600.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+const KEY_FILE: &str = "config-secret.key";
+const AAD: &[u8] = b"micro config secret v1";
+
+/// Seals and opens secret values.
+pub struct SecretBox {
+    cipher: XChaCha20Poly1305,
+}
+
+/// A sealed value could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decrypt a secret: it was sealed with another key or is corrupt")]
+pub struct OpenError;
+
+impl SecretBox {
+    /// A box keyed by the SHA-256 of `key`.
+    pub fn from_passphrase(key: &str) -> SecretBox {
+        let digest = Sha256::digest(key.as_bytes());
+        SecretBox {
+            cipher: XChaCha20Poly1305::new(&digest),
+        }
+    }
+
+    /// The configured key, or the one kept in `data_dir` (made on first use).
+    pub fn load(data_dir: &Path, configured: Option<&str>) -> std::io::Result<SecretBox> {
+        if let Some(k) = configured.filter(|k| !k.is_empty()) {
+            return Ok(SecretBox::from_passphrase(k));
+        }
+        let path = data_dir.join(KEY_FILE);
+        let key = match std::fs::read_to_string(&path) {
+            Ok(text) => B64
+                .decode(text.trim())
+                .ok()
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "{} does not hold a 32-byte base64 key",
+                        path.display()
+                    ))
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = vec![0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut key);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                f.write_all(B64.encode(&key).as_bytes())?;
+                f.sync_all()?;
+                key
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(SecretBox {
+            cipher: XChaCha20Poly1305::new_from_slice(&key).map_err(std::io::Error::other)?,
+        })
+    }
+
+    /// Encrypts `plain`; the result is base64 of nonce then ciphertext.
+    pub fn seal(&self, plain: &[u8]) -> String {
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: AAD,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+        let mut out = Vec::with_capacity(24 + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        B64.encode(out)
+    }
+
+    /// Decrypts what [`SecretBox::seal`] produced.
+    pub fn open(&self, sealed: &str) -> Result<Vec<u8>, OpenError> {
+        let raw = B64.decode(sealed).map_err(|_| OpenError)?;
+        if raw.len() < 24 {
+            return Err(OpenError);
+        }
+        let (nonce, ct) = raw.split_at(24);
+        self.cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: AAD })
+            .map_err(|_| OpenError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_key_is_kept_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SecretBox::load(dir.path(), None).unwrap();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let sealed = a.seal(b"s3cret");
+        assert!(!sealed.contains("s3cret"));
+        let b = SecretBox::load(dir.path(), None).unwrap();
+        assert_eq!(b.open(&sealed).unwrap(), b"s3cret");
+    }
+
+    #[test]
+    fn another_key_cannot_open() {
+        let a = SecretBox::from_passphrase("one");
+        let b = SecretBox::from_passphrase("two");
+        let sealed = a.seal(b"x");
+        assert!(b.open(&sealed).is_err());
+        assert!(a.open("not base64!").is_err());
+        assert_ne!(a.seal(b"x"), a.seal(b"x"), "each seal uses a fresh nonce");
+    }
+}

@@ -1,0 +1,7 @@
+//! The building-block services a node runs, each a gRPC service over the
+//! replicated state. A new building block is a new module here plus its
+//! `.proto`.
+
+pub mod config;
+pub mod registry;
+pub mod store;
