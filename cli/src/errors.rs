@@ -149,6 +149,16 @@ pub fn clap_exit(e: clap::Error, argv: &[String]) -> ExitCode {
             let missing = context_string(&e, ContextKind::InvalidArg).unwrap_or_default();
             format!("Missing argument: {missing}. {hint}")
         }
+        ErrorKind::InvalidValue => {
+            let value = context_string(&e, ContextKind::InvalidValue).unwrap_or_default();
+            let arg = context_string(&e, ContextKind::InvalidArg).unwrap_or_default();
+            match context_string(&e, ContextKind::ValidValue) {
+                Some(valid) => format!(
+                    "Invalid value '{value}' for '{arg}' [possible values: {valid}]. {hint}"
+                ),
+                None => format!("Invalid value '{value}' for '{arg}'. {hint}"),
+            }
+        }
         _ => {
             // clap's own first line, without its "error: " prefix.
             let rendered = e.render().to_string();

@@ -168,6 +168,6 @@ mod tests {
             .iter()
             .find(|e| e.name == "Registry.GetService")
             .unwrap();
-        assert!(get.metadata.get("stream").is_none());
+        assert!(!get.metadata.contains_key("stream"));
     }
 }

@@ -1,0 +1,156 @@
+//! Environments, help, HTTP endpoints and the one-line errors of bad input.
+
+use crate::harness::{http_get, Home, Server};
+
+#[test]
+fn env_lists_adds_sets_and_deletes() {
+    let home = Home::new();
+    assert_eq!(
+        home.micro(&["env"]).ok(),
+        "* local  127.0.0.1:8081  Local running Micro Server\n"
+    );
+    assert_eq!(home.micro(&["env", "get"]).ok(), "local\n");
+    assert_eq!(home.micro(&["env", "add", "dev", "10.0.0.9"]).ok(), "");
+    assert_eq!(
+        home.micro(&["env", "add", "prod", "10.0.0.1:9000", "the real one"])
+            .ok(),
+        ""
+    );
+    assert_eq!(
+        home.micro(&["env"]).ok(),
+        "  dev    10.0.0.9:8081\n* local  127.0.0.1:8081  Local running Micro Server\n  prod   10.0.0.1:9000   the real one\n"
+    );
+    home.micro(&["env", "set", "dev"]).ok();
+    assert_eq!(home.micro(&["env", "get"]).ok(), "dev\n");
+    home.micro(&["env", "set", "nope"])
+        .fails_with("Environment 'nope' does not exist");
+    home.micro(&["env", "del", "dev"]).fails_with(
+        "Cannot delete the current environment 'dev'; switch with 'micro env set' first",
+    );
+    home.micro(&["env", "del", "prod"]).ok();
+    assert!(!home.micro(&["env"]).ok().contains("prod"));
+    home.micro(&["env", "add", "bad", "host:port"])
+        .fails_with("Invalid address 'host:port': expected HOST or HOST:PORT");
+    // -e picks an environment for one command
+    home.micro(&["-e", "nope", "store", "read", "x"])
+        .fails_with("Environment 'nope' does not exist");
+}
+
+#[test]
+fn bad_command_lines_get_one_clear_line() {
+    let home = Home::new();
+    home.micro(&[])
+        .fails_with("No command provided to micro. Please refer to 'micro --help'");
+    home.micro(&["foo"])
+        .fails_with("Unrecognized micro command: foo. Please refer to 'micro --help'");
+    home.micro(&["config", "foo"]).fails_with(
+        "Unrecognized subcommand for micro config: foo. Please refer to 'micro config --help'",
+    );
+    home.micro(&["store", "write", "--bogus", "k", "v"])
+        .fails_with("Unknown flag: --bogus. Please refer to 'micro store write --help'");
+    home.micro(&["store", "write", "k", "v", "--expiry", "soon"]).fails_with(
+        "Invalid value 'soon' for '--expiry <DURATION>': invalid duration 'soon': use a number and a unit (ms, s, m, h, d), like 10s or 1h30m. Please refer to 'micro store write --help'",
+    );
+    home.micro(&["store", "write", "k"])
+        .fails_with("Missing argument: <VALUE>. Please refer to 'micro store write --help'");
+    home.micro(&["store", "read", "--order", "sideways", "k"]).fails_with(
+        "Invalid value 'sideways' for '--order <ORDER>' [possible values: asc, desc]. Please refer to 'micro store read --help'",
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    let home = Home::new();
+    for args in [
+        vec!["--help"],
+        vec!["server", "--help"],
+        vec!["env", "--help"],
+        vec!["env", "add", "--help"],
+        vec!["store", "--help"],
+        vec!["store", "read", "--help"],
+        vec!["store", "write", "--help"],
+        vec!["store", "list", "--help"],
+        vec!["config", "--help"],
+        vec!["config", "set", "--help"],
+        vec!["services", "--help"],
+    ] {
+        let run = home.micro(&args);
+        assert!(run.ok().contains("Usage: micro"), "{args:?}: {run:?}");
+    }
+    let store = home.micro(&["store", "--help"]);
+    for sub in ["read", "write", "list", "delete", "databases", "tables"] {
+        assert!(
+            store.stdout.contains(sub),
+            "{sub} missing from store --help"
+        );
+    }
+    let server = home.micro(&["server", "--help"]);
+    for flag in [
+        "--data-dir",
+        "--api-address",
+        "--proxy-address",
+        "--web-address",
+        "--cluster-address",
+        "MICRO_DATA_DIR",
+    ] {
+        assert!(
+            server.stdout.contains(flag),
+            "{flag} missing from server --help"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_server_is_named() {
+    let home = Home::new();
+    home.micro(&["env", "add", "dead", "127.0.0.1:1"]).ok();
+    home.micro(&["-e", "dead", "store", "read", "k"])
+        .fails_with("Failed to connect to micro server at 127.0.0.1:1");
+    home.micro(&["-e", "dead", "services"])
+        .fails_with("Failed to connect to micro server at 127.0.0.1:1");
+}
+
+#[test]
+fn http_root_reports_the_version_and_dashboard_lists_services() {
+    let server = Server::start();
+    let (status, body) = http_get(&server.api, "/");
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        format!("{{\"version\":\"{}\"}}", env!("CARGO_PKG_VERSION"))
+    );
+    let (status, page) = http_get(&server.web, "/");
+    assert_eq!(status, 200);
+    for svc in ["config", "registry", "store"] {
+        assert!(
+            page.contains(&format!("<td>{svc}</td>")),
+            "{svc} missing from dashboard: {page}"
+        );
+    }
+}
+
+#[test]
+fn a_busy_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let home = Home::new();
+    let data = home.path().join("d");
+    let run = home.micro(&[
+        "server",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--proxy-address",
+        &addr,
+        "--api-address",
+        "127.0.0.1:0",
+        "--web-address",
+        "127.0.0.1:0",
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.ends_with(&format!(
+            "micro server: cannot listen on {addr} for the gRPC endpoint: Address already in use (os error 98)\n"
+        )),
+        "{run:?}"
+    );
+}

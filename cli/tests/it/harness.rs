@@ -1,0 +1,258 @@
+//! Starts real `micro server` processes on loopback ports chosen by the OS,
+//! with a temporary HOME, and runs the real CLI against them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MICRO: &str = env!("CARGO_BIN_EXE_micro");
+
+/// What a CLI run printed.
+#[derive(Debug)]
+pub struct Run {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: i32,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        &self.stdout
+    }
+
+    /// Asserts failure with exactly this one-line message and nothing on stdout.
+    #[track_caller]
+    pub fn fails_with(&self, message: &str) {
+        assert_ne!(self.code, 0, "command should have failed: {self:?}");
+        assert_eq!(self.stderr, format!("{message}\n"), "{self:?}");
+        assert_eq!(self.stdout, "", "{self:?}");
+    }
+}
+
+/// A temporary HOME for the CLI (its `~/.micro`).
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        Home {
+            dir: tempfile::tempdir().expect("temp home"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `micro ARGS` with this HOME and no MICRO_* variables leaking in.
+    pub fn micro(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(MICRO);
+        cmd.args(args).env("HOME", self.path()).stdin(Stdio::null());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MICRO_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd.output().expect("run micro");
+        Run {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: out.status.code().unwrap_or(-1),
+        }
+    }
+}
+
+/// A running node.
+pub struct Server {
+    pub home: Home,
+    pub data: PathBuf,
+    child: Option<Child>,
+    pub proxy: String,
+    pub api: String,
+    pub web: String,
+    extra: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts a node and makes it the CLI's current environment.
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a node with extra environment variables.
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let home = Home::new();
+        let data = home.path().join("server-data");
+        let mut s = Server {
+            home,
+            data,
+            child: None,
+            proxy: String::new(),
+            api: String::new(),
+            web: String::new(),
+            extra: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        s.spawn();
+        let proxy = s.proxy.clone();
+        s.home.micro(&["env", "add", "test", &proxy]).ok();
+        s.home.micro(&["env", "set", "test"]).ok();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let listen = self.data.join("listen.json");
+        let _ = std::fs::remove_file(&listen);
+        let mut cmd = Command::new(MICRO);
+        cmd.arg("server")
+            .args(["--data-dir", self.data.to_str().unwrap()])
+            .args(["--api-address", "127.0.0.1:0"])
+            .args(["--proxy-address", "127.0.0.1:0"])
+            .args(["--web-address", "127.0.0.1:0"])
+            .args(["--cluster-address", "127.0.0.1:0"])
+            .env("HOME", self.home.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.home.path().join("server.log"))
+                    .unwrap(),
+            ));
+        for (k, v) in &self.extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start micro server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&listen) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    let proxy = v["proxy"].as_str().unwrap().to_string();
+                    if !self.proxy.is_empty() && self.proxy != proxy {
+                        // a restart binds new ports: repoint the environment
+                        self.home.micro(&["env", "set", "local"]).ok();
+                        self.home.micro(&["env", "del", "test"]).ok();
+                        self.home.micro(&["env", "add", "test", &proxy]).ok();
+                        self.home.micro(&["env", "set", "test"]).ok();
+                    }
+                    self.proxy = proxy;
+                    self.api = v["api"].as_str().unwrap().to_string();
+                    self.web = v["web"].as_str().unwrap().to_string();
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("micro server exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "micro server did not become ready: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this node.
+    pub fn micro(&self, args: &[&str]) -> Run {
+        self.home.micro(args)
+    }
+
+    /// A gRPC client in `namespace`.
+    pub async fn client(&self, namespace: &str) -> micro::Client {
+        micro::Client::connect(&self.proxy, namespace)
+            .await
+            .expect("connect")
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .ok();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                c.kill().ok();
+                c.wait().ok();
+                panic!("server did not stop on SIGTERM: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again on the same data directory.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.1 GET, returning status code and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("http response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}

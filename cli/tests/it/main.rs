@@ -1,0 +1,10 @@
+//! End-to-end tests: real `micro server` processes driven by the real CLI
+//! and by gRPC clients. One test binary (fast to link on two cores).
+
+mod harness;
+
+mod basics;
+mod config;
+mod durability;
+mod registry;
+mod store;
