@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 pub use openraft::BasicNode;
 use tokio::sync::broadcast;
 
@@ -203,23 +203,31 @@ impl Replica {
             match self.raft.client_write(txn.clone()).await {
                 Ok(resp) => return Ok(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    match (f.leader_id, f.leader_node) {
-                        (Some(id), Some(node)) if id != self.id => {
-                            return Err(Error::NotLeader {
-                                leader_id: id,
-                                leader_addr: node.addr,
-                            })
-                        }
-                        _ if !waited => {
-                            waited = true;
-                            self.wait_for_leader().await?;
-                        }
-                        _ => return Err(Error::NoLeader),
-                    }
+                    self.no_leader_here(f, &mut waited).await?
                 }
                 Err(RaftError::APIError(e)) => return Err(Error::Raft(e.to_string())),
                 Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
             }
+        }
+    }
+
+    /// Handles "this node does not lead": names the leader when another node
+    /// leads; otherwise waits once for an election, so the caller can retry.
+    async fn no_leader_here(
+        &self,
+        f: ForwardToLeader<NodeId, BasicNode>,
+        waited: &mut bool,
+    ) -> Result<(), Error> {
+        match (f.leader_id, f.leader_node) {
+            (Some(id), Some(node)) if id != self.id => Err(Error::NotLeader {
+                leader_id: id,
+                leader_addr: node.addr,
+            }),
+            _ if !*waited => {
+                *waited = true;
+                self.wait_for_leader().await
+            }
+            _ => Err(Error::NoLeader),
         }
     }
 
@@ -233,19 +241,7 @@ impl Replica {
             match self.raft.ensure_linearizable().await {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    match (f.leader_id, f.leader_node) {
-                        (Some(id), Some(node)) if id != self.id => {
-                            return Err(Error::NotLeader {
-                                leader_id: id,
-                                leader_addr: node.addr,
-                            })
-                        }
-                        _ if !waited => {
-                            waited = true;
-                            self.wait_for_leader().await?;
-                        }
-                        _ => return Err(Error::NoLeader),
-                    }
+                    self.no_leader_here(f, &mut waited).await?
                 }
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
                     return Err(Error::NoLeader)

@@ -18,7 +18,10 @@ use clap::{Parser, Subcommand};
 use micro_proto::store::{ReadRequest, Record, WriteRequest};
 
 #[derive(Parser)]
-#[command(name = "micro-bench", about = "Measure a Micro node's throughput and latency")]
+#[command(
+    name = "micro-bench",
+    about = "Measure a Micro node's throughput and latency"
+)]
 struct Args {
     #[command(subcommand)]
     what: What,
@@ -78,7 +81,12 @@ impl Phase {
 }
 
 /// Runs `clients` loops of `op` for `seconds`, collecting latencies.
-async fn phase<F, Fut>(name: &'static str, clients: Vec<micro::Client>, seconds: u64, op: F) -> Phase
+async fn phase<F, Fut>(
+    name: &'static str,
+    clients: Vec<micro::Client>,
+    seconds: u64,
+    op: F,
+) -> Phase
 where
     F: Fn(micro::Client, usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -153,7 +161,12 @@ async fn start_node() -> Result<(String, tempfile::TempDir), String> {
     Err("the in-process node did not start".into())
 }
 
-async fn store(address: Option<String>, clients: usize, seconds: u64, value_size: usize) -> Result<(), String> {
+async fn store(
+    address: Option<String>,
+    clients: usize,
+    seconds: u64,
+    value_size: usize,
+) -> Result<(), String> {
     let (address, _dir, how) = match address {
         Some(a) => (a, None, "running node"),
         None => {
@@ -166,7 +179,11 @@ async fn store(address: Option<String>, clients: usize, seconds: u64, value_size
     );
     let mut conns = Vec::new();
     for _ in 0..clients.max(1) {
-        conns.push(micro::Client::connect(&address, "bench").await.map_err(|e| e.to_string())?);
+        conns.push(
+            micro::Client::connect(&address, "bench")
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     let value = Arc::new(vec![b'x'; value_size]);
     let writes = {
@@ -205,7 +222,10 @@ async fn store(address: Option<String>, clients: usize, seconds: u64, value_size
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start: {e}");

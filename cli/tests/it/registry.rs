@@ -8,6 +8,19 @@ use tokio_stream::StreamExt;
 
 use crate::harness::Server;
 
+async fn get(client: &micro::Client, name: &str) -> Result<Vec<Service>, tonic::Status> {
+    let req = GetRequest {
+        service: name.into(),
+        options: None,
+    };
+    Ok(client
+        .registry()
+        .get_service(req)
+        .await?
+        .into_inner()
+        .services)
+}
+
 fn greeter(ttl: i64, nodes: &[&str]) -> Service {
     Service {
         name: "greeter".into(),
@@ -38,16 +51,8 @@ async fn the_node_registers_its_own_services_with_endpoints() {
     let s = Server::start();
     assert_eq!(s.micro(&["services"]).ok(), "config\nregistry\nstore\n");
     let client = s.client("micro").await;
-    let got = client
-        .registry()
-        .get_service(GetRequest {
-            service: "store".into(),
-            options: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let svc = &got.services[0];
+    let got = get(&client, "store").await.unwrap();
+    let svc = &got[0];
     assert_eq!(svc.nodes.len(), 1);
     assert_eq!(svc.nodes[0].address, s.proxy);
     let names: Vec<&str> = svc.endpoints.iter().map(|e| e.name.as_str()).collect();
@@ -77,22 +82,10 @@ async fn registrations_expire_without_heartbeats() {
         .register(greeter(2, &["g-1", "g-2"]))
         .await
         .unwrap();
-    let got = client
-        .registry()
-        .get_service(GetRequest {
-            service: "greeter".into(),
-            options: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.services.len(), 1);
-    assert_eq!(
-        got.services[0].nodes.len(),
-        2,
-        "two nodes merged into one service"
-    );
-    assert_eq!(got.services[0].metadata["team"], "core");
+    let got = get(&client, "greeter").await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].nodes.len(), 2, "two nodes merged into one service");
+    assert_eq!(got[0].metadata["team"], "core");
     assert_eq!(
         s.micro(&["services"]).ok(),
         "config\ngreeter\nregistry\nstore\n"
@@ -105,30 +98,11 @@ async fn registrations_expire_without_heartbeats() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let got = client
-        .registry()
-        .get_service(GetRequest {
-            service: "greeter".into(),
-            options: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let ids: Vec<&str> = got.services[0]
-        .nodes
-        .iter()
-        .map(|n| n.id.as_str())
-        .collect();
+    let got = get(&client, "greeter").await.unwrap();
+    let ids: Vec<&str> = got[0].nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(ids, ["g-1"]);
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let err = client
-        .registry()
-        .get_service(GetRequest {
-            service: "greeter".into(),
-            options: None,
-        })
-        .await
-        .unwrap_err();
+    let err = get(&client, "greeter").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert_eq!(s.micro(&["services"]).ok(), "config\nregistry\nstore\n");
 }
@@ -190,16 +164,7 @@ async fn the_registry_is_per_namespace() {
         "greeter\n"
     );
     assert_eq!(s.micro(&["services"]).ok(), "config\nregistry\nstore\n");
-    let err = s
-        .client("micro")
-        .await
-        .registry()
-        .get_service(GetRequest {
-            service: "greeter".into(),
-            options: None,
-        })
-        .await
-        .unwrap_err();
+    let err = get(&s.client("micro").await, "greeter").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
