@@ -5,6 +5,8 @@
 //! needs from the node comes through the [`Backend`] trait, so the HTTP layer
 //! can be tested against a fake backend and the node can change underneath.
 
+pub mod gateway;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -34,6 +36,20 @@ pub struct NodeSummary {
     pub leader: Option<u64>,
 }
 
+/// A call the gateway asks the node to make.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub namespace: String,
+    pub service: String,
+    /// `Service.Method`
+    pub endpoint: String,
+    /// the request as JSON; string values may stand for numbers or booleans
+    /// (query strings and forms carry only text)
+    pub request: serde_json::Value,
+    /// request headers to pass on as metadata
+    pub metadata: Vec<(String, String)>,
+}
+
 /// What the HTTP side needs from the node.
 pub trait Backend: Send + Sync + 'static {
     /// The running version of Micro.
@@ -45,13 +61,21 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         namespace: &str,
     ) -> impl Future<Output = Result<Vec<ServiceSummary>, String>> + Send;
+    /// Calls a service endpoint with a JSON request, returning its JSON reply.
+    fn call(
+        &self,
+        call: Call,
+    ) -> impl Future<Output = Result<serde_json::Value, micro::errors::Error>> + Send;
 }
 
-/// The API gateway's routes.
+/// The API gateway's routes: `GET /` for the version, every other path a
+/// call to a service. CORS is open (any origin, no credentials).
 pub fn gateway<B: Backend>(backend: Arc<B>) -> Router {
     Router::new()
         .route("/", get(version::<B>))
+        .fallback(gateway::handle::<B>)
         .with_state(backend)
+        .layer(tower_http::cors::CorsLayer::permissive())
 }
 
 async fn version<B: Backend>(State(b): State<Arc<B>>) -> Json<serde_json::Value> {
@@ -184,13 +208,26 @@ mod tests {
                 endpoints: vec!["Store.Read".into()],
             }])
         }
+        async fn call(&self, call: Call) -> Result<serde_json::Value, micro::errors::Error> {
+            if call.service != "echo" {
+                return Err(micro::errors::not_found(
+                    &call.service,
+                    format!("service {} not found", call.service),
+                ));
+            }
+            Ok(
+                serde_json::json!({"endpoint": call.endpoint, "request": call.request, "ns": call.namespace,
+                "meta": call.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()}),
+            )
+        }
     }
 
     async fn body(router: Router, uri: &str) -> (StatusCode, String) {
-        let resp = router
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        send(router, Request::get(uri).body(Body::empty()).unwrap()).await
+    }
+
+    async fn send(router: Router, req: Request<Body>) -> (StatusCode, String) {
+        let resp = router.oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
@@ -213,5 +250,64 @@ mod tests {
         assert!(text.contains("Store.Read"));
         let (_, other) = body(dashboard(Arc::new(Fake)), "/?namespace=other").await;
         assert!(other.contains("No services"));
+    }
+
+    #[tokio::test]
+    async fn gateway_calls_route_and_errors_have_the_micro_shape() {
+        let (status, text) = body(gateway(Arc::new(Fake)), "/echo/say-hi?name=Alice").await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["endpoint"], "Echo.SayHi");
+        assert_eq!(v["request"]["name"], "Alice");
+        assert_eq!(v["ns"], "micro");
+
+        let req = Request::post("/echo")
+            .header("micro-namespace", "team")
+            .header("x-trace", "t1")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"name":"Joe"}"#))
+            .unwrap();
+        let (status, text) = send(gateway(Arc::new(Fake)), req).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (v["endpoint"].as_str(), v["ns"].as_str()),
+            (Some("Echo.Call"), Some("team"))
+        );
+        assert!(v["meta"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("x-trace=t1")));
+
+        let (status, text) = body(gateway(Arc::new(Fake)), "/nope/call").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            text,
+            r#"{"id":"nope","code":404,"detail":"service nope not found","status":"Not Found"}"#
+        );
+
+        let req = Request::post("/echo").body(Body::from("{bad")).unwrap();
+        let (status, text) = send(gateway(Arc::new(Fake)), req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains(r#""code":400"#), "{text}");
+
+        let big = vec![b' '; gateway::MAX_BODY + 1];
+        let req = Request::post("/echo").body(Body::from(big)).unwrap();
+        let (status, _) = send(gateway(Arc::new(Fake)), req).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn cors_preflight_is_answered() {
+        let req = Request::builder()
+            .method("OPTIONS")
+            .uri("/echo")
+            .header("origin", "http://example.com")
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .unwrap();
+        let resp = gateway(Arc::new(Fake)).oneshot(req).await.unwrap();
+        assert!(resp.status().is_success());
+        assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     }
 }

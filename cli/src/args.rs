@@ -51,6 +51,15 @@ pub enum Command {
     Config(ConfigArgs),
     /// List the services registered in the namespace
     Services,
+    /// Call a service endpoint with a JSON request
+    Call {
+        /// The service, e.g. helloworld
+        service: String,
+        /// The endpoint, e.g. Helloworld.Call
+        endpoint: String,
+        /// The request as a JSON object (default {})
+        request: Option<String>,
+    },
     #[command(external_subcommand)]
     External(Vec<String>),
 }

@@ -7,7 +7,12 @@ use tonic::{Request, Status};
 /// The namespace a request acts in: the `micro-namespace` metadata, or the
 /// default namespace.
 pub fn namespace<T>(req: &Request<T>) -> Result<String, Status> {
-    match req.metadata().get(micro::NAMESPACE_HEADER) {
+    namespace_of(req.metadata().as_ref())
+}
+
+/// The namespace named by HTTP/2 headers (gRPC metadata), or the default.
+pub fn namespace_of(headers: &http::HeaderMap) -> Result<String, Status> {
+    match headers.get(micro::NAMESPACE_HEADER) {
         None => Ok(micro::DEFAULT_NAMESPACE.to_string()),
         Some(v) => {
             let ns = v

@@ -11,6 +11,7 @@
 
 mod backend;
 mod grpc;
+pub mod router;
 pub mod secrets;
 pub mod server;
 pub mod services;

@@ -28,8 +28,10 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::backend::NodeBackend;
+use crate::router::Router;
 use crate::secrets::SecretBox;
 use crate::services::{config::ConfigService, registry, store::StoreService};
+use tonic::service::Routes;
 
 /// Largest gRPC message the node accepts or sends.
 pub const MAX_MESSAGE: usize = micro::client::MAX_MESSAGE;
@@ -237,8 +239,9 @@ pub async fn run(
             what: "gRPC reflection",
             reason: e.to_string(),
         })?;
-    let grpc = tonic::transport::Server::builder()
-        .add_service(health_service)
+    let router = Router::new(replica.clone());
+    // Core services by their paths; everything else goes to the router.
+    let routes = Routes::new(health_service)
         .add_service(reflection)
         .add_service(
             StoreServer::new(StoreService::new(replica.clone()))
@@ -254,13 +257,22 @@ pub async fn run(
             RegistryServer::new(registry::RegistryService::new(replica.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
+        );
+    let fallback = {
+        let router = router.clone();
+        move |req: http::Request<axum::body::Body>| {
+            let router = router.clone();
+            async move { router.forward(req).await }
+        }
+    };
+    let routes = Routes::from(routes.into_axum_router().fallback(fallback));
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(proxy_l), stopped());
     let grpc = tokio::spawn(grpc);
 
-    let backend = Arc::new(NodeBackend {
-        replica: replica.clone(),
-    });
+    let backend = Arc::new(NodeBackend::new(replica.clone(), router));
     let api =
         axum::serve(api_l, micro_api::gateway(backend.clone())).with_graceful_shutdown(stopped());
     let api = tokio::spawn(async move { api.await });

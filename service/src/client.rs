@@ -74,6 +74,13 @@ impl Client {
         &self.address
     }
 
+    /// A channel for typed clients of any service: calls go through the
+    /// node, which routes them by the gRPC package name (or the
+    /// `micro-service` metadata) to an instance of the service.
+    pub fn channel(&self) -> Conn {
+        self.conn()
+    }
+
     fn conn(&self) -> Conn {
         InterceptedService::new(self.channel.clone(), self.namespace.clone())
     }
@@ -96,4 +103,20 @@ impl Client {
     pub fn registry(&self) -> RegistryClient<Conn> {
         RegistryClient::new(self.conn()).max_decoding_message_size(MAX_MESSAGE)
     }
+}
+
+static DEFAULT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new();
+
+/// The client a service uses: connected once to `MICRO_PROXY_ADDRESS` in
+/// `MICRO_NAMESPACE`.
+pub async fn default() -> Result<&'static Client, Error> {
+    DEFAULT
+        .get_or_try_init(|| async {
+            Client::connect(
+                &crate::env_vars::proxy_address(),
+                &crate::env_vars::namespace(),
+            )
+            .await
+        })
+        .await
 }

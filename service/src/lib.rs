@@ -1,18 +1,42 @@
 //! Micro for service authors and clients.
 //!
-//! Today this crate is the client side: the CLI's environments
-//! ([`env`]), a connection to a node's gRPC endpoint with typed clients for
-//! the core services ([`client`]), and endpoint schemas derived from
-//! protobuf descriptors ([`schema`]).
+//! A service is a few lines: tonic handlers given to a [`Service`], which
+//! serves them, registers them with the node and keeps them registered
+//! ([`service`]); errors with HTTP-style codes ([`errors`]); calls to other
+//! services, typed through [`client::Client::channel`] or with JSON through
+//! [`dynamic`]; the store and config in one call each ([`store`],
+//! [`config`]); the build-script helper ([`build`], feature `build`).
+//!
+//! The CLI uses the same crate: environments ([`env`]), a connection to a
+//! node ([`client`]) and endpoint schemas ([`schema`]).
 //!
 //! Architecture invariant: nothing here knows about terminals or about the
 //! node's internals; it speaks to a node only through its public gRPC API.
 
+#[cfg(feature = "build")]
+pub mod build;
 pub mod client;
+pub mod config;
+pub mod dynamic;
 pub mod env;
+pub mod env_vars;
+pub mod errors;
 pub mod schema;
+pub mod service;
+pub mod signal;
+pub mod store;
 
 pub use client::{Client, Error};
+pub use service::Service;
+
+/// The descriptor set compiled by [`build::compile`] in this crate's build
+/// script, as `&'static [u8]`.
+#[macro_export]
+macro_rules! include_descriptor {
+    () => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/micro_descriptor.bin"))
+    };
+}
 
 /// The namespace used when none is chosen.
 pub const DEFAULT_NAMESPACE: &str = "micro";

@@ -1,5 +1,6 @@
 //! The builtin commands.
 
+pub mod call;
 pub mod config;
 pub mod env;
 pub mod server;
@@ -67,6 +68,11 @@ pub async fn dispatch(cli: &Cli) -> Result<(), Failure> {
         Some(Command::Store(a)) => store::run(ctx, a).await,
         Some(Command::Config(a)) => config::run(ctx, a).await,
         Some(Command::Services) => services::run(ctx).await,
+        Some(Command::Call {
+            service,
+            endpoint,
+            request,
+        }) => call::run(ctx, service, endpoint, request.as_deref()).await,
         Some(Command::External(words)) => {
             let name = words.first().map(String::as_str).unwrap_or_default();
             Err(Failure::msg(format!(

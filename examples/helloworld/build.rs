@@ -1,0 +1,3 @@
+fn main() {
+    micro::build::compile(&["proto/helloworld.proto"]).expect("compile proto/helloworld.proto");
+}

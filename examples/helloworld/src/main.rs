@@ -1,0 +1,58 @@
+//! helloworld: a Micro service with a unary `Call` and a server-streaming
+//! `Stream` endpoint.
+
+use micro::errors;
+use tonic::{Request, Response, Status};
+
+mod proto {
+    tonic::include_proto!("helloworld");
+}
+
+use proto::helloworld_server::{Helloworld, HelloworldServer};
+use proto::{CallRequest, CallResponse, StreamRequest, StreamResponse};
+
+const GREETING: &str = "Hello";
+
+struct Greeter;
+
+#[tonic::async_trait]
+impl Helloworld for Greeter {
+    async fn call(&self, req: Request<CallRequest>) -> Result<Response<CallResponse>, Status> {
+        let name = req.into_inner().name;
+        if name.is_empty() {
+            return Err(errors::bad_request("helloworld", "a name is required").into());
+        }
+        Ok(Response::new(CallResponse {
+            msg: format!("{GREETING} {name}"),
+        }))
+    }
+
+    type StreamStream = tokio_stream::Iter<std::vec::IntoIter<Result<StreamResponse, Status>>>;
+
+    async fn stream(
+        &self,
+        req: Request<StreamRequest>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let count = req.into_inner().count;
+        if !(0..=1000).contains(&count) {
+            return Err(
+                errors::bad_request("helloworld", "count must be between 0 and 1000").into(),
+            );
+        }
+        let replies: Vec<_> = (0..count)
+            .map(|i| Ok(StreamResponse { count: i }))
+            .collect();
+        Ok(Response::new(tokio_stream::iter(replies)))
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let service = micro::Service::new("helloworld")
+        .descriptor(micro::include_descriptor!())
+        .handle(HelloworldServer::new(Greeter));
+    if let Err(e) = service.run().await {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}

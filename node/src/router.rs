@@ -1,0 +1,224 @@
+//! The router: calls for user services that arrive on the node's gRPC
+//! endpoint are forwarded, at the HTTP/2 level and without decoding the
+//! message, to one of the service's registered instances.
+//!
+//! The service is named by the `micro-service` metadata, or else by the
+//! package of the gRPC path (`/greeter.Greeter/Call` -> `greeter`). An
+//! instance is picked at random; a failed attempt (connection refused,
+//! `unavailable`, `deadline exceeded` or `internal` without a reply) is
+//! retried once on another instance. The request is buffered (it is at most
+//! one message under the gRPC size limit) so it can be sent twice; replies
+//! stream straight through.
+//!
+//! Must never: decode a user service's messages, or hold a lock across a
+//! forwarded call.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use micro_proto::registry::Node;
+use micro_raft::{now_millis, Replica};
+use prost::Message;
+use rand::seq::SliceRandom;
+use tonic::Status;
+
+use crate::server::MAX_MESSAGE;
+
+/// Just the nodes of a registration: decoding only field 5 skips the
+/// endpoints and descriptor, which routing does not need.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NodesOnly {
+    #[prost(message, repeated, tag = "5")]
+    nodes: Vec<Node>,
+}
+
+/// Forwards calls to service instances.
+pub struct Router {
+    replica: Replica,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// gRPC status codes after which another instance is tried.
+const RETRYABLE: &[&str] = &["4", "13", "14"];
+
+impl Router {
+    pub fn new(replica: Replica) -> Arc<Router> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+        let http = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        Arc::new(Router { replica, http })
+    }
+
+    /// The addresses of `service`'s live instances in `namespace` (a local,
+    /// possibly stale read: routing tolerates a moment's lag).
+    pub fn instances(&self, namespace: &str, service: &str) -> Result<Vec<String>, Status> {
+        let prefix = format!("registry/{namespace}/{service}/");
+        let mut out = Vec::new();
+        for item in self
+            .replica
+            .reader()
+            .scan(prefix.as_bytes(), now_millis(), false)
+        {
+            let (_, rec) = item.map_err(crate::grpc::status)?;
+            let reg = NodesOnly::decode(rec.value.as_slice())
+                .map_err(|e| Status::internal(e.to_string()))?;
+            out.extend(reg.nodes.into_iter().map(|n| n.address));
+        }
+        Ok(out)
+    }
+
+    /// Forwards one gRPC request; every failure becomes a gRPC status.
+    pub async fn forward(&self, req: Request<Body>) -> Response<Body> {
+        match self.try_forward(req).await {
+            Ok(resp) => resp,
+            Err(status) => status.into_http(),
+        }
+    }
+
+    async fn try_forward(&self, req: Request<Body>) -> Result<Response<Body>, Status> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_string();
+        let service = target_service(&parts.headers, &path)?;
+        let namespace = crate::grpc::namespace_of(&parts.headers)?;
+        let body = axum::body::to_bytes(body, MAX_MESSAGE + 5)
+            .await
+            .map_err(|_| Status::resource_exhausted("the request is larger than 8 MiB"))?;
+        let mut instances = self.instances(&namespace, &service)?;
+        if instances.is_empty() {
+            return Err(Status::not_found(format!("service {service} not found")));
+        }
+        instances.shuffle(&mut rand::thread_rng());
+        let attempts = instances.len().min(2);
+        let mut last = Status::unavailable(format!("no instance of {service} answered"));
+        for (i, addr) in instances.iter().take(attempts).enumerate() {
+            let uri: Uri = format!("http://{addr}{path}")
+                .parse()
+                .map_err(|_| Status::internal(format!("bad instance address {addr}")))?;
+            let mut out = Request::builder().method(parts.method.clone()).uri(uri);
+            for (k, v) in parts.headers.iter() {
+                if k != http::header::HOST {
+                    out = out.header(k, v);
+                }
+            }
+            let out = out
+                .body(Full::new(body.clone()))
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let last_try = i + 1 == attempts;
+            match self.http.request(out).await {
+                Ok(resp) => {
+                    let failed = resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|c| RETRYABLE.contains(&c));
+                    if failed && !last_try {
+                        tracing::debug!("{service} at {addr} failed; trying another instance");
+                        continue;
+                    }
+                    return Ok(resp.map(Body::new));
+                }
+                Err(e) => {
+                    tracing::debug!("{service} at {addr}: {e}");
+                    last = Status::unavailable(format!("service {service} is unavailable: {e}"));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// A call with one encoded request, for the gateway: returns the reply
+    /// messages (one for unary methods, each streamed one otherwise), or the
+    /// status the service (or routing) gave.
+    pub async fn call(
+        &self,
+        namespace: &str,
+        service: &str,
+        path: &str,
+        message: Bytes,
+        metadata: &HeaderMap,
+    ) -> Result<Vec<Bytes>, Status> {
+        let mut req = Request::builder()
+            .method(http::Method::POST)
+            .uri(path)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .header(micro::NAMESPACE_HEADER, namespace)
+            .header("micro-service", service);
+        for (k, v) in metadata.iter() {
+            req = req.header(k, v);
+        }
+        let req = req
+            .body(Body::from(micro::dynamic::frame(&message)))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let resp = self.forward(req).await;
+        if let Some(status) = Status::from_header_map(resp.headers()) {
+            if status.code() != tonic::Code::Ok {
+                return Err(status);
+            }
+        }
+        let collected = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Status::unavailable(format!("the reply broke off: {e}")))?;
+        if let Some(trailers) = collected.trailers() {
+            if let Some(status) = Status::from_header_map(trailers) {
+                if status.code() != tonic::Code::Ok {
+                    return Err(status);
+                }
+            }
+        }
+        micro::dynamic::unframe(collected.to_bytes()).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// The service a call is for: `micro-service` metadata, else the package of
+/// the gRPC path.
+fn target_service(headers: &HeaderMap, path: &str) -> Result<String, Status> {
+    if let Some(v) = headers.get("micro-service").and_then(|v| v.to_str().ok()) {
+        if !v.is_empty() {
+            crate::grpc::check_name("service", v)?;
+            return Ok(v.to_string());
+        }
+    }
+    let grpc_service = path
+        .strip_prefix('/')
+        .and_then(|p| p.split('/').next())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Status::unimplemented(format!("no service at {path}")))?;
+    let name = match grpc_service.rsplit_once('.') {
+        Some((package, _)) => package.to_string(),
+        None => grpc_service.to_ascii_lowercase(),
+    };
+    crate::grpc::check_name("service", &name)?;
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_comes_from_metadata_or_the_package() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            target_service(&h, "/greeter.Greeter/Call").unwrap(),
+            "greeter"
+        );
+        assert_eq!(target_service(&h, "/Greeter/Call").unwrap(), "greeter");
+        h.insert("micro-service", "other".parse().unwrap());
+        assert_eq!(
+            target_service(&h, "/greeter.Greeter/Call").unwrap(),
+            "other"
+        );
+        assert!(target_service(&HeaderMap::new(), "/").is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! The `MICRO_*` variables the runtime hands a service, with their defaults.
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The node's gRPC endpoint (`MICRO_PROXY_ADDRESS`, default `127.0.0.1:8081`).
+pub fn proxy_address() -> String {
+    var("MICRO_PROXY_ADDRESS").unwrap_or_else(|| format!("127.0.0.1:{}", crate::DEFAULT_PROXY_PORT))
+}
+
+/// The namespace to act in (`MICRO_NAMESPACE`, default `micro`).
+pub fn namespace() -> String {
+    var("MICRO_NAMESPACE").unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_string())
+}
+
+/// The name the runtime gave the service (`MICRO_SERVICE_NAME`).
+pub fn service_name() -> Option<String> {
+    var("MICRO_SERVICE_NAME")
+}
+
+/// The version the runtime gave the service (`MICRO_SERVICE_VERSION`).
+pub fn service_version() -> Option<String> {
+    var("MICRO_SERVICE_VERSION")
+}
+
+/// Where the service listens (`MICRO_SERVICE_ADDRESS`, default `127.0.0.1:0`).
+pub fn service_address() -> String {
+    var("MICRO_SERVICE_ADDRESS").unwrap_or_else(|| "127.0.0.1:0".to_string())
+}
