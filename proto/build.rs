@@ -4,7 +4,12 @@
 use prost::Message;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["store.proto", "config.proto", "registry.proto"];
+const PROTOS: &[&str] = &[
+    "store.proto",
+    "config.proto",
+    "registry.proto",
+    "runtime.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;

@@ -51,6 +51,38 @@ pub enum Command {
     Config(ConfigArgs),
     /// List the services registered in the namespace
     Services,
+    /// Create a new service project from the template
+    New {
+        /// The service's name: lowercase letters, digits and '_'
+        name: String,
+        /// Path of the micro framework source to depend on (default: the one this binary was built from)
+        #[arg(long, env = "MICRO_FRAMEWORK_PATH", value_name = "DIR")]
+        framework: Option<PathBuf>,
+    },
+    /// Build and run a service from a folder or a git URL (URL@ref)
+    Run(RunArgs),
+    /// Show the services the runtime runs
+    Status,
+    /// Show a service's logs
+    Logs {
+        name: String,
+        /// How many of the last lines
+        #[arg(short = 'n', long = "lines", default_value_t = 15)]
+        lines: i64,
+        /// Keep following the log
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Stop a service and remove it
+    Kill { name: String },
+    /// Rebuild and restart a service from its folder or source
+    Update {
+        /// The folder it was run from, or the name of a service run from git
+        source: String,
+        /// The service's name (default: the folder's name)
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Call a service endpoint with a JSON request
     Call {
         /// The service, e.g. helloworld
@@ -109,6 +141,39 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub config_secret_key: Option<String>,
+    /// Cargo target dir shared by the services this node builds (default: in the data dir)
+    #[arg(long, env = "MICRO_RUNTIME_TARGET_DIR", value_name = "DIR")]
+    pub runtime_target_dir: Option<PathBuf>,
+    /// How services are built
+    #[arg(
+        long,
+        env = "MICRO_RUNTIME_PROFILE",
+        value_enum,
+        default_value = "release"
+    )]
+    pub runtime_profile: Profile,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    Release,
+    Dev,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A folder (., ./x, ../x) or a git URL with an optional @branch or @commit
+    pub source: String,
+    /// The service's name (default: the folder's or repository's name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Environment for the service, KEY=VALUE (repeatable; after `run`,
+    /// `--env` means this too)
+    #[arg(long = "env-var", value_name = "KEY=VALUE")]
+    pub env_vars: Vec<String>,
+    /// Run this command instead of building a Cargo project
+    #[arg(long)]
+    pub command: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -311,6 +376,39 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// `micro run … --env K=V` sets the service's environment, while `-e/--env`
+/// elsewhere picks the CLI's environment: after the word `run`, a long
+/// `--env` becomes `--env-var` before parsing.
+pub fn rewrite_run_env(argv: Vec<String>) -> Vec<String> {
+    // The first word that is neither a global flag nor its value.
+    let mut i = 1;
+    while i < argv.len() {
+        match argv[i].as_str() {
+            "-e" | "--env" | "-c" | "--config" | "--namespace" => i += 2,
+            a if a.starts_with('-') => i += 1,
+            _ => break,
+        }
+    }
+    let run_at = i;
+    if argv.get(run_at).map(String::as_str) != Some("run") {
+        return argv;
+    }
+    argv.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if i <= run_at {
+                a
+            } else if a == "--env" {
+                "--env-var".to_string()
+            } else if let Some(v) = a.strip_prefix("--env=") {
+                format!("--env-var={v}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +422,26 @@ mod tests {
         assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
         for bad in ["", "abc", "10x", "s", "-1s", "1e400s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn run_env_flags_are_the_services() {
+        let v = |a: &[&str]| rewrite_run_env(a.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            v(&["micro", "run", ".", "--env", "A=1", "--env=B=2"]),
+            ["micro", "run", ".", "--env-var", "A=1", "--env-var=B=2"]
+        );
+        assert_eq!(
+            v(&["micro", "store", "read", "--env", "x"]),
+            ["micro", "store", "read", "--env", "x"]
+        );
+        let parsed =
+            Cli::try_parse_from(v(&["micro", "-e", "n2", "run", ".", "--env", "A=1"])).unwrap();
+        assert_eq!(parsed.env.as_deref(), Some("n2"));
+        match parsed.command {
+            Some(Command::Run(r)) => assert_eq!(r.env_vars, ["A=1"]),
+            other => panic!("{other:?}"),
         }
     }
 

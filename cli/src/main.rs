@@ -7,6 +7,7 @@
 
 mod args;
 mod commands;
+mod dynamic;
 mod errors;
 
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ use args::{Cli, Command};
 use errors::Failure;
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
+    let argv = args::rewrite_run_env(std::env::args().collect());
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(e) => return errors::clap_exit(e, &argv),

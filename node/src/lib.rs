@@ -12,6 +12,7 @@
 mod backend;
 mod grpc;
 pub mod router;
+pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod services;

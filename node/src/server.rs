@@ -20,6 +20,7 @@ use std::time::Duration;
 use micro_proto::config::config_server::ConfigServer;
 use micro_proto::registry::registry_server::RegistryServer;
 use micro_proto::registry::{Node, Options as RegOptions, Service};
+use micro_proto::runtime::runtime_server::RuntimeServer;
 use micro_proto::store::store_server::StoreServer;
 use micro_raft::{Options as RaftOptions, Replica};
 use rand::Rng;
@@ -30,6 +31,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::backend::NodeBackend;
 use crate::router::Router;
 use crate::secrets::SecretBox;
+use crate::services::runtime::{Manager, RuntimeOptions, RuntimeService};
 use crate::services::{config::ConfigService, registry, store::StoreService};
 use tonic::service::Routes;
 
@@ -52,6 +54,11 @@ pub struct ServerOptions {
     pub cluster_address: String,
     /// key for config secrets; generated and kept in the data dir when `None`
     pub config_secret_key: Option<String>,
+    /// the Cargo target dir shared by the services this node builds
+    /// (default `<data-dir>/runtime/target`)
+    pub runtime_target_dir: Option<PathBuf>,
+    /// build services with `--release`
+    pub runtime_release: bool,
 }
 
 /// Why a node could not start or stopped with an error.
@@ -240,6 +247,19 @@ pub async fn run(
             reason: e.to_string(),
         })?;
     let router = Router::new(replica.clone());
+    let runtime = Manager::new(
+        replica.clone(),
+        id,
+        reachable(proxy_addr),
+        &dir,
+        RuntimeOptions {
+            target_dir: opts
+                .runtime_target_dir
+                .clone()
+                .unwrap_or_else(|| dir.join("runtime").join("target")),
+            release: opts.runtime_release,
+        },
+    );
     // Core services by their paths; everything else goes to the router.
     let routes = Routes::new(health_service)
         .add_service(reflection)
@@ -255,6 +275,11 @@ pub async fn run(
         )
         .add_service(
             RegistryServer::new(registry::RegistryService::new(replica.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            RuntimeServer::new(RuntimeService::new(runtime.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         );
@@ -281,6 +306,12 @@ pub async fn run(
 
     let core = core_services(id, &reachable(proxy_addr));
     register_core(&replica, &core).await;
+    {
+        // Services this node ran before it stopped start again; their
+        // builds must not hold up the node.
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.restore().await });
+    }
     let heartbeat = {
         let (replica, core) = (replica.clone(), core.clone());
         tokio::spawn(async move {
@@ -311,6 +342,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     heartbeat.abort();
+    // Services stop first: they deregister through this node on the way out.
+    runtime.shutdown().await;
     for svc in &core {
         let _ = registry::deregister(&replica, micro::DEFAULT_NAMESPACE, svc).await;
     }

@@ -18,6 +18,11 @@ pub mod registry {
     tonic::include_proto!("registry");
 }
 
+/// Build, run and supervise services.
+pub mod runtime {
+    tonic::include_proto!("runtime");
+}
+
 /// The serialized `FileDescriptorSet` of every core service, for gRPC
 /// reflection and for deriving endpoint schemas.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -28,4 +33,5 @@ pub const CORE_SERVICES: &[(&str, &str)] = &[
     ("store", "store.Store"),
     ("config", "config.Config"),
     ("registry", "registry.Registry"),
+    ("runtime", "runtime.Runtime"),
 ];

@@ -24,6 +24,12 @@ pub enum Error {
     Namespace(String),
     #[error("{}", .0.message())]
     Status(#[from] tonic::Status),
+    #[error("Service \"{0}\" not found")]
+    NoService(String),
+    #[error("{0}")]
+    Dynamic(#[from] crate::dynamic::Error),
+    #[error("Service \"{0}\" registered no usable descriptor; it cannot be called with JSON")]
+    NoDescriptor(String),
 }
 
 /// Adds the namespace to every request.
@@ -95,6 +101,95 @@ impl Client {
     /// The Config service.
     pub fn config(&self) -> ConfigClient<Conn> {
         ConfigClient::new(self.conn())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// A service's registration and its parsed descriptor set.
+    pub async fn describe(
+        &self,
+        service: &str,
+    ) -> Result<
+        (
+            micro_proto::registry::Service,
+            prost_reflect::DescriptorPool,
+        ),
+        Error,
+    > {
+        let req = micro_proto::registry::GetRequest {
+            service: service.to_string(),
+            options: None,
+        };
+        let reg = match self.registry().get_service(req).await {
+            Ok(r) => r.into_inner().services.into_iter().next(),
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => return Err(s.into()),
+        }
+        .ok_or_else(|| Error::NoService(service.to_string()))?;
+        if reg.descriptor.is_empty() {
+            return Err(Error::NoDescriptor(service.to_string()));
+        }
+        let pool = prost_reflect::DescriptorPool::decode(reg.descriptor.as_slice())
+            .map_err(|_| Error::NoDescriptor(service.to_string()))?;
+        Ok((reg, pool))
+    }
+
+    /// Sends one encoded request for `method` of `service` through the node;
+    /// returns the encoded replies (one for unary methods).
+    pub async fn call_raw(
+        &self,
+        service: &str,
+        method: &prost_reflect::MethodDescriptor,
+        message: bytes::Bytes,
+    ) -> Result<tonic::Streaming<bytes::Bytes>, Error> {
+        use std::str::FromStr;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_str(&crate::dynamic::path(method))
+            .map_err(|e| crate::dynamic::Error::BadRequest(e.to_string()))?;
+        let mut grpc = tonic::client::Grpc::new(self.channel());
+        grpc.ready()
+            .await
+            .map_err(|_| Error::Connect(self.address.clone()))?;
+        let mut req = tonic::Request::new(message);
+        if let Ok(v) = service.parse() {
+            req.metadata_mut().insert("micro-service", v);
+        }
+        // Every call is made as server-streaming: a unary reply is a stream
+        // of one, and one code path serves both.
+        let resp = grpc
+            .server_streaming(req, path, crate::dynamic::RawCodec)
+            .await?;
+        Ok(resp.into_inner())
+    }
+
+    /// Calls `endpoint` (`Service.Method`) of `service` with a JSON request
+    /// and returns the JSON reply (an array of replies for streaming
+    /// endpoints).
+    pub async fn call(
+        &self,
+        service: &str,
+        endpoint: &str,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        let (_, pool) = self.describe(service).await?;
+        let method = crate::dynamic::method(&pool, service, endpoint)?;
+        let message = crate::dynamic::encode_request(&method, request)?;
+        let mut stream = self.call_raw(service, &method, message).await?;
+        let mut replies = Vec::new();
+        while let Some(msg) = stream.message().await? {
+            replies.push(crate::dynamic::decode_reply(&method, &msg)?);
+        }
+        if method.is_server_streaming() {
+            return Ok(serde_json::Value::Array(replies));
+        }
+        replies
+            .into_iter()
+            .next()
+            .ok_or_else(|| tonic::Status::internal("the service sent no reply").into())
+    }
+
+    /// The Runtime service.
+    pub fn runtime(&self) -> micro_proto::runtime::runtime_client::RuntimeClient<Conn> {
+        micro_proto::runtime::runtime_client::RuntimeClient::new(self.conn())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }

@@ -3,54 +3,28 @@
 //! protobuf request; the node routes the call; replies print as indented
 //! JSON.
 
-use std::str::FromStr;
-
-use bytes::Bytes;
-use micro::dynamic::RawCodec;
-use micro_proto::registry::{GetRequest, Service};
-use prost_reflect::{DescriptorPool, MethodDescriptor};
-use tonic::codegen::http::uri::PathAndQuery;
+use prost_reflect::MethodDescriptor;
 
 use super::{out, Context};
 use crate::errors::Failure;
 
-/// The service's registration (with its descriptor), or the "not found" line.
-pub async fn lookup(client: &micro::Client, service: &str) -> Result<Service, Failure> {
-    let req = GetRequest {
-        service: service.to_string(),
-        options: None,
-    };
-    match client.registry().get_service(req).await {
-        Ok(r) => r
-            .into_inner()
-            .services
-            .into_iter()
-            .next()
-            .ok_or_else(|| Failure::msg(format!("Service \"{service}\" not found"))),
-        Err(s) if s.code() == tonic::Code::NotFound => {
-            Err(Failure::msg(format!("Service \"{service}\" not found")))
+/// A failed call as the user sees it: the service's detail for its own
+/// errors, the client's message otherwise.
+pub fn failure(service: &str, e: micro::Error) -> Failure {
+    match e {
+        micro::Error::Status(s) if s.code() == tonic::Code::Unauthenticated => Failure::from(s),
+        micro::Error::Status(s) => {
+            Failure::msg(micro::errors::Error::from_status(service, &s).detail)
         }
-        Err(s) => Err(s.into()),
+        micro::Error::Connect(addr) => {
+            Failure::msg(format!("Failed to connect to micro server at {addr}"))
+        }
+        other => Failure::msg(other.to_string()),
     }
 }
 
-/// The descriptor pool a registration carries.
-pub fn pool(svc: &Service) -> Result<DescriptorPool, Failure> {
-    if svc.descriptor.is_empty() {
-        return Err(Failure::msg(format!(
-            "Service \"{}\" registered no descriptor; it cannot be called with JSON",
-            svc.name
-        )));
-    }
-    DescriptorPool::decode(svc.descriptor.as_slice()).map_err(|e| {
-        Failure::msg(format!(
-            "Service \"{}\" has an invalid descriptor: {e}",
-            svc.name
-        ))
-    })
-}
-
-/// Calls `method` of `service` with a JSON request; prints each reply.
+/// Calls `method` of `service` with a JSON request; prints each reply as
+/// indented JSON as it arrives.
 pub async fn call_and_print(
     client: &micro::Client,
     service: &str,
@@ -59,45 +33,21 @@ pub async fn call_and_print(
 ) -> Result<(), Failure> {
     let message =
         micro::dynamic::encode_request(method, request).map_err(|e| Failure::msg(e.to_string()))?;
-    let path = PathAndQuery::from_str(&micro::dynamic::path(method))
-        .map_err(|e| Failure::msg(e.to_string()))?;
-    let mut grpc = tonic::client::Grpc::new(client.channel());
-    grpc.ready().await.map_err(|_| {
-        Failure::msg(format!(
-            "Failed to connect to micro server at {}",
-            client.address()
-        ))
-    })?;
-    let mut req = tonic::Request::new(message);
-    if let Ok(v) = service.parse() {
-        req.metadata_mut().insert("micro-service", v);
-    }
-    let error =
-        |s: tonic::Status| Failure::msg(micro::errors::Error::from_status(service, &s).detail);
-    let print = |bytes: &Bytes| -> Result<(), Failure> {
+    let mut stream = client
+        .call_raw(service, method, message)
+        .await
+        .map_err(|e| failure(service, e))?;
+    while let Some(msg) = stream
+        .message()
+        .await
+        .map_err(|s| failure(service, s.into()))?
+    {
         let json =
-            micro::dynamic::decode_reply(method, bytes).map_err(|e| Failure::msg(e.to_string()))?;
+            micro::dynamic::decode_reply(method, &msg).map_err(|e| Failure::msg(e.to_string()))?;
         let text = serde_json::to_string_pretty(&json).map_err(|e| Failure::msg(e.to_string()))?;
-        out(format!("{text}\n").as_bytes())
-    };
-    if method.is_server_streaming() {
-        let mut stream = grpc
-            .server_streaming(req, path, RawCodec)
-            .await
-            .map_err(error)?
-            .into_inner();
-        while let Some(msg) = stream.message().await.map_err(error)? {
-            print(&msg)?;
-        }
-        Ok(())
-    } else {
-        let reply = grpc
-            .unary(req, path, RawCodec)
-            .await
-            .map_err(error)?
-            .into_inner();
-        print(&reply)
+        out(format!("{text}\n").as_bytes())?;
     }
+    Ok(())
 }
 
 /// `micro call SERVICE ENDPOINT [JSON]`.
@@ -116,9 +66,47 @@ pub async fn run(
         return Err(Failure::msg("Invalid JSON request: it must be an object"));
     }
     let client = ctx.connect().await?;
-    let svc = lookup(&client, service).await?;
-    let pool = pool(&svc)?;
+    let (_, pool) = client
+        .describe(service)
+        .await
+        .map_err(|e| failure(service, e))?;
     let method = micro::dynamic::method(&pool, service, endpoint)
         .map_err(|e| Failure::msg(e.to_string()))?;
+    call_and_print(&client, service, &method, &request).await
+}
+
+/// A dynamic command: `micro SERVICE [endpoint words] [--flags]`, where
+/// SERVICE is no builtin. Unknown services are unrecognized commands.
+pub async fn dynamic(ctx: Context, words: &[String]) -> Result<(), Failure> {
+    let Some((service, rest)) = words.split_first() else {
+        return Err(Failure::msg(
+            "No command provided to micro. Please refer to 'micro --help'",
+        ));
+    };
+    let unrecognized = || {
+        Failure::msg(format!(
+            "Unrecognized micro command: {service}. Please refer to 'micro --help'"
+        ))
+    };
+    let client = ctx.connect().await.map_err(|_| unrecognized())?;
+    let (reg, pool) = match client.describe(service).await {
+        Ok(found) => found,
+        Err(micro::Error::NoService(_)) => return Err(unrecognized()),
+        Err(e) => return Err(failure(service, e)),
+    };
+    let (positional, flags) = crate::dynamic::split_args(rest);
+    let words: Vec<&str> = positional.iter().map(String::as_str).collect();
+    let help = flags.iter().any(|f| f == "--help" || f == "-h");
+    if help && words.is_empty() {
+        return out(crate::dynamic::service_help(&reg).as_bytes());
+    }
+    let endpoint = crate::dynamic::endpoint_name(service, &words).map_err(Failure::msg)?;
+    let method = micro::dynamic::method(&pool, service, &endpoint)
+        .map_err(|e| Failure::msg(e.to_string()))?;
+    if help {
+        let word = words.last().copied().unwrap_or("call");
+        return out(crate::dynamic::endpoint_help(service, word, &method.input()).as_bytes());
+    }
+    let request = crate::dynamic::flags_to_json(&method.input(), &flags).map_err(Failure::msg)?;
     call_and_print(&client, service, &method, &request).await
 }

@@ -3,6 +3,8 @@
 pub mod call;
 pub mod config;
 pub mod env;
+pub mod new;
+pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod store;
@@ -73,12 +75,19 @@ pub async fn dispatch(cli: &Cli) -> Result<(), Failure> {
             endpoint,
             request,
         }) => call::run(ctx, service, endpoint, request.as_deref()).await,
-        Some(Command::External(words)) => {
-            let name = words.first().map(String::as_str).unwrap_or_default();
-            Err(Failure::msg(format!(
-                "Unrecognized micro command: {name}. Please refer to 'micro --help'"
-            )))
+        Some(Command::New { name, framework }) => new::run(name, framework.as_deref()),
+        Some(Command::Run(a)) => runtime::run(ctx, a).await,
+        Some(Command::Status) => runtime::status(ctx).await,
+        Some(Command::Logs {
+            name,
+            lines,
+            follow,
+        }) => runtime::logs(ctx, name, *lines, *follow).await,
+        Some(Command::Kill { name }) => runtime::kill(ctx, name).await,
+        Some(Command::Update { source, name }) => {
+            runtime::update(ctx, source, name.as_deref()).await
         }
+        Some(Command::External(words)) => call::dynamic(ctx, words).await,
         Some(Command::Server(_)) | None => unreachable!("handled in main"),
     }
 }

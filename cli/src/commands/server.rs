@@ -51,6 +51,8 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         web_address: args.web_address.clone(),
         cluster_address: args.cluster_address.clone(),
         config_secret_key: args.config_secret_key.clone(),
+        runtime_target_dir: args.runtime_target_dir.clone(),
+        runtime_release: args.runtime_profile == crate::args::Profile::Release,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -20,7 +20,10 @@ fn a_clean_stop_and_start_keeps_everything() {
     s.restart();
     assert_eq!(s.micro(&["store", "read", "k"]).ok(), "v\n");
     assert_eq!(s.micro(&["config", "get", "app.x"]).ok(), "1\n");
-    assert_eq!(s.micro(&["services"]).ok(), "config\nregistry\nstore\n");
+    assert_eq!(
+        s.micro(&["services"]).ok(),
+        "config\nregistry\nruntime\nstore\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,8 +50,16 @@ impl Home {
 
     /// Runs `micro ARGS` with this HOME and no MICRO_* variables leaking in.
     pub fn micro(&self, args: &[&str]) -> Run {
+        self.micro_in(self.path(), args)
+    }
+
+    /// Runs `micro ARGS` in the working directory `dir`.
+    pub fn micro_in(&self, dir: &Path, args: &[&str]) -> Run {
         let mut cmd = Command::new(MICRO);
-        cmd.args(args).env("HOME", self.path()).stdin(Stdio::null());
+        cmd.args(args)
+            .env("HOME", self.path())
+            .current_dir(dir)
+            .stdin(Stdio::null());
         for (k, _) in std::env::vars() {
             if k.starts_with("MICRO_") {
                 cmd.env_remove(k);
@@ -171,6 +179,34 @@ impl Server {
         self.home.micro(args)
     }
 
+    /// Runs the CLI against this node from the working directory `dir`.
+    pub fn micro_in(&self, dir: &Path, args: &[&str]) -> Run {
+        self.home.micro_in(dir, args)
+    }
+
+    /// Polls `micro status` until `pred` holds for the line of `name`.
+    pub fn wait_status(&self, name: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let run = self.micro(&["status"]);
+            let line = run
+                .stdout
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or("")
+                .to_string();
+            if pred(&line) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status of {name} never matched; last: {run:?}\nserver log: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// A gRPC client in `namespace`.
     pub async fn client(&self, namespace: &str) -> micro::Client {
         micro::Client::connect(&self.proxy, namespace)
@@ -255,4 +291,128 @@ fn dechunk(mut body: &str) -> String {
         body = &rest[n + 2..];
     }
     out
+}
+
+/// The build output directory these tests were built into (`target/debug`).
+pub fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    // target/debug/deps/it-xxxx -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// A helloworld instance (the workspace's example binary) registered with
+/// `server`, its stdout kept in a file.
+pub struct Instance {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Instance {
+    pub fn start(server: &Server, tag: &str) -> Instance {
+        let bin = build_dir().join("helloworld");
+        assert!(
+            bin.exists(),
+            "{} is not built (cargo test --workspace builds it)",
+            bin.display()
+        );
+        let log = server.home.path().join(format!("helloworld-{tag}.log"));
+        let child = Command::new(bin)
+            .env("MICRO_PROXY_ADDRESS", &server.proxy)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start helloworld");
+        Instance { child, log }
+    }
+
+    /// How many calls this instance logged.
+    pub fn calls(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("Received Helloworld."))
+            .count()
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `service` has `n` registered nodes.
+pub fn wait_for_nodes(server: &Server, service: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = server.micro(&[
+            "call",
+            "registry",
+            "Registry.GetService",
+            &format!("{{\"service\":\"{service}\"}}"),
+        ]);
+        if run.code == 0 {
+            let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+            let nodes = v["services"].as_array().map(|s| {
+                s.iter()
+                    .map(|s| s["nodes"].as_array().map_or(0, Vec::len))
+                    .sum::<usize>()
+            });
+            if nodes == Some(n) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service} never had {n} nodes: {run:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A minimal HTTP/1.1 request with a body.
+pub fn http_send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may answer (413) before reading a large body.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("http response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
 }

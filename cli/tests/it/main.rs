@@ -7,4 +7,6 @@ mod basics;
 mod config;
 mod durability;
 mod registry;
+mod runtime;
+mod services;
 mod store;

@@ -49,7 +49,10 @@ fn greeter(ttl: i64, nodes: &[&str]) -> Service {
 #[tokio::test]
 async fn the_node_registers_its_own_services_with_endpoints() {
     let s = Server::start();
-    assert_eq!(s.micro(&["services"]).ok(), "config\nregistry\nstore\n");
+    assert_eq!(
+        s.micro(&["services"]).ok(),
+        "config\nregistry\nruntime\nstore\n"
+    );
     let client = s.client("micro").await;
     let got = get(&client, "store").await.unwrap();
     let svc = &got[0];
@@ -88,7 +91,7 @@ async fn registrations_expire_without_heartbeats() {
     assert_eq!(got[0].metadata["team"], "core");
     assert_eq!(
         s.micro(&["services"]).ok(),
-        "config\ngreeter\nregistry\nstore\n"
+        "config\ngreeter\nregistry\nruntime\nstore\n"
     );
     // A heartbeat for one node keeps only that one.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -104,7 +107,10 @@ async fn registrations_expire_without_heartbeats() {
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let err = get(&client, "greeter").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert_eq!(s.micro(&["services"]).ok(), "config\nregistry\nstore\n");
+    assert_eq!(
+        s.micro(&["services"]).ok(),
+        "config\nregistry\nruntime\nstore\n"
+    );
 }
 
 #[tokio::test]
@@ -163,7 +169,10 @@ async fn the_registry_is_per_namespace() {
         s.micro(&["--namespace", "other", "services"]).ok(),
         "greeter\n"
     );
-    assert_eq!(s.micro(&["services"]).ok(), "config\nregistry\nstore\n");
+    assert_eq!(
+        s.micro(&["services"]).ok(),
+        "config\nregistry\nruntime\nstore\n"
+    );
     let err = get(&s.client("micro").await, "greeter").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }

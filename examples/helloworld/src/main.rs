@@ -8,16 +8,19 @@ mod proto {
     tonic::include_proto!("helloworld");
 }
 
-use proto::helloworld_server::{Helloworld, HelloworldServer};
+use proto::helloworld_server::HelloworldServer;
 use proto::{CallRequest, CallResponse, StreamRequest, StreamResponse};
 
 const GREETING: &str = "Hello";
 
-struct Greeter;
+/// The service's handlers. (The trait is named by its path so that no
+/// service name can clash with this struct's.)
+struct Handlers;
 
 #[tonic::async_trait]
-impl Helloworld for Greeter {
+impl proto::helloworld_server::Helloworld for Handlers {
     async fn call(&self, req: Request<CallRequest>) -> Result<Response<CallResponse>, Status> {
+        println!("Received Helloworld.Call request");
         let name = req.into_inner().name;
         if name.is_empty() {
             return Err(errors::bad_request("helloworld", "a name is required").into());
@@ -48,9 +51,10 @@ impl Helloworld for Greeter {
 
 #[tokio::main]
 async fn main() {
+    println!("Starting helloworld");
     let service = micro::Service::new("helloworld")
         .descriptor(micro::include_descriptor!())
-        .handle(HelloworldServer::new(Greeter));
+        .handle(HelloworldServer::new(Handlers));
     if let Err(e) = service.run().await {
         eprintln!("{e}");
         std::process::exit(1);

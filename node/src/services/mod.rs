@@ -4,4 +4,5 @@
 
 pub mod config;
 pub mod registry;
+pub mod runtime;
 pub mod store;

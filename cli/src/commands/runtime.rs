@@ -1,0 +1,331 @@
+//! `micro run`, `status`, `logs`, `kill`, `update`: the runtime, from the CLI.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use micro_proto::runtime::{
+    CreateOptions, CreateRequest, DeleteRequest, LogsRequest, ReadRequest, Service, UpdateRequest,
+};
+
+use super::{columns, out, Context};
+use crate::args::RunArgs;
+use crate::errors::Failure;
+
+/// The largest packed upload (the gRPC limit, less room for the rest).
+const MAX_UPLOAD: usize = 7 * 1024 * 1024;
+
+/// Where a service comes from.
+enum Source {
+    Folder(PathBuf),
+    Git(String),
+}
+
+fn classify(source: &str) -> Result<Source, Failure> {
+    let path = Path::new(source);
+    if path.is_dir() {
+        let dir = path
+            .canonicalize()
+            .map_err(|e| Failure::msg(format!("Cannot read {source}: {e}")))?;
+        return Ok(Source::Folder(dir));
+    }
+    if source.contains("://") || source.starts_with("git@") {
+        return Ok(Source::Git(source.to_string()));
+    }
+    let first = source.split('/').next().unwrap_or_default();
+    if first.contains('.') && source.contains('/') && !source.starts_with('.') {
+        return Ok(Source::Git(format!("https://{source}")));
+    }
+    Err(Failure::msg(format!("No such folder or git URL: {source}")))
+}
+
+/// The name a source gives a service: the folder's or repository's name.
+fn default_name(source: &Source) -> String {
+    match source {
+        Source::Folder(dir) => dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        Source::Git(url) => {
+            let last = url
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
+            let last = last.split('@').next().unwrap_or_default();
+            last.trim_end_matches(".git").to_string()
+        }
+    }
+}
+
+/// Packs a folder as a gzipped tar, leaving out `target/` and `.git/`.
+fn pack(dir: &Path) -> Result<Vec<u8>, Failure> {
+    fn add(
+        tar: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>,
+        root: &Path,
+        dir: &Path,
+    ) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let name = entry.file_name();
+            let kind = entry.file_type()?;
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            if kind.is_dir() {
+                if name == ".git" || (name == "target" && dir == root) {
+                    continue;
+                }
+                tar.append_dir(rel, &path)?;
+                add(tar, root, &path)?;
+            } else if kind.is_file() {
+                tar.append_path_with_name(&path, rel)?;
+            }
+        }
+        Ok(())
+    }
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(enc);
+    tar.follow_symlinks(false);
+    add(&mut tar, dir, dir)
+        .map_err(|e| Failure::msg(format!("Cannot pack {}: {e}", dir.display())))?;
+    let bytes = tar
+        .into_inner()
+        .and_then(|mut gz| {
+            gz.flush()?;
+            gz.finish()
+        })
+        .map_err(|e| Failure::msg(format!("Cannot pack {}: {e}", dir.display())))?;
+    if bytes.len() > MAX_UPLOAD {
+        return Err(Failure::msg(format!(
+            "{} packs to {} bytes; the limit is {MAX_UPLOAD} (7 MiB) — leave build output and data out of it",
+            dir.display(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+async fn pack_async(dir: PathBuf) -> Result<Vec<u8>, Failure> {
+    tokio::task::spawn_blocking(move || pack(&dir))
+        .await
+        .map_err(|e| Failure::msg(e.to_string()))?
+}
+
+fn not_found_is_service(s: tonic::Status) -> Failure {
+    if s.code() == tonic::Code::NotFound {
+        Failure::msg("Service not found")
+    } else {
+        s.into()
+    }
+}
+
+pub async fn run(ctx: Context, a: &RunArgs) -> Result<(), Failure> {
+    let source = classify(&a.source)?;
+    let name = a.name.clone().unwrap_or_else(|| default_name(&source));
+    let (shown, upload) = match &source {
+        Source::Folder(dir) => (dir.display().to_string(), pack_async(dir.clone()).await?),
+        Source::Git(url) => (url.clone(), Vec::new()),
+    };
+    // Until accounts exist, the owner is who ran the CLI.
+    let owner = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_string());
+    let client = ctx.connect().await?;
+    client
+        .runtime()
+        .create(CreateRequest {
+            service: Some(Service {
+                name,
+                version: "latest".into(),
+                source: shown,
+                metadata: HashMap::from([("owner".to_string(), owner)]),
+            }),
+            options: Some(CreateOptions {
+                env: a.env_vars.clone(),
+                command: a.command.clone().unwrap_or_default(),
+            }),
+            upload,
+        })
+        .await?;
+    Ok(())
+}
+
+/// `12s ago`, `3m ago`, `2h ago`, `4d ago`.
+fn ago(unix_secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let d = (now - unix_secs).max(0);
+    match d {
+        0..=59 => format!("{d}s ago"),
+        60..=3599 => format!("{}m ago", d / 60),
+        3600..=86399 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+pub async fn status(ctx: Context) -> Result<(), Failure> {
+    let client = ctx.connect().await?;
+    let mut services = client
+        .runtime()
+        .read(ReadRequest::default())
+        .await?
+        .into_inner()
+        .services;
+    if services.is_empty() {
+        return Ok(());
+    }
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rows = vec![[
+        "NAME", "VERSION", "SOURCE", "STATUS", "BUILD", "UPDATED", "METADATA",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for s in services {
+        let m = &s.metadata;
+        let get = |k: &str| m.get(k).cloned().unwrap_or_default();
+        let mut meta = format!("owner={}, group={}", get("owner"), get("group"));
+        if get("restarts").parse::<u32>().unwrap_or(0) > 0 {
+            meta.push_str(&format!(", restarts={}", get("restarts")));
+        }
+        if let Some(e) = m.get("error") {
+            meta.push_str(&format!(", error={e}"));
+        }
+        let updated = get("updated").parse::<i64>().map(ago).unwrap_or_default();
+        rows.push(vec![
+            s.name,
+            s.version,
+            s.source,
+            get("status"),
+            get("build"),
+            updated,
+            meta,
+        ]);
+    }
+    out(columns(&rows).as_bytes())
+}
+
+pub async fn logs(ctx: Context, name: &str, lines: i64, follow: bool) -> Result<(), Failure> {
+    if lines < 0 {
+        return Err(Failure::msg("The number of lines must not be negative"));
+    }
+    let client = ctx.connect().await?;
+    let mut stream = client
+        .runtime()
+        .logs(LogsRequest {
+            name: name.to_string(),
+            count: lines,
+            stream: follow,
+        })
+        .await
+        .map_err(not_found_is_service)?
+        .into_inner();
+    while let Some(rec) = stream.message().await.map_err(not_found_is_service)? {
+        out(format!("{}\n", rec.message).as_bytes())?;
+    }
+    Ok(())
+}
+
+pub async fn kill(ctx: Context, name: &str) -> Result<(), Failure> {
+    let client = ctx.connect().await?;
+    client
+        .runtime()
+        .delete(DeleteRequest {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(not_found_is_service)?;
+    Ok(())
+}
+
+pub async fn update(ctx: Context, source: &str, name: Option<&str>) -> Result<(), Failure> {
+    let (name, shown, upload) = match classify(source) {
+        Ok(Source::Folder(dir)) => {
+            let name = name
+                .map(str::to_string)
+                .unwrap_or_else(|| default_name(&Source::Folder(dir.clone())));
+            let upload = pack_async(dir.clone()).await?;
+            (name, dir.display().to_string(), upload)
+        }
+        Ok(Source::Git(url)) => {
+            let name = name
+                .map(str::to_string)
+                .unwrap_or_else(|| default_name(&Source::Git(url.clone())));
+            (name, url, Vec::new())
+        }
+        // A plain word names a service that was run from git.
+        Err(_) => (
+            name.unwrap_or(source).to_string(),
+            String::new(),
+            Vec::new(),
+        ),
+    };
+    let client = ctx.connect().await?;
+    client
+        .runtime()
+        .update(UpdateRequest {
+            service: Some(Service {
+                name,
+                source: shown,
+                ..Default::default()
+            }),
+            upload,
+        })
+        .await
+        .map_err(not_found_is_service)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_sources() {
+        assert_eq!(
+            default_name(&Source::Git(
+                "https://github.com/micro/services/helloworld".into()
+            )),
+            "helloworld"
+        );
+        assert_eq!(
+            default_name(&Source::Git("https://h/org/repo.git@main".into())),
+            "repo"
+        );
+        assert_eq!(
+            default_name(&Source::Folder(PathBuf::from("/tmp/greeter"))),
+            "greeter"
+        );
+        assert!(
+            matches!(classify("github.com/micro/services"), Ok(Source::Git(u)) if u == "https://github.com/micro/services")
+        );
+        assert!(classify("./does-not-exist").is_err());
+    }
+
+    #[test]
+    fn packing_leaves_out_build_output_and_git() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        std::fs::create_dir_all(dir.path().join("target/debug")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join("src/main.rs"), "fn main() {}").unwrap();
+        std::fs::write(dir.path().join("target/debug/big"), "x").unwrap();
+        std::fs::write(dir.path().join(".git/HEAD"), "x").unwrap();
+        let bytes = pack(dir.path()).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().to_string())
+            .collect();
+        assert!(names.iter().any(|n| n == "src/main.rs"), "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("target") || n.starts_with(".git")),
+            "{names:?}"
+        );
+    }
+}

@@ -1,0 +1,689 @@
+//! The Runtime service: `micro run`, `status`, `logs`, `kill`, `update`.
+//!
+//! What should run is replicated: `runtime/<ns>/<name>/spec` holds the spec
+//! (source, version, env, command, owning node, build id) and
+//! `runtime/<ns>/<name>/status` the state the owning node reports as its
+//! supervisor changes it, so `micro status` reads the same from any node.
+//! The source itself stays on the owning node under `<data>/runtime/src`,
+//! with logs under `<data>/runtime/logs`; a node restarts the services it
+//! owns when it starts.
+//!
+//! Must never: run a service's build or process on the async runtime's
+//! threads (the supervisor owns them), or unpack an upload outside its
+//! folder.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use micro_proto::runtime::runtime_server::Runtime;
+use micro_proto::runtime::{
+    CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, LogRecord, LogsRequest,
+    ReadRequest, ReadResponse, Service, UpdateRequest, UpdateResponse,
+};
+use micro_raft::{now_millis, Cond, Op, Replica, Txn};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::grpc::{barrier, check_name, namespace, status};
+use crate::runtime::logs;
+use crate::runtime::supervisor::{Build, Spec as ProcSpec, State, Supervisor};
+
+/// Largest unpacked upload.
+const MAX_UNPACKED: u64 = 512 * 1024 * 1024;
+/// Default number of log lines.
+const DEFAULT_LINES: usize = 15;
+
+/// How the runtime builds Cargo projects.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// One target dir for every service, so dependencies compile once.
+    pub target_dir: PathBuf,
+    /// `cargo build --release` (true) or a debug build.
+    pub release: bool,
+}
+
+/// What should run, as replicated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Spec {
+    name: String,
+    version: String,
+    source: String,
+    env: Vec<String>,
+    command: String,
+    owner: String,
+    node: u64,
+    build: String,
+    updated: u64,
+}
+
+/// How it is doing, as the owning node reports it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Reported {
+    status: String,
+    error: String,
+    restarts: u32,
+}
+
+/// `micro.toml`, for services that are not Cargo projects.
+#[derive(Debug, Deserialize)]
+struct MicroToml {
+    build: Option<String>,
+    run: String,
+}
+
+fn spec_key(ns: &str, name: &str) -> Vec<u8> {
+    format!("runtime/{ns}/{name}/spec").into_bytes()
+}
+
+fn status_key(ns: &str, name: &str) -> Vec<u8> {
+    format!("runtime/{ns}/{name}/status").into_bytes()
+}
+
+fn is_git(source: &str) -> bool {
+    source.contains("://") || source.starts_with("git@")
+}
+
+/// Splits `url@ref`: a ref follows an `@` in the last path segment, so
+/// `https://user@host/x` has none and `https://host/x@v1` has `v1`.
+fn split_ref(source: &str) -> (&str, Option<&str>) {
+    let last_segment = source.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match source[last_segment..].rfind('@') {
+        Some(i) => {
+            let at = last_segment + i;
+            (&source[..at], Some(&source[at + 1..]))
+        }
+        None => (source, None),
+    }
+}
+
+/// The services a node supervises.
+pub struct Manager {
+    replica: Replica,
+    node_id: u64,
+    proxy: String,
+    root: PathBuf,
+    opts: RuntimeOptions,
+    running: Mutex<HashMap<String, Supervisor>>,
+}
+
+impl Manager {
+    pub fn new(
+        replica: Replica,
+        node_id: u64,
+        proxy: String,
+        data_dir: &Path,
+        opts: RuntimeOptions,
+    ) -> Arc<Manager> {
+        Arc::new(Manager {
+            replica,
+            node_id,
+            proxy,
+            root: data_dir.join("runtime"),
+            opts,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn src_dir(&self, ns: &str, name: &str) -> PathBuf {
+        self.root.join("src").join(ns).join(name)
+    }
+
+    fn log_file(&self, ns: &str, name: &str) -> PathBuf {
+        self.root.join("logs").join(ns).join(format!("{name}.log"))
+    }
+
+    fn spec(&self, ns: &str, name: &str) -> Result<Option<(Spec, u64)>, Status> {
+        match self
+            .replica
+            .reader()
+            .get(&spec_key(ns, name), now_millis())
+            .map_err(status)?
+        {
+            Some(rec) => {
+                let spec = serde_json::from_slice(&rec.value)
+                    .map_err(|e| Status::internal(format!("corrupt spec: {e}")))?;
+                Ok(Some((spec, rec.version)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Unpacks a gzipped tar into `dir` (created afresh), refusing paths
+    /// that would land outside it.
+    async fn unpack(upload: Vec<u8>, dir: PathBuf) -> Result<(), Status> {
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(upload.as_slice()));
+            let mut total = 0u64;
+            for entry in archive
+                .entries()
+                .map_err(|e| format!("not a gzipped tar: {e}"))?
+            {
+                let mut entry = entry.map_err(|e| format!("corrupt upload: {e}"))?;
+                total += entry.header().size().unwrap_or(0);
+                if total > MAX_UNPACKED {
+                    return Err("the upload unpacks to more than 512 MiB".into());
+                }
+                if !entry
+                    .unpack_in(&dir)
+                    .map_err(|e| format!("cannot unpack: {e}"))?
+                {
+                    return Err("the upload has a path outside its folder".into());
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::invalid_argument)
+    }
+
+    /// Clones a git source into `dir`; returns the short commit id.
+    async fn clone(source: &str, dir: &Path) -> Result<String, Status> {
+        let (url, reference) = split_ref(source);
+        let _ = tokio::fs::remove_dir_all(dir).await;
+        if let Some(parent) = dir.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let git = |args: Vec<&str>| {
+            let mut cmd = tokio::process::Command::new("git");
+            cmd.args(args)
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .kill_on_drop(true);
+            cmd
+        };
+        let dir_s = dir.to_string_lossy().to_string();
+        let out = git(vec!["clone", "--quiet", url, &dir_s])
+            .output()
+            .await
+            .map_err(|e| Status::failed_precondition(format!("cannot run git: {e}")))?;
+        if !out.status.success() {
+            return Err(Status::invalid_argument(format!(
+                "cannot clone {url}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        if let Some(r) = reference {
+            let out = git(vec!["-C", &dir_s, "checkout", "--quiet", r])
+                .output()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if !out.status.success() {
+                return Err(Status::invalid_argument(format!(
+                    "cannot check out {r}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        let out = git(vec!["-C", &dir_s, "rev-parse", "--short", "HEAD"])
+            .output()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// How to build and run the source in `dir`.
+    async fn build_kind(&self, dir: &Path, command: &str, name: &str) -> Result<Build, Status> {
+        if !command.is_empty() {
+            return Ok(Build::Command {
+                build: None,
+                run: command.to_string(),
+            });
+        }
+        if let Ok(text) = tokio::fs::read_to_string(dir.join("micro.toml")).await {
+            let m: MicroToml = toml::from_str(&text)
+                .map_err(|e| Status::invalid_argument(format!("invalid micro.toml: {e}")))?;
+            return Ok(Build::Command {
+                build: m.build,
+                run: m.run,
+            });
+        }
+        if tokio::fs::metadata(dir.join("Cargo.toml")).await.is_ok() {
+            return Ok(Build::Cargo {
+                target_dir: self.opts.target_dir.clone(),
+                release: self.opts.release,
+            });
+        }
+        Err(Status::invalid_argument(format!(
+            "cannot tell how to run {name}: it has no Cargo.toml or micro.toml; give a --command"
+        )))
+    }
+
+    /// Starts supervising `spec` (stopping a previous process of it first).
+    async fn start(self: &Arc<Self>, ns: &str, spec: &Spec) -> Result<(), Status> {
+        let dir = self.src_dir(ns, &spec.name);
+        let build = self.build_kind(&dir, &spec.command, &spec.name).await?;
+        let log_file = self.log_file(ns, &spec.name);
+        if let Some(parent) = log_file.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let mut env = vec![
+            ("MICRO_PROXY_ADDRESS".to_string(), self.proxy.clone()),
+            ("MICRO_NAMESPACE".to_string(), ns.to_string()),
+            ("MICRO_SERVICE_NAME".to_string(), spec.name.clone()),
+            ("MICRO_SERVICE_VERSION".to_string(), spec.version.clone()),
+        ];
+        for kv in &spec.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                env.push((k.to_string(), v.to_string()));
+            }
+        }
+        let sup = Supervisor::start(ProcSpec {
+            name: spec.name.clone(),
+            dir,
+            build,
+            env,
+            log_file,
+        });
+        let mut watch = sup.watch();
+        let previous = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!("{ns}/{}", spec.name), sup);
+        if let Some(old) = previous {
+            old.stop().await;
+        }
+        // Report every change of state through the replicated state.
+        let (me, ns, name) = (self.clone(), ns.to_string(), spec.name.clone());
+        tokio::spawn(async move {
+            loop {
+                let s = watch.borrow_and_update().clone();
+                let (status, error) = match &s.state {
+                    State::Error(e) => ("error".to_string(), e.clone()),
+                    other => (other.as_str().to_string(), String::new()),
+                };
+                let rep = Reported {
+                    status,
+                    error,
+                    restarts: s.restarts,
+                };
+                if let Ok(raw) = serde_json::to_vec(&rep) {
+                    // Only while the spec still exists: a kill must not be
+                    // undone by a late report.
+                    let txn = Txn::put(status_key(&ns, &name), raw, None)
+                        .when(Cond::Exists(spec_key(&ns, &name)));
+                    if let Err(e) = me.replica.write(txn).await {
+                        tracing::warn!("cannot report the status of {name}: {e}");
+                    }
+                }
+                if matches!(s.state, State::Stopped) || watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn stop(&self, ns: &str, name: &str) {
+        let sup = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&format!("{ns}/{name}"));
+        if let Some(sup) = sup {
+            sup.stop().await;
+        }
+    }
+
+    /// Starts again every service this node owns (after a restart).
+    pub async fn restore(self: &Arc<Self>) {
+        let mut specs = Vec::new();
+        for item in self.replica.reader().scan(b"runtime/", now_millis(), false) {
+            let Ok((key, rec)) = item else { continue };
+            let key = String::from_utf8_lossy(&key).to_string();
+            let parts: Vec<&str> = key.split('/').collect();
+            if parts.len() != 4 || parts[3] != "spec" {
+                continue;
+            }
+            if let Ok(spec) = serde_json::from_slice::<Spec>(&rec.value) {
+                if spec.node == self.node_id {
+                    specs.push((parts[1].to_string(), spec));
+                }
+            }
+        }
+        for (ns, spec) in specs {
+            tracing::info!("restarting service {} in {ns}", spec.name);
+            if let Err(e) = self.start(&ns, &spec).await {
+                tracing::warn!("cannot restart {}: {}", spec.name, e.message());
+            }
+        }
+    }
+
+    /// Stops every process (node shutdown); specs stay, to restart later.
+    pub async fn shutdown(&self) {
+        let all: Vec<Supervisor> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in all {
+            s.stop().await;
+        }
+    }
+
+    /// Fetches the source (upload or git) into the service's folder and
+    /// returns the build id.
+    async fn fetch(
+        &self,
+        ns: &str,
+        name: &str,
+        source: &str,
+        upload: Vec<u8>,
+    ) -> Result<String, Status> {
+        let dir = self.src_dir(ns, name);
+        if !upload.is_empty() {
+            let id = hex8(&Sha256::digest(&upload));
+            Self::unpack(upload, dir).await?;
+            Ok(id)
+        } else if is_git(source) {
+            Self::clone(source, &dir).await
+        } else {
+            Err(Status::invalid_argument(format!(
+                "{source} is neither an uploaded folder nor a git URL"
+            )))
+        }
+    }
+}
+
+fn hex8(bytes: &[u8]) -> String {
+    bytes.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The gRPC face of the [`Manager`].
+pub struct RuntimeService {
+    manager: Arc<Manager>,
+}
+
+impl RuntimeService {
+    pub fn new(manager: Arc<Manager>) -> Self {
+        RuntimeService { manager }
+    }
+}
+
+fn service_of(spec: &Spec, ns: &str, rep: Option<Reported>) -> Service {
+    let rep = rep.unwrap_or(Reported {
+        status: "pending".into(),
+        ..Default::default()
+    });
+    let mut metadata = HashMap::from([
+        ("status".to_string(), rep.status),
+        ("build".to_string(), spec.build.clone()),
+        ("updated".to_string(), (spec.updated / 1000).to_string()),
+        ("owner".to_string(), spec.owner.clone()),
+        ("group".to_string(), ns.to_string()),
+        ("restarts".to_string(), rep.restarts.to_string()),
+    ]);
+    if !rep.error.is_empty() {
+        metadata.insert("error".to_string(), rep.error);
+    }
+    Service {
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        source: spec.source.clone(),
+        metadata,
+    }
+}
+
+#[tonic::async_trait]
+impl Runtime for RuntimeService {
+    async fn create(
+        &self,
+        req: Request<CreateRequest>,
+    ) -> Result<Response<CreateResponse>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        let svc = req
+            .service
+            .ok_or_else(|| Status::invalid_argument("a service is required"))?;
+        check_name("service name", &svc.name)?;
+        let opts = req.options.unwrap_or_default();
+        for kv in &opts.env {
+            if !kv.contains('=') {
+                return Err(Status::invalid_argument(format!(
+                    "--env {kv}: expected KEY=VALUE"
+                )));
+            }
+        }
+        let m = &self.manager;
+        if m.spec(&ns, &svc.name)?.is_some() {
+            return Err(Status::already_exists(format!(
+                "service {} is already running; use micro update",
+                svc.name
+            )));
+        }
+        let build = m.fetch(&ns, &svc.name, &svc.source, req.upload).await?;
+        let spec = Spec {
+            name: svc.name.clone(),
+            version: if svc.version.is_empty() {
+                "latest".into()
+            } else {
+                svc.version
+            },
+            source: svc.source,
+            env: opts.env,
+            command: opts.command,
+            owner: svc.metadata.get("owner").cloned().unwrap_or_default(),
+            node: m.node_id,
+            build,
+            updated: now_millis(),
+        };
+        let raw = serde_json::to_vec(&spec).map_err(|e| Status::internal(e.to_string()))?;
+        let res = m
+            .replica
+            .write(
+                Txn::put(spec_key(&ns, &spec.name), raw, None)
+                    .when(Cond::Absent(spec_key(&ns, &spec.name))),
+            )
+            .await
+            .map_err(status)?;
+        if !res.succeeded {
+            return Err(Status::already_exists(format!(
+                "service {} is already running",
+                spec.name
+            )));
+        }
+        if let Err(e) = m.start(&ns, &spec).await {
+            let _ = m
+                .replica
+                .write(Txn::ops(vec![Op::DeletePrefix {
+                    prefix: format!("runtime/{ns}/{}/", spec.name).into_bytes(),
+                }]))
+                .await;
+            return Err(e);
+        }
+        Ok(Response::new(CreateResponse {}))
+    }
+
+    async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        let ns = namespace(&req)?;
+        let name = req.into_inner().name;
+        barrier(&self.manager.replica, false).await?;
+        let prefix = if name.is_empty() {
+            format!("runtime/{ns}/")
+        } else {
+            check_name("service name", &name)?;
+            format!("runtime/{ns}/{name}/")
+        };
+        let mut specs: Vec<Spec> = Vec::new();
+        let mut reports: HashMap<String, Reported> = HashMap::new();
+        for item in self
+            .manager
+            .replica
+            .reader()
+            .scan(prefix.as_bytes(), now_millis(), false)
+        {
+            let (key, rec) = item.map_err(status)?;
+            let key = String::from_utf8_lossy(&key).to_string();
+            let Some((rest, kind)) = key.rsplit_once('/') else {
+                continue;
+            };
+            let svc = rest.rsplit('/').next().unwrap_or_default().to_string();
+            match kind {
+                "spec" => specs.push(
+                    serde_json::from_slice(&rec.value)
+                        .map_err(|e| Status::internal(e.to_string()))?,
+                ),
+                "status" => {
+                    reports.insert(svc, serde_json::from_slice(&rec.value).unwrap_or_default());
+                }
+                _ => {}
+            }
+        }
+        let services = specs
+            .iter()
+            .map(|s| service_of(s, &ns, reports.remove(&s.name)))
+            .collect();
+        Ok(Response::new(ReadResponse { services }))
+    }
+
+    async fn update(
+        &self,
+        req: Request<UpdateRequest>,
+    ) -> Result<Response<UpdateResponse>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        let svc = req
+            .service
+            .ok_or_else(|| Status::invalid_argument("a service is required"))?;
+        check_name("service name", &svc.name)?;
+        let m = &self.manager;
+        let (mut spec, version) = m
+            .spec(&ns, &svc.name)?
+            .ok_or_else(|| Status::not_found("Service not found"))?;
+        if spec.node != m.node_id {
+            return Err(Status::failed_precondition(format!(
+                "service {} runs on node {}; update it there",
+                spec.name, spec.node
+            )));
+        }
+        if req.upload.is_empty() && !is_git(&spec.source) {
+            return Err(Status::invalid_argument(format!(
+                "service {} came from a local folder: update it with that folder",
+                spec.name
+            )));
+        }
+        if !svc.source.is_empty() {
+            spec.source = svc.source;
+        }
+        m.stop(&ns, &spec.name).await;
+        spec.build = m.fetch(&ns, &spec.name, &spec.source, req.upload).await?;
+        spec.updated = now_millis();
+        let raw = serde_json::to_vec(&spec).map_err(|e| Status::internal(e.to_string()))?;
+        let res = m
+            .replica
+            .write(
+                Txn::put(spec_key(&ns, &spec.name), raw, None)
+                    .when(Cond::VersionEq(spec_key(&ns, &spec.name), version)),
+            )
+            .await
+            .map_err(status)?;
+        if !res.succeeded {
+            return Err(Status::aborted(format!(
+                "service {} changed meanwhile; try again",
+                spec.name
+            )));
+        }
+        m.start(&ns, &spec).await?;
+        Ok(Response::new(UpdateResponse {}))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let ns = namespace(&req)?;
+        let name = req.into_inner().name;
+        check_name("service name", &name)?;
+        let m = &self.manager;
+        let (spec, _) = m
+            .spec(&ns, &name)?
+            .ok_or_else(|| Status::not_found("Service not found"))?;
+        if spec.node != m.node_id {
+            return Err(Status::failed_precondition(format!(
+                "service {name} runs on node {}; kill it there",
+                spec.node
+            )));
+        }
+        m.stop(&ns, &name).await;
+        m.replica
+            .write(Txn::ops(vec![Op::DeletePrefix {
+                prefix: format!("runtime/{ns}/{name}/").into_bytes(),
+            }]))
+            .await
+            .map_err(status)?;
+        let (src, log) = (m.src_dir(&ns, &name), m.log_file(&ns, &name));
+        let _ = tokio::fs::remove_dir_all(src).await;
+        let _ = tokio::fs::remove_file(&log).await;
+        let _ = tokio::fs::remove_file(log.with_extension("log.1")).await;
+        Ok(Response::new(DeleteResponse {}))
+    }
+
+    type LogsStream = ReceiverStream<Result<LogRecord, Status>>;
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let ns = namespace(&req)?;
+        let req = req.into_inner();
+        check_name("service name", &req.name)?;
+        let m = &self.manager;
+        if m.spec(&ns, &req.name)?.is_none() {
+            return Err(Status::not_found("Service not found"));
+        }
+        let file = m.log_file(&ns, &req.name);
+        let count = if req.count > 0 {
+            req.count as usize
+        } else {
+            DEFAULT_LINES
+        };
+        let lines = logs::tail(&file, count).await.unwrap_or_default();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let follow = req.stream.then(|| logs::follow(file));
+        tokio::spawn(async move {
+            for line in lines {
+                if tx.send(Ok(LogRecord { message: line })).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(mut lines) = follow {
+                while let Some(line) = lines.recv().await {
+                    if tx.send(Ok(LogRecord { message: line })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_sources_and_refs() {
+        assert!(is_git("https://github.com/micro/services"));
+        assert!(is_git("file:///tmp/repo@main"));
+        assert!(!is_git("./greeter"));
+        assert_eq!(
+            split_ref("https://h/x/y@v1.2"),
+            ("https://h/x/y", Some("v1.2"))
+        );
+        assert_eq!(split_ref("https://h/x/y"), ("https://h/x/y", None));
+        assert_eq!(
+            split_ref("file:///tmp/repo@dev"),
+            ("file:///tmp/repo", Some("dev"))
+        );
+        assert_eq!(split_ref("https://user@h/x"), ("https://user@h/x", None));
+    }
+}
