@@ -310,14 +310,51 @@ pub struct Instance {
     pub log: PathBuf,
 }
 
+/// The target dir shared by the services the tests build (the runtime's
+/// Cargo builds and the helloworld example), kept between runs.
+pub fn services_target_dir() -> PathBuf {
+    build_dir()
+        .parent()
+        .expect("target dir")
+        .join("micro-runtime")
+}
+
+/// The helloworld example's binary, built once per test run. `cargo test`
+/// builds only the example's test harness, not its binary; this builds it
+/// in a target dir of its own so it does not wait on the outer cargo.
+pub fn helloworld_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let target = services_target_dir();
+            let out = Command::new(cargo)
+                .args([
+                    "build",
+                    "--locked",
+                    "--quiet",
+                    "-p",
+                    "helloworld",
+                    "--target-dir",
+                ])
+                .arg(&target)
+                .current_dir(&workspace)
+                .output()
+                .expect("run cargo");
+            assert!(
+                out.status.success(),
+                "cannot build examples/helloworld: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            target.join("debug").join("helloworld")
+        })
+        .clone()
+}
+
 impl Instance {
     pub fn start(server: &Server, tag: &str) -> Instance {
-        let bin = build_dir().join("helloworld");
-        assert!(
-            bin.exists(),
-            "{} is not built (cargo test --workspace builds it)",
-            bin.display()
-        );
+        let bin = helloworld_bin();
         let log = server.home.path().join(format!("helloworld-{tag}.log"));
         let child = Command::new(bin)
             .env("MICRO_PROXY_ADDRESS", &server.proxy)

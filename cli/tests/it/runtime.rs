@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::harness::{build_dir, http_get, Server};
+use crate::harness::{http_get, services_target_dir, Server};
 
 /// A node whose Cargo builds share one target dir across tests (and CI
 /// runs), in the debug profile to keep builds short.
 fn runtime_server() -> Server {
-    let shared = build_dir().parent().unwrap().join("micro-runtime");
+    let shared = services_target_dir();
     Server::start_with(&[
         ("MICRO_RUNTIME_TARGET_DIR", shared.to_str().unwrap()),
         ("MICRO_RUNTIME_PROFILE", "dev"),
@@ -271,4 +271,52 @@ fn new_run_call_update_kill() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn logs_follow_streams_new_lines() {
+    use std::io::BufRead;
+    let s = runtime_server();
+    let work = tempfile::tempdir().unwrap();
+    let dir = command_service(
+        work.path(),
+        "ticker",
+        None,
+        "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done",
+    );
+    s.micro(&["run", dir.to_str().unwrap()]).ok();
+    s.wait_status("ticker", 30, |l| l.contains(" running "));
+    let mut follow = std::process::Command::new(crate::harness::MICRO)
+        .args(["logs", "-f", "-n", "1", "ticker"])
+        .env("HOME", s.home.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut ticks = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ticks.len() < 5 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("logs -f kept streaming");
+        if let Some(n) = line.strip_prefix("tick ") {
+            ticks.push(n.parse::<u32>().unwrap());
+        }
+    }
+    follow.kill().ok();
+    follow.wait().ok();
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "new lines arrive in order: {ticks:?}"
+    );
 }

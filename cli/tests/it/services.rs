@@ -200,7 +200,7 @@ fn the_router_spreads_calls_and_survives_losing_an_instance() {
 #[test]
 fn services_are_listed_and_deregister_on_sigterm() {
     let s = Server::start();
-    let bin = crate::harness::build_dir().join("helloworld");
+    let bin = crate::harness::helloworld_bin();
     let mut child = std::process::Command::new(bin)
         .env("MICRO_PROXY_ADDRESS", &s.proxy)
         .stdout(std::process::Stdio::null())
