@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "config.proto",
     "registry.proto",
     "runtime.proto",
+    "auth.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -48,6 +48,9 @@ pub struct Call {
     pub request: serde_json::Value,
     /// request headers to pass on as metadata
     pub metadata: Vec<(String, String)>,
+    /// the caller's access token (`Authorization: Bearer` or the
+    /// `micro-token` cookie)
+    pub token: Option<String>,
 }
 
 /// What the HTTP side needs from the node.

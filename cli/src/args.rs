@@ -92,8 +92,165 @@ pub enum Command {
         /// The request as a JSON object (default {})
         request: Option<String>,
     },
+    /// Log in to the current environment and namespace
+    Login(LoginArgs),
+    /// Log out of the current environment and namespace
+    Logout,
+    /// Show the logged-in account, its token and the namespace; change the password
+    User(UserArgs),
+    /// Manage accounts and the rules that decide who may call what
+    Auth(AuthArgs),
     #[command(external_subcommand)]
     External(Vec<String>),
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// The account's id or name (asked for when not given)
+    #[arg(long, visible_alias = "email", value_name = "USERNAME")]
+    pub username: Option<String>,
+    /// The account's password (asked for, without echo, when not given)
+    #[arg(long, value_name = "PASSWORD")]
+    pub password: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UserArgs {
+    #[command(subcommand)]
+    pub command: Option<UserCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Print a valid access token of the session (refreshed when about to expire)
+    Token,
+    /// Print the namespace commands act in, or set the environment's
+    Namespace(NamespaceArgs),
+    /// Change a setting of the logged-in account
+    #[command(subcommand_required = true, arg_required_else_help = true)]
+    Set {
+        #[command(subcommand)]
+        command: UserSetCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct NamespaceArgs {
+    #[command(subcommand)]
+    pub command: Option<NamespaceCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NamespaceCommand {
+    /// Make NS the current environment's namespace
+    Set { namespace: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserSetCommand {
+    /// Change the account's password
+    Password {
+        /// The current password (asked for, without echo, when not given)
+        #[arg(long, value_name = "PASSWORD")]
+        old_password: Option<String>,
+        /// The new password (asked for, without echo, when not given)
+        #[arg(long, value_name = "PASSWORD")]
+        new_password: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(subcommand_required = true, arg_required_else_help = true)]
+pub struct AuthArgs {
+    #[command(subcommand)]
+    pub command: AuthCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCommand {
+    /// List accounts or rules
+    #[command(subcommand_required = true, arg_required_else_help = true)]
+    List {
+        #[command(subcommand)]
+        what: AuthListCommand,
+    },
+    /// Create an account or a rule
+    #[command(subcommand_required = true, arg_required_else_help = true)]
+    Create {
+        #[command(subcommand)]
+        what: AuthCreateCommand,
+    },
+    /// Delete an account or a rule
+    #[command(
+        subcommand_required = true,
+        arg_required_else_help = true,
+        alias = "del"
+    )]
+    Delete {
+        #[command(subcommand)]
+        what: AuthDeleteCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthListCommand {
+    /// List the namespace's accounts
+    Accounts,
+    /// List the namespace's rules
+    Rules,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Access {
+    Granted,
+    Denied,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthCreateCommand {
+    /// Create an account
+    ///
+    /// The global --namespace flag names the namespace the account belongs
+    /// to (default: the environment's); the command itself acts with the
+    /// session of the environment's namespace.
+    Account {
+        id: String,
+        /// Its password (generated and shown when not given)
+        #[arg(long, value_name = "SECRET")]
+        secret: Option<String>,
+        /// Scopes it holds, comma separated
+        #[arg(long, value_delimiter = ',', value_name = "SCOPES")]
+        scopes: Vec<String>,
+    },
+    /// Create a rule granting or denying access to a resource
+    Rule {
+        id: String,
+        /// The resource, TYPE:NAME:ENDPOINT ('*' matches any), e.g. service:helloworld:*
+        #[arg(long, value_name = "T:N:E")]
+        resource: String,
+        /// The scope an account needs ("" = public, "*" = any account)
+        #[arg(long, default_value = "", value_name = "SCOPE")]
+        scope: String,
+        /// Whether the rule grants or denies access
+        #[arg(long, value_enum, default_value = "granted")]
+        access: Access,
+        /// Rules with a higher priority are checked first
+        #[arg(
+            long,
+            default_value_t = 0,
+            allow_negative_numbers = true,
+            value_name = "N"
+        )]
+        priority: i32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthDeleteCommand {
+    /// Delete an account
+    Account { id: String },
+    /// Delete a rule
+    Rule { id: String },
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +309,17 @@ pub struct ServerArgs {
         default_value = "release"
     )]
     pub runtime_profile: Profile,
+    /// The first admin's password, used when the cluster is created (default: micro)
+    #[arg(
+        long,
+        env = "MICRO_AUTH_ADMIN_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub auth_admin_password: Option<String>,
+    /// How long access tokens live, e.g. 10m
+    #[arg(long, env = "MICRO_AUTH_TOKEN_TTL", value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
+    pub auth_token_ttl: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -443,6 +611,81 @@ mod tests {
             Some(Command::Run(r)) => assert_eq!(r.env_vars, ["A=1"]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn auth_commands_parse() {
+        let p = |a: &[&str]| Cli::try_parse_from(a.iter().copied());
+        match p(&["micro", "login", "--email", "a@b.c", "--password", "x"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Login(l)) => {
+                assert_eq!(l.username.as_deref(), Some("a@b.c"));
+                assert_eq!(l.password.as_deref(), Some("x"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // `--namespace` after `auth create account` is the global flag.
+        let cli = p(&[
+            "micro",
+            "auth",
+            "create",
+            "account",
+            "bob",
+            "--scopes",
+            "a,b",
+            "--namespace",
+            "foo",
+        ])
+        .unwrap();
+        assert_eq!(cli.namespace.as_deref(), Some("foo"));
+        match cli.command {
+            Some(Command::Auth(AuthArgs {
+                command:
+                    AuthCommand::Create {
+                        what: AuthCreateCommand::Account { id, secret, scopes },
+                    },
+            })) => {
+                assert_eq!((id.as_str(), secret), ("bob", None));
+                assert_eq!(scopes, ["a", "b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match p(&[
+            "micro",
+            "auth",
+            "create",
+            "rule",
+            "r",
+            "--resource",
+            "*:*:*",
+            "--priority",
+            "-5",
+        ])
+        .unwrap()
+        .command
+        {
+            Some(Command::Auth(AuthArgs {
+                command:
+                    AuthCommand::Create {
+                        what:
+                            AuthCreateCommand::Rule {
+                                scope,
+                                access,
+                                priority,
+                                ..
+                            },
+                    },
+            })) => assert_eq!(
+                (scope.as_str(), access, priority),
+                ("", Access::Granted, -5)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(p(&["micro", "user", "set", "password", "--old-password", "a"]).is_ok());
+        assert!(p(&["micro", "user", "namespace", "set", "foo"]).is_ok());
+        assert!(p(&["micro", "auth", "create", "rule", "r"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod args;
 mod commands;
 mod dynamic;
 mod errors;
+mod tokens;
 
 use std::process::ExitCode;
 

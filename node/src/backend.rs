@@ -12,6 +12,7 @@ use micro_api::{Backend, Call, NodeSummary, ServiceSummary};
 use micro_raft::Replica;
 use prost_reflect::DescriptorPool;
 
+use crate::auth::Authority;
 use crate::router::Router;
 use crate::services::registry;
 
@@ -42,14 +43,16 @@ impl Pools {
 pub struct NodeBackend {
     replica: Replica,
     router: Arc<Router>,
+    authority: Arc<Authority>,
     pools: Pools,
 }
 
 impl NodeBackend {
-    pub fn new(replica: Replica, router: Arc<Router>) -> NodeBackend {
+    pub fn new(replica: Replica, router: Arc<Router>, authority: Arc<Authority>) -> NodeBackend {
         NodeBackend {
             replica,
             router,
+            authority,
             pools: Pools::default(),
         }
     }
@@ -110,6 +113,14 @@ impl Backend for NodeBackend {
 
     async fn call(&self, mut call: Call) -> Result<serde_json::Value, Error> {
         let service = call.service.as_str();
+        self.authority
+            .authorize(
+                call.token.as_deref(),
+                &call.namespace,
+                service,
+                &call.endpoint,
+            )
+            .map_err(|status| Error::from_status(service, &status))?;
         let pool = self.descriptor(&call.namespace, service)?;
         let method = micro::dynamic::method(&pool, service, &call.endpoint)
             .map_err(|e| errors::not_found(service, e.to_string()))?;
@@ -117,6 +128,12 @@ impl Backend for NodeBackend {
         let message = micro::dynamic::encode_request(&method, &call.request)
             .map_err(|e| errors::bad_request(service, e.to_string()))?;
         let mut metadata = http::HeaderMap::new();
+        if let Some(t) = &call.token {
+            // The service learns who called, as on the gRPC endpoint.
+            if let Ok(v) = http::HeaderValue::try_from(format!("Bearer {t}")) {
+                metadata.insert(http::header::AUTHORIZATION, v);
+            }
+        }
         for (k, v) in &call.metadata {
             if let (Ok(k), Ok(v)) = (
                 http::HeaderName::try_from(k.as_str()),

@@ -9,6 +9,7 @@
 //! Architecture invariant: services never talk to sled or openraft directly;
 //! they go through [`micro_raft::Replica`]. Nothing here reads a terminal.
 
+pub mod auth;
 mod backend;
 mod grpc;
 pub mod router;

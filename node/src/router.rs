@@ -182,7 +182,7 @@ impl Router {
 
 /// The service a call is for: `micro-service` metadata, else the package of
 /// the gRPC path.
-fn target_service(headers: &HeaderMap, path: &str) -> Result<String, Status> {
+pub(crate) fn target_service(headers: &HeaderMap, path: &str) -> Result<String, Status> {
     if let Some(v) = headers.get("micro-service").and_then(|v| v.to_str().ok()) {
         if !v.is_empty() {
             crate::grpc::check_name("service", v)?;

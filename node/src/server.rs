@@ -5,6 +5,7 @@
 //! * `raft/`             sled database: Raft log, vote, state machine, snapshot
 //! * `node-id`           this node's Raft id
 //! * `config-secret.key` the config-secret key when none is configured (0600)
+//! * `auth-signing.key`  the Ed25519 key that signs access tokens (0600)
 //! * `listen.json`       the addresses actually bound, written once the node
 //!   serves (tools and tests read it; removed on clean shutdown)
 
@@ -28,11 +29,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::auth::{grpc_guard, Authority, Keys};
 use crate::backend::NodeBackend;
 use crate::router::Router;
 use crate::secrets::SecretBox;
+use crate::services::auth::{
+    AccountsService, AuthService, AuthStore, RulesService, DEFAULT_ADMIN_PASSWORD,
+};
 use crate::services::runtime::{Manager, RuntimeOptions, RuntimeService};
 use crate::services::{config::ConfigService, registry, store::StoreService};
+use micro_proto::auth::{
+    accounts_server::AccountsServer, auth_server::AuthServer, rules_server::RulesServer,
+};
 use tonic::service::Routes;
 
 /// Largest gRPC message the node accepts or sends.
@@ -59,6 +67,10 @@ pub struct ServerOptions {
     pub runtime_target_dir: Option<PathBuf>,
     /// build services with `--release`
     pub runtime_release: bool,
+    /// the first admin's password (default `micro`, with a warning)
+    pub auth_admin_password: Option<String>,
+    /// how long access tokens live
+    pub auth_token_ttl: Duration,
 }
 
 /// Why a node could not start or stopped with an error.
@@ -152,17 +164,24 @@ fn reachable(addr: SocketAddr) -> String {
     }
 }
 
-/// The registrations of this node's own services.
+/// The registrations of this node's own services: one per service name,
+/// with the endpoints of every gRPC service of that name (auth has three).
 fn core_services(node_id: u64, proxy: &str) -> Vec<Service> {
     let pool = prost_reflect::DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET)
         .expect("the built-in descriptor set is valid");
-    micro_proto::CORE_SERVICES
-        .iter()
-        .map(|(name, full)| Service {
+    let mut names: Vec<&str> = micro_proto::CORE_SERVICES.iter().map(|(n, _)| *n).collect();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| Service {
             name: name.to_string(),
             version: crate::VERSION.to_string(),
             metadata: HashMap::new(),
-            endpoints: micro::schema::endpoints(&pool, full).unwrap_or_default(),
+            endpoints: micro_proto::CORE_SERVICES
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .flat_map(|(_, full)| micro::schema::endpoints(&pool, full).unwrap_or_default())
+                .collect(),
             nodes: vec![Node {
                 id: format!("{name}-{node_id}"),
                 address: proxy.to_string(),
@@ -224,6 +243,34 @@ pub async fn run(
     replica.linearize().await.map_err(ServerError::NotReady)?;
     let sweeper = replica.spawn_expiry_sweeper(Duration::from_secs(1));
 
+    let keys = Keys::load(&dir).map_err(data_err(&dir))?;
+    let authority = Authority::new(replica.clone(), keys, opts.auth_token_ttl);
+    let rule_watch = authority.spawn_rule_watch();
+    let auth_store = AuthStore::new(replica.clone(), authority.clone());
+    let admin_password = opts
+        .auth_admin_password
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_ADMIN_PASSWORD.to_string());
+    auth_store
+        .bootstrap(&admin_password)
+        .await
+        .map_err(|s| ServerError::Serve {
+            what: "auth bootstrap",
+            reason: s.message().to_string(),
+        })?;
+    authority.reload_rules();
+    {
+        let store = auth_store.clone();
+        tokio::spawn(async move {
+            if store.admin_has_default_password().await {
+                tracing::warn!(
+                    "the admin account still has the default password 'micro': change it with `micro user set password`"
+                );
+            }
+        });
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -252,6 +299,7 @@ pub async fn run(
         id,
         reachable(proxy_addr),
         &dir,
+        auth_store.clone(),
         RuntimeOptions {
             target_dir: opts
                 .runtime_target_dir
@@ -282,7 +330,12 @@ pub async fn run(
             RuntimeServer::new(RuntimeService::new(runtime.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        );
+        )
+        .add_service(AuthServer::new(AuthService::new(auth_store.clone())))
+        .add_service(AccountsServer::new(AccountsService::new(
+            auth_store.clone(),
+        )))
+        .add_service(RulesServer::new(RulesService::new(auth_store.clone())));
     let fallback = {
         let router = router.clone();
         move |req: http::Request<axum::body::Body>| {
@@ -290,14 +343,17 @@ pub async fn run(
             async move { router.forward(req).await }
         }
     };
-    let routes = Routes::from(routes.into_axum_router().fallback(fallback));
+    // Every call, to a core service or routed, passes the rule check first.
+    let routes = Routes::from(routes.into_axum_router().fallback(fallback).layer(
+        axum::middleware::from_fn_with_state(authority.clone(), grpc_guard),
+    ));
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(proxy_l), stopped());
     let grpc = tokio::spawn(grpc);
 
-    let backend = Arc::new(NodeBackend::new(replica.clone(), router));
+    let backend = Arc::new(NodeBackend::new(replica.clone(), router, authority.clone()));
     let api =
         axum::serve(api_l, micro_api::gateway(backend.clone())).with_graceful_shutdown(stopped());
     let api = tokio::spawn(async move { api.await });
@@ -352,6 +408,7 @@ pub async fn run(
     let _ = api.await;
     let _ = web.await;
     sweeper.abort();
+    rule_watch.abort();
     replica.shutdown().await;
     let _ = std::fs::remove_file(&listen_file);
     match grpc_result {

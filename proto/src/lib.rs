@@ -18,6 +18,11 @@ pub mod registry {
     tonic::include_proto!("registry");
 }
 
+/// Accounts, tokens and rules.
+pub mod auth {
+    tonic::include_proto!("auth");
+}
+
 /// Build, run and supervise services.
 pub mod runtime {
     tonic::include_proto!("runtime");
@@ -34,4 +39,7 @@ pub const CORE_SERVICES: &[(&str, &str)] = &[
     ("config", "config.Config"),
     ("registry", "registry.Registry"),
     ("runtime", "runtime.Runtime"),
+    ("auth", "auth.Auth"),
+    ("auth", "auth.Accounts"),
+    ("auth", "auth.Rules"),
 ];

@@ -1,6 +1,7 @@
 //! A connection to a node's gRPC endpoint, with typed clients for the core
 //! services. Every request carries the chosen namespace as metadata.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use micro_proto::{
@@ -32,14 +33,28 @@ pub enum Error {
     NoDescriptor(String),
 }
 
-/// Adds the namespace to every request.
+type Bearer = Arc<RwLock<Option<MetadataValue<tonic::metadata::Ascii>>>>;
+
+/// Adds the namespace, and the access token when there is one, to every
+/// request.
 #[derive(Clone)]
-pub struct Namespace(MetadataValue<tonic::metadata::Ascii>);
+pub struct Namespace {
+    namespace: MetadataValue<tonic::metadata::Ascii>,
+    bearer: Bearer,
+}
 
 impl tonic::service::Interceptor for Namespace {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut()
-            .insert(crate::NAMESPACE_HEADER, self.0.clone());
+            .insert(crate::NAMESPACE_HEADER, self.namespace.clone());
+        if let Some(b) = self
+            .bearer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
         Ok(req)
     }
 }
@@ -70,9 +85,23 @@ impl Client {
             .map_err(|_| Error::Connect(address.to_string()))?;
         Ok(Client {
             channel,
-            namespace: Namespace(ns),
+            namespace: Namespace {
+                namespace: ns,
+                bearer: Arc::default(),
+            },
             address: address.to_string(),
         })
+    }
+
+    /// Sends `token` as the bearer of every later call (of this client and
+    /// its clones); `None` calls anonymously.
+    pub fn set_token(&self, token: Option<&str>) {
+        let value = token.and_then(|t| MetadataValue::try_from(format!("Bearer {t}")).ok());
+        *self
+            .namespace
+            .bearer
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = value;
     }
 
     /// The address this client talks to.
@@ -194,6 +223,21 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
+    /// The Auth service (tokens).
+    pub fn auth(&self) -> micro_proto::auth::auth_client::AuthClient<Conn> {
+        micro_proto::auth::auth_client::AuthClient::new(self.conn())
+    }
+
+    /// The Accounts service.
+    pub fn accounts(&self) -> micro_proto::auth::accounts_client::AccountsClient<Conn> {
+        micro_proto::auth::accounts_client::AccountsClient::new(self.conn())
+    }
+
+    /// The Rules service.
+    pub fn rules(&self) -> micro_proto::auth::rules_client::RulesClient<Conn> {
+        micro_proto::auth::rules_client::RulesClient::new(self.conn())
+    }
+
     /// The Registry service.
     pub fn registry(&self) -> RegistryClient<Conn> {
         RegistryClient::new(self.conn()).max_decoding_message_size(MAX_MESSAGE)
@@ -203,15 +247,75 @@ impl Client {
 static DEFAULT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new();
 
 /// The client a service uses: connected once to `MICRO_PROXY_ADDRESS` in
-/// `MICRO_NAMESPACE`.
+/// `MICRO_NAMESPACE`, and logged in with the service's own account
+/// (`MICRO_AUTH_ID`, `MICRO_AUTH_SECRET`, set by the runtime) when it has
+/// one, so every call carries the service's identity.
 pub async fn default() -> Result<&'static Client, Error> {
     DEFAULT
         .get_or_try_init(|| async {
-            Client::connect(
+            let client = Client::connect(
                 &crate::env_vars::proxy_address(),
                 &crate::env_vars::namespace(),
             )
-            .await
+            .await?;
+            if let Some((id, secret)) = crate::env_vars::credentials() {
+                client.login(&id, &secret).await?;
+            }
+            Ok(client)
         })
         .await
+}
+
+impl Client {
+    /// Logs in with an account's id and secret, and keeps the access token
+    /// fresh in the background (refreshing a minute before it expires, and
+    /// logging in again if the refresh token stops working).
+    pub async fn login(&self, id: &str, secret: &str) -> Result<(), Error> {
+        let token = self.get_token(id, secret).await?;
+        self.set_token(Some(&token.access_token));
+        let (me, id, secret) = (self.clone(), id.to_string(), secret.to_string());
+        tokio::spawn(async move {
+            let mut token = token;
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                let wait = (token.expiry - now - 60).max(5) as u64;
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                let req = micro_proto::auth::TokenRequest {
+                    refresh_token: token.refresh_token.clone(),
+                    ..Default::default()
+                };
+                let fresh = match me.auth().token(req).await {
+                    Ok(r) => r.into_inner().token,
+                    Err(_) => me.get_token(&id, &secret).await.ok(),
+                };
+                match fresh {
+                    Some(t) => {
+                        me.set_token(Some(&t.access_token));
+                        token = t;
+                    }
+                    None => crate::log::warn(&format!(
+                        "cannot refresh the access token of {id}; retrying"
+                    )),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn get_token(&self, id: &str, secret: &str) -> Result<micro_proto::auth::Token, Error> {
+        let req = micro_proto::auth::TokenRequest {
+            id: id.to_string(),
+            secret: secret.to_string(),
+            ..Default::default()
+        };
+        self.auth()
+            .token(req)
+            .await?
+            .into_inner()
+            .token
+            .ok_or_else(|| tonic::Status::internal("the node sent no token").into())
+    }
 }

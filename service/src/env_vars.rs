@@ -28,3 +28,9 @@ pub fn service_version() -> Option<String> {
 pub fn service_address() -> String {
     var("MICRO_SERVICE_ADDRESS").unwrap_or_else(|| "127.0.0.1:0".to_string())
 }
+
+/// The service's account id and secret (`MICRO_AUTH_ID`,
+/// `MICRO_AUTH_SECRET`), when the runtime gave it one.
+pub fn credentials() -> Option<(String, String)> {
+    Some((var("MICRO_AUTH_ID")?, var("MICRO_AUTH_SECRET")?))
+}

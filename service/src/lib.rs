@@ -21,6 +21,7 @@ pub mod dynamic;
 pub mod env;
 pub mod env_vars;
 pub mod errors;
+pub mod log;
 pub mod registry;
 pub mod schema;
 pub mod service;

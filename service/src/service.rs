@@ -19,7 +19,6 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
-use crate::client::Client;
 use crate::env_vars;
 
 /// How long a registration lives without a heartbeat.
@@ -199,26 +198,28 @@ impl Service {
                 },
             );
         let server = tokio::spawn(server);
-        tracing::info!("service {} listening on {local}", self.name);
+        crate::log::info(&format!("service {} listening on {local}", self.name));
 
         let proxy = env_vars::proxy_address();
-        let namespace = env_vars::namespace();
         let heartbeat = {
             let reg = registration.clone();
-            let (proxy, namespace) = (proxy.clone(), namespace.clone());
+            let proxy = proxy.clone();
             tokio::spawn(async move {
                 let mut first = true;
                 loop {
-                    match register(&proxy, &namespace, reg.clone()).await {
+                    match register(reg.clone()).await {
                         Ok(()) if first => {
-                            tracing::info!("registered {} with the node at {proxy}", reg.name);
+                            crate::log::info(&format!(
+                                "registered {} with the node at {proxy}",
+                                reg.name
+                            ));
                             first = false;
                         }
                         Ok(()) => {}
-                        Err(e) => tracing::warn!(
+                        Err(e) => crate::log::warn(&format!(
                             "cannot register {} with the node at {proxy}: {e}",
                             reg.name
-                        ),
+                        )),
                     }
                     tokio::time::sleep(if first {
                         Duration::from_secs(1)
@@ -231,7 +232,7 @@ impl Service {
         };
         shutdown.await;
         heartbeat.abort();
-        if let Ok(client) = Client::connect(&proxy, &namespace).await {
+        if let Ok(client) = crate::client::default().await {
             let _ = client.registry().deregister(registration).await;
         }
         let _ = stop_tx.send(true);
@@ -245,9 +246,12 @@ impl Service {
     }
 }
 
-async fn register(proxy: &str, namespace: &str, reg: Registration) -> Result<(), crate::Error> {
-    let client = Client::connect(proxy, namespace).await?;
-    client.registry().register(reg).await?;
+async fn register(reg: Registration) -> Result<(), crate::Error> {
+    crate::client::default()
+        .await?
+        .registry()
+        .register(reg)
+        .await?;
     Ok(())
 }
 

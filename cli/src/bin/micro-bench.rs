@@ -173,6 +173,8 @@ async fn start_node_full() -> Result<(serde_json::Value, tempfile::TempDir), Str
         config_secret_key: None,
         runtime_target_dir: None,
         runtime_release: true,
+        auth_admin_password: None,
+        auth_token_ttl: Duration::from_secs(600),
     };
     tokio::spawn(async move {
         if let Err(e) = micro_node::run(opts, std::future::pending()).await {

@@ -53,6 +53,8 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         config_secret_key: args.config_secret_key.clone(),
         runtime_target_dir: args.runtime_target_dir.clone(),
         runtime_release: args.runtime_profile == crate::args::Profile::Release,
+        auth_admin_password: args.auth_admin_password.clone(),
+        auth_token_ttl: args.auth_token_ttl,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -101,7 +101,7 @@ fn secrets_are_masked_decrypted_and_never_stored_in_clear() {
     assert!(found.is_empty(), "secret in clear in {found:?}");
 }
 
-fn visit(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path, &[u8])) {
+pub fn visit(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path, &[u8])) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {

@@ -250,8 +250,23 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// A clean stop, so the services the node runs stop with it.
     fn drop(&mut self) {
-        self.kill9();
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .ok();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            c.kill().ok();
+            c.wait().ok();
+        }
     }
 }
 

@@ -320,3 +320,56 @@ fn logs_follow_streams_new_lines() {
         "new lines arrive in order: {ticks:?}"
     );
 }
+
+/// The processes whose environment names the service `name`.
+fn processes_of(name: &str) -> Vec<u32> {
+    let marker = format!("MICRO_SERVICE_NAME={name}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if !zombie && env.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_node_killed_outright_leaves_no_duplicate_services() {
+    let mut s = runtime_server();
+    let work = tempfile::tempdir().unwrap();
+    let name = format!("orphan{}", std::process::id());
+    let dir = command_service(work.path(), &name, None, "echo up; exec sleep 600");
+    s.micro(&["run", dir.to_str().unwrap()]).ok();
+    s.wait_status(&name, 30, |l| l.contains(" running "));
+    assert_eq!(processes_of(&name).len(), 1);
+    s.kill9();
+    assert_eq!(
+        processes_of(&name).len(),
+        1,
+        "the service outlives a kill -9 of its node"
+    );
+    s.restart();
+    s.wait_status(&name, 30, |l| l.contains(" running "));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_of(&name).len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "processes of {name}: {:?}",
+            processes_of(&name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.micro(&["kill", &name]).ok();
+    assert!(processes_of(&name).is_empty(), "kill stops it");
+}

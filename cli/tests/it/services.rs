@@ -209,7 +209,7 @@ fn services_are_listed_and_deregister_on_sigterm() {
     wait_for_nodes(&s, "helloworld", 1);
     assert_eq!(
         s.micro(&["services"]).ok(),
-        "config\nhelloworld\nregistry\nruntime\nstore\n"
+        "auth\nconfig\nhelloworld\nregistry\nruntime\nstore\n"
     );
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -218,7 +218,7 @@ fn services_are_listed_and_deregister_on_sigterm() {
     assert!(child.wait().unwrap().success(), "a clean exit on SIGTERM");
     assert_eq!(
         s.micro(&["services"]).ok(),
-        "config\nregistry\nruntime\nstore\n",
+        "auth\nconfig\nregistry\nruntime\nstore\n",
         "deregistered at once"
     );
 }

@@ -2,6 +2,7 @@
 //! replicated state. A new building block is a new module here plus its
 //! `.proto`.
 
+pub mod auth;
 pub mod config;
 pub mod registry;
 pub mod runtime;

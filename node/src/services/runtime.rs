@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status};
 use crate::grpc::{barrier, check_name, namespace, status};
 use crate::runtime::logs;
 use crate::runtime::supervisor::{Build, Spec as ProcSpec, State, Supervisor};
+use crate::services::auth::AuthStore;
 
 /// Largest unpacked upload.
 const MAX_UNPACKED: u64 = 512 * 1024 * 1024;
@@ -102,6 +103,7 @@ fn split_ref(source: &str) -> (&str, Option<&str>) {
 /// The services a node supervises.
 pub struct Manager {
     replica: Replica,
+    accounts: AuthStore,
     node_id: u64,
     proxy: String,
     root: PathBuf,
@@ -115,10 +117,12 @@ impl Manager {
         node_id: u64,
         proxy: String,
         data_dir: &Path,
+        accounts: AuthStore,
         opts: RuntimeOptions,
     ) -> Arc<Manager> {
         Arc::new(Manager {
             replica,
+            accounts,
             node_id,
             proxy,
             root: data_dir.join("runtime"),
@@ -129,6 +133,13 @@ impl Manager {
 
     fn src_dir(&self, ns: &str, name: &str) -> PathBuf {
         self.root.join("src").join(ns).join(name)
+    }
+
+    /// Where the pid of a service's running process is noted, so that a
+    /// node killed without a chance to stop its services can stop the
+    /// leftovers when it starts again.
+    fn pid_file(&self, ns: &str, name: &str) -> PathBuf {
+        self.root.join("pids").join(ns).join(name)
     }
 
     fn log_file(&self, ns: &str, name: &str) -> PathBuf {
@@ -265,7 +276,10 @@ impl Manager {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
+        let secret = self.service_account(ns, &spec.name).await?;
         let mut env = vec![
+            ("MICRO_AUTH_ID".to_string(), spec.name.clone()),
+            ("MICRO_AUTH_SECRET".to_string(), secret),
             ("MICRO_PROXY_ADDRESS".to_string(), self.proxy.clone()),
             ("MICRO_NAMESPACE".to_string(), ns.to_string()),
             ("MICRO_SERVICE_NAME".to_string(), spec.name.clone()),
@@ -315,12 +329,62 @@ impl Manager {
                         tracing::warn!("cannot report the status of {name}: {e}");
                     }
                 }
+                if let Some(pid) = s.pid {
+                    let file = me.pid_file(&ns, &name);
+                    if let Some(dir) = file.parent() {
+                        let _ = tokio::fs::create_dir_all(dir).await;
+                    }
+                    let _ = tokio::fs::write(&file, pid.to_string()).await;
+                }
                 if matches!(s.state, State::Stopped) || watch.changed().await.is_err() {
                     return;
                 }
             }
         });
         Ok(())
+    }
+
+    /// The service's own account (type service, scope `service`), with a
+    /// fresh secret each time the service starts: the secret is handed to
+    /// the process and kept nowhere else.
+    async fn service_account(&self, ns: &str, name: &str) -> Result<String, Status> {
+        let secret = crate::auth::random_token(24);
+        let acc = crate::auth::StoredAccount {
+            id: name.to_string(),
+            name: name.to_string(),
+            kind: "service".into(),
+            issuer: ns.to_string(),
+            scopes: vec!["service".into()],
+            metadata: HashMap::new(),
+            secret_hash: String::new(),
+        };
+        if let Some(existing) = self.accounts.account(ns, name)? {
+            if existing.kind != "service" {
+                return Err(Status::already_exists(format!(
+                    "an account named {name} exists and is not a service's; run the service under another --name"
+                )));
+            }
+        }
+        match self.accounts.set_secret(ns, name, &secret).await {
+            Ok(()) => Ok(secret),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                let hashed = tokio::task::spawn_blocking({
+                    let secret = secret.clone();
+                    move || crate::auth::hash_secret(&secret)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(Status::internal)?;
+                self.accounts
+                    .create(crate::auth::StoredAccount {
+                        secret_hash: hashed,
+                        ..acc
+                    })
+                    .await?;
+                Ok(secret)
+            }
+            Err(s) => Err(s),
+        }
     }
 
     async fn stop(&self, ns: &str, name: &str) {
@@ -351,6 +415,7 @@ impl Manager {
             }
         }
         for (ns, spec) in specs {
+            kill_leftover(&self.pid_file(&ns, &spec.name), &spec.name).await;
             tracing::info!("restarting service {} in {ns}", spec.name);
             if let Err(e) = self.start(&ns, &spec).await {
                 tracing::warn!("cannot restart {}: {}", spec.name, e.message());
@@ -394,6 +459,35 @@ impl Manager {
             )))
         }
     }
+}
+
+/// Kills the process group noted in `pid_file` if, and only if, its leader
+/// is still this service's process (its environment names the service): a
+/// pid reused by something else is left alone.
+async fn kill_leftover(pid_file: &Path, name: &str) {
+    let Ok(text) = tokio::fs::read_to_string(pid_file).await else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    if pid <= 1 {
+        return;
+    }
+    let Ok(environ) = tokio::fs::read(format!("/proc/{pid}/environ")).await else {
+        return;
+    };
+    let marker = format!("MICRO_SERVICE_NAME={name}");
+    if environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+        tracing::info!("stopping {name}'s process {pid}, left over from before the node restarted");
+        // SAFETY: kill(2) has no memory-safety preconditions. The negative
+        // pid names the group the supervisor made with this pid as leader,
+        // checked above to still be this service's.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = tokio::fs::remove_file(pid_file).await;
 }
 
 fn hex8(bytes: &[u8]) -> String {
@@ -623,6 +717,8 @@ impl Runtime for RuntimeService {
             .await
             .map_err(status)?;
         let (src, log) = (m.src_dir(&ns, &name), m.log_file(&ns, &name));
+        let _ = m.accounts.delete(&ns, &name).await;
+        let _ = tokio::fs::remove_file(m.pid_file(&ns, &name)).await;
         let _ = tokio::fs::remove_dir_all(src).await;
         let _ = tokio::fs::remove_file(&log).await;
         let _ = tokio::fs::remove_file(log.with_extension("log.1")).await;
