@@ -39,23 +39,6 @@ const HOP_HEADERS: &[&str] = &[
     "cookie",
 ];
 
-/// The caller's token: `Authorization: Bearer …`, or the `micro-token` cookie.
-fn token(headers: &HeaderMap) -> Option<String> {
-    if let Some(t) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(t.trim().to_string());
-    }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix("micro-token=").map(str::to_string))
-}
-
 /// An error as the gateway returns it.
 #[derive(Debug)]
 pub struct ApiError(pub Error);
@@ -211,7 +194,7 @@ pub async fn handle<B: Backend>(State(backend): State<Arc<B>>, req: Request) -> 
         endpoint,
         request,
         metadata,
-        token: token(&parts.headers),
+        token: micro::bearer::from_headers(&parts.headers).map(str::to_string),
     };
     match backend.call(call).await {
         Ok(reply) => axum::Json(reply).into_response(),

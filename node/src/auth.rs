@@ -595,24 +595,6 @@ mod tests {
     }
 }
 
-/// The bearer token of a request: `Authorization: Bearer …`, or else the
-/// `micro-token` cookie (browsers).
-pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    if let Some(t) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(t.trim());
-    }
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix("micro-token="))
-}
-
 /// gRPC paths anyone may call: health checks and reflection.
 fn is_open(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
@@ -657,7 +639,12 @@ pub async fn grpc_guard(
     }
     let checked = resource_of(req.headers(), &path).and_then(|(name, endpoint)| {
         let ns = crate::grpc::namespace_of(req.headers())?;
-        authority.authorize(bearer(req.headers()), &ns, &name, &endpoint)
+        authority.authorize(
+            micro::bearer::from_headers(req.headers()),
+            &ns,
+            &name,
+            &endpoint,
+        )
     });
     match checked {
         Ok(Some(claims)) => {
@@ -672,19 +659,6 @@ pub async fn grpc_guard(
 #[cfg(test)]
 mod guard_tests {
     use super::*;
-
-    #[test]
-    fn bearer_from_header_or_cookie() {
-        let mut h = http::HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(
-            http::header::COOKIE,
-            "a=b; micro-token=xyz".parse().unwrap(),
-        );
-        assert_eq!(bearer(&h), Some("xyz"));
-        h.insert(http::header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert_eq!(bearer(&h), Some("abc"));
-    }
 
     #[test]
     fn core_paths_cannot_be_renamed_by_metadata() {

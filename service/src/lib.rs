@@ -13,6 +13,7 @@
 //! Architecture invariant: nothing here knows about terminals or about the
 //! node's internals; it speaks to a node only through its public gRPC API.
 
+pub mod bearer;
 #[cfg(feature = "build")]
 pub mod build;
 pub mod client;

@@ -99,60 +99,6 @@ impl Phase {
     }
 }
 
-/// Runs `clients` loops of `op` for `seconds`, collecting latencies.
-async fn phase<F, Fut>(
-    name: &'static str,
-    clients: Vec<micro::Client>,
-    seconds: u64,
-    op: F,
-) -> Phase
-where
-    F: Fn(micro::Client, usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let stop = Arc::new(AtomicBool::new(false));
-    let op = Arc::new(op);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (c, client) in clients.into_iter().enumerate() {
-        let (stop, op) = (stop.clone(), op.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(1 << 16);
-            let mut errors = 0u64;
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                if op(client.clone(), c, i).await {
-                    lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                } else {
-                    errors += 1;
-                }
-                i += 1;
-            }
-            (lat, errors)
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    let mut per_client = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        if let Ok((l, e)) = t.await {
-            per_client.push(l.len() as u64);
-            latencies.extend(l);
-            errors += e;
-        }
-    }
-    Phase {
-        name,
-        latencies,
-        per_client,
-        errors,
-        elapsed: start.elapsed(),
-    }
-}
-
 async fn start_node() -> Result<(String, tempfile::TempDir), String> {
     let (listen, dir) = start_node_full().await?;
     Ok((
@@ -289,31 +235,32 @@ async fn channels(addr: &str, n: usize) -> Result<Vec<tonic::transport::Channel>
     Ok(out)
 }
 
-/// Runs `clients` loops over per-client connections.
-async fn phase_on<C, F, Fut>(name: &'static str, conns: Vec<C>, seconds: u64, op: F) -> Phase
+/// Runs one loop per connection for `seconds`, collecting latencies. `op`
+/// gets the connection, the client's index and the iteration number.
+async fn phase<C, F, Fut>(name: &'static str, conns: Vec<C>, seconds: u64, op: F) -> Phase
 where
     C: Clone + Send + Sync + 'static,
-    F: Fn(C) -> Fut + Send + Sync + 'static,
+    F: Fn(C, usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let conns = Arc::new(conns);
     let op = Arc::new(op);
-    let clients: Vec<usize> = (0..conns.len()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for c in clients {
-        let (stop, op, conns) = (stop.clone(), op.clone(), conns.clone());
+    for (c, conn) in conns.into_iter().enumerate() {
+        let (stop, op) = (stop.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
+            let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                if op(conns[c].clone()).await {
+                if op(conn.clone(), c, i).await {
                     lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 } else {
                     errors += 1;
                 }
+                i += 1;
             }
             (lat, errors)
         }));
@@ -381,32 +328,43 @@ async fn helloworld(clients: usize, seconds: u64) -> Result<(), String> {
     }
     let direct = direct.ok_or("helloworld did not register")?;
     println!("micro-bench helloworld: {clients} clients, {seconds}s per path, Helloworld.Call");
-    let a = phase_on("direct", channels(&direct, clients).await?, seconds, |ch| {
-        raw_call(ch, None)
-    })
+    let a = phase(
+        "direct",
+        channels(&direct, clients).await?,
+        seconds,
+        |ch, _, _| raw_call(ch, None),
+    )
     .await;
-    let b = phase_on("router", channels(&proxy, clients).await?, seconds, |ch| {
-        raw_call(ch, Some("helloworld"))
-    })
+    let b = phase(
+        "router",
+        channels(&proxy, clients).await?,
+        seconds,
+        |ch, _, _| raw_call(ch, Some("helloworld")),
+    )
     .await;
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
     let uri: hyper::Uri = format!("http://{api}/helloworld/Call?name=Alice")
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| e.to_string())?;
-    let c = phase_on("gateway", vec![http; clients], seconds, move |http| {
-        let uri = uri.clone();
-        async move {
-            match http.get(uri).await {
-                Ok(resp) => {
-                    let ok = resp.status().is_success();
-                    use http_body_util::BodyExt;
-                    ok && resp.into_body().collect().await.is_ok()
+    let c = phase(
+        "gateway",
+        vec![http; clients],
+        seconds,
+        move |http, _, _| {
+            let uri = uri.clone();
+            async move {
+                match http.get(uri).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        use http_body_util::BodyExt;
+                        ok && resp.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
                 }
-                Err(_) => false,
             }
-        }
-    })
+        },
+    )
     .await;
     let (ta, tb, tc) = (a.throughput(), b.throughput(), c.throughput());
     a.report();

@@ -14,25 +14,6 @@ fn default_data_dir() -> PathBuf {
     home.join(".micro").join("server")
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn terminated() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 pub fn run(args: &ServerArgs) -> Result<(), Failure> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG_LEVEL").unwrap_or_else(|_| {
@@ -62,10 +43,10 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::msg(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
         let shutdown = async {
-            terminated().await;
+            micro::signal::terminated().await;
             // A second signal while shutting down stops at once.
             tokio::spawn(async {
-                terminated().await;
+                micro::signal::terminated().await;
                 std::process::exit(130);
             });
         };
