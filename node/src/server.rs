@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use micro_proto::config::config_server::ConfigServer;
 use micro_proto::registry::registry_server::RegistryServer;
 use micro_proto::registry::{Node, Options as RegOptions, Service};
@@ -27,7 +28,6 @@ use micro_raft::{Options as RaftOptions, Replica};
 use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::auth::{grpc_guard, Authority, Keys};
 use crate::backend::NodeBackend;
@@ -204,6 +204,13 @@ async fn register_core(replica: &Replica, services: &[Service]) {
     }
 }
 
+/// Replies go out at once (no Nagle delay on small responses).
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
+}
+
 /// Runs a node until `shutdown` resolves, then stops it in order: deregister
 /// its services, stop the listeners, stop Raft.
 pub async fn run(
@@ -350,14 +357,20 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(proxy_l), stopped());
+        .serve_with_incoming_shutdown(
+            // Small gRPC frames must go out at once: Nagle's algorithm with
+            // delayed ACKs would add ~40 ms to some calls.
+            tonic::transport::server::TcpIncoming::from(proxy_l).with_nodelay(Some(true)),
+            stopped(),
+        );
     let grpc = tokio::spawn(grpc);
 
     let backend = Arc::new(NodeBackend::new(replica.clone(), router, authority.clone()));
-    let api =
-        axum::serve(api_l, micro_api::gateway(backend.clone())).with_graceful_shutdown(stopped());
+    let api = axum::serve(api_l.tap_io(no_delay), micro_api::gateway(backend.clone()))
+        .with_graceful_shutdown(stopped());
     let api = tokio::spawn(async move { api.await });
-    let web = axum::serve(web_l, micro_api::dashboard(backend)).with_graceful_shutdown(stopped());
+    let web = axum::serve(web_l.tap_io(no_delay), micro_api::dashboard(backend))
+        .with_graceful_shutdown(stopped());
     let web = tokio::spawn(async move { web.await });
 
     let core = core_services(id, &reachable(proxy_addr));

@@ -192,7 +192,7 @@ impl Service {
         let server = tonic::transport::Server::builder()
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async move {
                     let _ = stop_rx.wait_for(|s| *s).await;
                 },
