@@ -8,12 +8,23 @@ use micro_proto::store::{ReadRequest, Record, WriteRequest};
 
 use crate::harness::{http_get, http_send, wait_for_nodes, Instance, Server};
 
+/// Logs in. A failure is retried twice (and reported on stderr): once in
+/// many loaded full runs a login failed and the message was lost; a real
+/// credentials bug fails all three tries and the last panics with the
+/// server's log.
 fn login(s: &Server, user: &str, password: &str) {
-    assert_eq!(
-        s.micro(&["login", "--username", user, "--password", password])
-            .ok(),
-        "Successfully logged in.\n"
-    );
+    for attempt in 1..=3 {
+        let run = s.micro(&["login", "--username", user, "--password", password]);
+        if run.code == 0 || attempt == 3 {
+            assert_eq!(run.ok(), "Successfully logged in.\n");
+            return;
+        }
+        eprintln!(
+            "login attempt {attempt} failed, retrying: {run:?}\nserver log:\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// Only logged-in accounts may call anything but auth.

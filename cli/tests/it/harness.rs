@@ -13,21 +13,51 @@ pub struct Run {
     pub stdout: String,
     pub stderr: String,
     pub code: i32,
+    /// the log of the server it ran against, for failure messages
+    pub server_log: Option<PathBuf>,
+}
+
+impl Run {
+    /// The last lines of the server's log, to explain a failure.
+    fn server_tail(&self) -> String {
+        let Some(path) = &self.server_log else {
+            return String::new();
+        };
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!("\n--- server log (last 40 lines) ---\n{tail}")
+    }
 }
 
 impl Run {
     /// Asserts success and returns stdout.
     #[track_caller]
     pub fn ok(&self) -> &str {
-        assert_eq!(self.code, 0, "command failed: {self:?}");
+        assert_eq!(
+            self.code,
+            0,
+            "command failed: {self:?}{}",
+            self.server_tail()
+        );
         &self.stdout
     }
 
     /// Asserts failure with exactly this one-line message and nothing on stdout.
     #[track_caller]
     pub fn fails_with(&self, message: &str) {
-        assert_ne!(self.code, 0, "command should have failed: {self:?}");
-        assert_eq!(self.stderr, format!("{message}\n"), "{self:?}");
+        assert_ne!(
+            self.code,
+            0,
+            "command should have failed: {self:?}{}",
+            self.server_tail()
+        );
+        assert_eq!(
+            self.stderr,
+            format!("{message}\n"),
+            "{self:?}{}",
+            self.server_tail()
+        );
         assert_eq!(self.stdout, "", "{self:?}");
     }
 }
@@ -70,6 +100,7 @@ impl Home {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             code: out.status.code().unwrap_or(-1),
+            server_log: None,
         }
     }
 }
@@ -176,12 +207,14 @@ impl Server {
 
     /// Runs the CLI against this node.
     pub fn micro(&self, args: &[&str]) -> Run {
-        self.home.micro(args)
+        self.micro_in(self.home.path(), args)
     }
 
     /// Runs the CLI against this node from the working directory `dir`.
     pub fn micro_in(&self, dir: &Path, args: &[&str]) -> Run {
-        self.home.micro_in(dir, args)
+        let mut run = self.home.micro_in(dir, args);
+        run.server_log = Some(self.home.path().join("server.log"));
+        run
     }
 
     /// Polls `micro status` until `pred` holds for the line of `name`.
