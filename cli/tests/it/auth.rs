@@ -469,7 +469,11 @@ fn services_the_runtime_starts_have_accounts_of_their_own() {
     )
     .unwrap();
     s.micro(&["run", dir.to_str().unwrap()]).ok();
-    s.wait_status("idsvc", 30, |l| l.contains(" running "));
+    let line = s.wait_status("idsvc", 30, |l| l.contains(" running "));
+    assert!(
+        line.contains("owner=admin, group=micro"),
+        "the owner is the account that ran it: {line}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let logs = s.micro(&["logs", "idsvc"]).stdout;

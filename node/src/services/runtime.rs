@@ -536,6 +536,7 @@ impl Runtime for RuntimeService {
         req: Request<CreateRequest>,
     ) -> Result<Response<CreateResponse>, Status> {
         let ns = namespace(&req)?;
+        let caller = req.extensions().get::<crate::auth::Claims>().cloned();
         let req = req.into_inner();
         let svc = req
             .service
@@ -567,7 +568,12 @@ impl Runtime for RuntimeService {
             source: svc.source,
             env: opts.env,
             command: opts.command,
-            owner: svc.metadata.get("owner").cloned().unwrap_or_default(),
+            // The caller's account when it has one; an anonymous caller's
+            // own word otherwise (the CLI sends its user's name).
+            owner: caller
+                .map(|c| c.sub)
+                .or_else(|| svc.metadata.get("owner").cloned())
+                .unwrap_or_else(|| "anonymous".into()),
             node: m.node_id,
             build,
             updated: now_millis(),
