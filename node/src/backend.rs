@@ -4,7 +4,6 @@
 //! through the router, without a network hop to this node's own endpoint.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use micro::errors::{self, Error};
@@ -16,26 +15,31 @@ use crate::auth::Authority;
 use crate::router::Router;
 use crate::services::registry;
 
-/// Parsed descriptor sets, by a hash of their bytes: parsing one costs far
-/// more than a call, and services re-register the same bytes every 30 s.
+/// Parsed descriptor sets, by registration record and its version: a
+/// call whose registration has not changed since the last one costs a map
+/// lookup, with no decoding, hashing or parsing of the descriptor bytes.
+/// (A heartbeat rewrites the record, so each instance is parsed again at
+/// most every 30 s.)
 #[derive(Default)]
-struct Pools(Mutex<HashMap<u64, Arc<DescriptorPool>>>);
+struct Pools(Mutex<HashMap<Vec<u8>, Versioned>>);
+
+/// A parsed pool and the version of the record it came from.
+type Versioned = (u64, Arc<DescriptorPool>);
 
 impl Pools {
-    fn get(&self, bytes: &[u8]) -> Result<Arc<DescriptorPool>, prost_reflect::DescriptorError> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut h);
-        let key = h.finish();
-        if let Some(p) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Ok(p.clone());
-        }
-        let pool = Arc::new(DescriptorPool::decode(bytes)?);
+    fn cached(&self, key: &[u8], version: u64) -> Option<Arc<DescriptorPool>> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, p)| p.clone())
+    }
+
+    fn insert(&self, key: Vec<u8>, version: u64, pool: Arc<DescriptorPool>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() > 1024 {
-            map.clear(); // bounded: stale versions of services fall out
+            map.clear(); // bounded: records of gone instances fall out
         }
-        map.insert(key, pool.clone());
-        Ok(pool)
+        map.insert(key, (version, pool));
     }
 }
 
@@ -67,16 +71,22 @@ impl NodeBackend {
             .reader()
             .scan(prefix.as_bytes(), micro_raft::now_millis(), false)
         {
-            let (_, rec) =
+            let (key, rec) =
                 item.map_err(|e| errors::internal_server_error(service, e.to_string()))?;
+            if let Some(pool) = self.pools.cached(&key, rec.version) {
+                return Ok(pool);
+            }
             let reg =
                 <micro_proto::registry::Service as prost::Message>::decode(rec.value.as_slice())
                     .map_err(|e| errors::internal_server_error(service, e.to_string()))?;
-            if !reg.descriptor.is_empty() {
-                return self.pools.get(&reg.descriptor).map_err(|e| {
-                    errors::internal_server_error(service, format!("bad descriptor: {e}"))
-                });
+            if reg.descriptor.is_empty() {
+                continue;
             }
+            let pool = Arc::new(DescriptorPool::decode(reg.descriptor.as_slice()).map_err(
+                |e| errors::internal_server_error(service, format!("bad descriptor: {e}")),
+            )?);
+            self.pools.insert(key, rec.version, pool.clone());
+            return Ok(pool);
         }
         Err(not_found())
     }
