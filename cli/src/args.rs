@@ -110,7 +110,7 @@ pub struct LoginArgs {
     #[arg(long, visible_alias = "email", value_name = "USERNAME")]
     pub username: Option<String>,
     /// The account's password (asked for, without echo, when not given)
-    #[arg(long, value_name = "PASSWORD")]
+    #[arg(long, value_name = "PASSWORD", allow_hyphen_values = true)]
     pub password: Option<String>,
 }
 
@@ -151,10 +151,10 @@ pub enum UserSetCommand {
     /// Change the account's password
     Password {
         /// The current password (asked for, without echo, when not given)
-        #[arg(long, value_name = "PASSWORD")]
+        #[arg(long, value_name = "PASSWORD", allow_hyphen_values = true)]
         old_password: Option<String>,
         /// The new password (asked for, without echo, when not given)
-        #[arg(long, value_name = "PASSWORD")]
+        #[arg(long, value_name = "PASSWORD", allow_hyphen_values = true)]
         new_password: Option<String>,
     },
 }
@@ -216,7 +216,7 @@ pub enum AuthCreateCommand {
     Account {
         id: String,
         /// Its password (generated and shown when not given)
-        #[arg(long, value_name = "SECRET")]
+        #[arg(long, value_name = "SECRET", allow_hyphen_values = true)]
         secret: Option<String>,
         /// Scopes it holds, comma separated
         #[arg(long, value_delimiter = ',', value_name = "SCOPES")]

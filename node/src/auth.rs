@@ -211,6 +211,18 @@ pub fn token_hash(secret: &str) -> String {
         .collect()
 }
 
+/// A secret a person may have to type or paste on a command line: 32
+/// letters and digits (about 190 bits). Never starts with `-`, which a
+/// shell tool would read as a flag.
+pub fn random_password() -> String {
+    use rand::Rng;
+    rand::rngs::OsRng
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
 /// `n` random bytes, base64url.
 pub fn random_token(n: usize) -> String {
     use rand::RngCore;

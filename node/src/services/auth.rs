@@ -16,8 +16,8 @@ use micro_raft::{now_millis, Cond, Op, Replica, Txn};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{
-    hash_secret, random_token, token_hash, verify_secret, Authority, Claims, RuleJson,
-    StoredAccount, StoredRefresh, REFRESH_TTL, ROOT_NAMESPACE,
+    hash_secret, random_password, random_token, token_hash, verify_secret, Authority, Claims,
+    RuleJson, StoredAccount, StoredRefresh, REFRESH_TTL, ROOT_NAMESPACE,
 };
 use crate::grpc::{check_name, namespace, status};
 
@@ -343,7 +343,7 @@ impl Auth for AuthService {
         };
         check_name("account name", &name)?;
         let (secret, shown) = if r.secret.is_empty() {
-            let s = random_token(24);
+            let s = random_password();
             (s.clone(), s)
         } else {
             (r.secret.clone(), String::new())
