@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "registry.proto",
     "runtime.proto",
     "auth.proto",
+    "cluster.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

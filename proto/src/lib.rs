@@ -28,6 +28,11 @@ pub mod runtime {
     tonic::include_proto!("runtime");
 }
 
+/// Cluster membership (admin API) and node-to-node calls.
+pub mod cluster {
+    tonic::include_proto!("cluster");
+}
+
 /// The serialized `FileDescriptorSet` of every core service, for gRPC
 /// reflection and for deriving endpoint schemas.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
