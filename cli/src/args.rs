@@ -100,6 +100,8 @@ pub enum Command {
     User(UserArgs),
     /// Manage accounts and the rules that decide who may call what
     Auth(AuthArgs),
+    /// The cluster: join token, members, Raft status, removing a node
+    Cluster(ClusterArgs),
     #[command(external_subcommand)]
     External(Vec<String>),
 }
@@ -156,6 +158,28 @@ pub enum UserSetCommand {
         /// The new password (asked for, without echo, when not given)
         #[arg(long, value_name = "PASSWORD", allow_hyphen_values = true)]
         new_password: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+#[command(subcommand_required = true, arg_required_else_help = true)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Print the token other nodes join with (admins only)
+    Token,
+    /// List the nodes: id, addresses, gossip state and Raft role
+    Members,
+    /// Show each node's Raft state: leader, term, log, commit and applied index
+    Status,
+    /// Take a node out of the cluster for good (admins only)
+    Remove {
+        /// The node's id (see `micro cluster members`)
+        node: u64,
     },
 }
 
@@ -320,6 +344,24 @@ pub struct ServerArgs {
     /// How long access tokens live, e.g. 10m
     #[arg(long, env = "MICRO_AUTH_TOKEN_TTL", value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub auth_token_ttl: Duration,
+    /// Join the cluster a node at this cluster address belongs to (with --token)
+    #[arg(long, env = "MICRO_JOIN", value_name = "HOST:PORT", requires = "token")]
+    pub join: Option<String>,
+    /// The join token (`micro cluster token` on a member prints it)
+    #[arg(
+        long,
+        env = "MICRO_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub token: Option<String>,
+    /// How many voters the cluster keeps; further nodes stay learners
+    #[arg(long, env = "MICRO_CLUSTER_SIZE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=9), value_name = "N")]
+    pub cluster_size: u32,
+    /// Compact the Raft log into a snapshot after this many entries
+    #[arg(long, env = "MICRO_RAFT_SNAPSHOT_AFTER", default_value_t = 20000, value_parser = clap::value_parser!(u64).range(10..), value_name = "N", hide = true)]
+    pub raft_snapshot_after: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

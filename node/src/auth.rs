@@ -97,7 +97,8 @@ pub struct Keys {
     verifying: VerifyingKey,
 }
 
-const KEY_FILE: &str = "auth-signing.key";
+/// The file in the data dir that holds the signing key (base64 seed, 0600).
+pub const KEY_FILE: &str = "auth-signing.key";
 const JWT_HEADER: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
 
 impl Keys {
@@ -128,6 +129,20 @@ impl Keys {
             Err(e) => return Err(e),
         };
         Ok(Keys::from_seed(seed))
+    }
+
+    /// The signing key's seed: every node of a cluster signs with the same.
+    pub fn seed(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
+    /// Replaces the key kept in `data_dir` with `seed` (a node joining a
+    /// cluster takes the cluster's key).
+    pub fn install(data_dir: &Path, seed: &[u8]) -> std::io::Result<()> {
+        if seed.len() != 32 {
+            return Err(std::io::Error::other("the signing key is not 32 bytes"));
+        }
+        crate::cluster::write_private(&data_dir.join(KEY_FILE), B64.encode(seed).as_bytes())
     }
 
     pub fn from_seed(seed: [u8; 32]) -> Keys {

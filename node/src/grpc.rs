@@ -61,6 +61,11 @@ pub fn status(e: micro_raft::Error) -> Status {
         Stopped => Status::unavailable("the node is shutting down"),
         Storage(m) => Status::internal(format!("storage error: {m}")),
         Raft(m) => Status::internal(format!("raft error: {m}")),
+        Unreachable(m) => {
+            Status::unavailable(format!("the leader cannot be reached ({m}); try again"))
+        }
+        Unknown(m) => Status::unavailable(m),
+        Timeout(m) => Status::deadline_exceeded(m),
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod backend;
+pub mod cluster;
 mod grpc;
 pub mod router;
 pub mod runtime;

@@ -10,6 +10,12 @@
 //! one message under the gRPC size limit) so it can be sent twice; replies
 //! stream straight through.
 //!
+//! In a cluster the router sees every node's instances (the registry is
+//! replicated). An instance on another node is reached through that node's
+//! cluster port over mutual TLS, naming the instance in the
+//! `micro-instance` header; instances on nodes gossip holds to be down are
+//! skipped.
+//!
 //! Must never: decode a user service's messages, or hold a lock across a
 //! forwarded call.
 
@@ -27,6 +33,8 @@ use prost::Message;
 use rand::seq::SliceRandom;
 use tonic::Status;
 
+use crate::cluster::peer::INSTANCE_HEADER;
+use crate::cluster::Cluster;
 use crate::server::MAX_MESSAGE;
 
 /// Just the nodes of a registration: decoding only field 5 skips the
@@ -40,26 +48,39 @@ struct NodesOnly {
 /// Forwards calls to service instances.
 pub struct Router {
     replica: Replica,
+    cluster: Arc<Cluster>,
     http: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A registered instance: its address and the node it runs on (when the
+/// registration names one).
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub address: String,
+    pub node: Option<u64>,
 }
 
 /// gRPC status codes after which another instance is tried.
 const RETRYABLE: &[&str] = &["4", "13", "14"];
 
 impl Router {
-    pub fn new(replica: Replica) -> Arc<Router> {
+    pub fn new(replica: Replica, cluster: Arc<Cluster>) -> Arc<Router> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
         let http = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
-        Arc::new(Router { replica, http })
+        Arc::new(Router {
+            replica,
+            cluster,
+            http,
+        })
     }
 
     /// The addresses of `service`'s live instances in `namespace` (a local,
     /// possibly stale read: routing tolerates a moment's lag).
-    pub fn instances(&self, namespace: &str, service: &str) -> Result<Vec<String>, Status> {
+    pub fn instances(&self, namespace: &str, service: &str) -> Result<Vec<Instance>, Status> {
         let prefix = format!("registry/{namespace}/{service}/");
         let mut out = Vec::new();
         for item in self
@@ -70,7 +91,10 @@ impl Router {
             let (_, rec) = item.map_err(crate::grpc::status)?;
             let reg = NodesOnly::decode(rec.value.as_slice())
                 .map_err(|e| Status::internal(e.to_string()))?;
-            out.extend(reg.nodes.into_iter().map(|n| n.address));
+            out.extend(reg.nodes.into_iter().map(|n| Instance {
+                node: n.metadata.get("node").and_then(|v| v.parse().ok()),
+                address: n.address,
+            }));
         }
         Ok(out)
     }
@@ -95,24 +119,23 @@ impl Router {
         if instances.is_empty() {
             return Err(Status::not_found(format!("service {service} not found")));
         }
+        instances.retain(|i| !i.node.is_some_and(|n| self.cluster.is_down(n)));
+        if instances.is_empty() {
+            return Err(Status::unavailable(format!(
+                "every instance of {service} runs on a node that is down"
+            )));
+        }
         instances.shuffle(&mut rand::thread_rng());
         let attempts = instances.len().min(2);
         let mut last = Status::unavailable(format!("no instance of {service} answered"));
-        for (i, addr) in instances.iter().take(attempts).enumerate() {
-            let uri: Uri = format!("http://{addr}{path}")
-                .parse()
-                .map_err(|_| Status::internal(format!("bad instance address {addr}")))?;
-            let mut out = Request::builder().method(parts.method.clone()).uri(uri);
-            for (k, v) in parts.headers.iter() {
-                if k != http::header::HOST {
-                    out = out.header(k, v);
-                }
-            }
-            let out = out
-                .body(Full::new(body.clone()))
-                .map_err(|e| Status::internal(e.to_string()))?;
+        for (i, instance) in instances.iter().take(attempts).enumerate() {
+            let addr = &instance.address;
             let last_try = i + 1 == attempts;
-            match self.http.request(out).await {
+            let sent = match instance.node.filter(|n| *n != self.cluster.id) {
+                Some(node) => self.via_node(node, instance, &parts, body.clone()).await,
+                None => self.direct(addr, &parts, body.clone()).await,
+            };
+            match sent {
                 Ok(resp) => {
                     let failed = resp
                         .headers()
@@ -132,6 +155,85 @@ impl Router {
             }
         }
         Err(last)
+    }
+
+    /// Sends a call straight to an instance this node reaches itself.
+    async fn direct(
+        &self,
+        addr: &str,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Body>, String> {
+        let uri: Uri = format!("http://{addr}{}", parts.uri.path())
+            .parse()
+            .map_err(|_| format!("bad instance address {addr}"))?;
+        let mut out = Request::builder().method(parts.method.clone()).uri(uri);
+        for (k, v) in parts.headers.iter() {
+            if k != http::header::HOST {
+                out = out.header(k, v);
+            }
+        }
+        let out = out.body(Full::new(body)).map_err(|e| e.to_string())?;
+        self.http
+            .request(out)
+            .await
+            .map(|r| r.map(Body::new))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends a call to an instance on another node, through that node's
+    /// cluster port.
+    async fn via_node(
+        &self,
+        node: u64,
+        instance: &Instance,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Body>, String> {
+        use tower::ServiceExt;
+        let peer = self
+            .cluster
+            .node_addr(node)
+            .ok_or_else(|| format!("node {node} is not a member of the cluster"))?;
+        let channel = self
+            .cluster
+            .peers
+            .channel(&peer)
+            .map_err(|s| s.message().to_string())?;
+        let mut out = Request::builder()
+            .method(parts.method.clone())
+            .uri(parts.uri.path());
+        for (k, v) in parts.headers.iter() {
+            if k != http::header::HOST && k != INSTANCE_HEADER {
+                out = out.header(k, v);
+            }
+        }
+        let out = out
+            .header(INSTANCE_HEADER, &instance.address)
+            .body(tonic::body::Body::new(Full::new(body)))
+            .map_err(|e| e.to_string())?;
+        channel
+            .oneshot(out)
+            .await
+            .map(|r| r.map(Body::new))
+            .map_err(|e| format!("node {node} at {peer}: {e}"))
+    }
+
+    /// Serves a call another node passed here for one of this node's
+    /// instances (never passed on again).
+    pub async fn forward_local(&self, addr: &str, req: Request<Body>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let body = match axum::body::to_bytes(body, MAX_MESSAGE + 5).await {
+            Ok(b) => b,
+            Err(_) => {
+                return Status::resource_exhausted("the request is larger than 8 MiB").into_http()
+            }
+        };
+        match self.direct(addr, &parts, body).await {
+            Ok(resp) => resp,
+            Err(e) => Status::unavailable(format!("the instance at {addr} is unavailable: {e}"))
+                .into_http(),
+        }
     }
 
     /// A call with one encoded request, for the gateway: returns the reply

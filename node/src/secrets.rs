@@ -22,6 +22,7 @@ const AAD: &[u8] = b"micro config secret v1";
 /// Seals and opens secret values.
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
+    key: [u8; 32],
 }
 
 /// A sealed value could not be opened.
@@ -35,6 +36,7 @@ impl SecretBox {
         let digest = Sha256::digest(key.as_bytes());
         SecretBox {
             cipher: XChaCha20Poly1305::new(&digest),
+            key: digest.into(),
         }
     }
 
@@ -71,7 +73,24 @@ impl SecretBox {
         };
         Ok(SecretBox {
             cipher: XChaCha20Poly1305::new_from_slice(&key).map_err(std::io::Error::other)?,
+            key: key.as_slice().try_into().map_err(std::io::Error::other)?,
         })
+    }
+
+    /// The key in use: every node of a cluster seals with the same.
+    pub fn key(&self) -> [u8; 32] {
+        self.key
+    }
+
+    /// Replaces the key kept in `data_dir` (a node joining a cluster takes
+    /// the cluster's key).
+    pub fn install(data_dir: &Path, key: &[u8]) -> std::io::Result<()> {
+        if key.len() != 32 {
+            return Err(std::io::Error::other(
+                "the config secret key is not 32 bytes",
+            ));
+        }
+        crate::cluster::write_private(&data_dir.join(KEY_FILE), B64.encode(key).as_bytes())
     }
 
     /// Encrypts `plain`; the result is base64 of nonce then ciphertext.

@@ -31,6 +31,11 @@ use tokio::sync::watch;
 
 use crate::auth::{grpc_guard, Authority, Keys};
 use crate::backend::NodeBackend;
+use crate::cluster::admin::ClusterService;
+use crate::cluster::material::Material;
+use crate::cluster::state::{Cluster, NodeInfo};
+use crate::cluster::tls;
+use crate::cluster::transport::{Forwarder, Peers, RaftNet};
 use crate::router::Router;
 use crate::secrets::SecretBox;
 use crate::services::auth::{
@@ -41,6 +46,7 @@ use crate::services::{config::ConfigService, registry, store::StoreService};
 use micro_proto::auth::{
     accounts_server::AccountsServer, auth_server::AuthServer, rules_server::RulesServer,
 };
+use micro_proto::cluster::cluster_server::ClusterServer;
 use tonic::service::Routes;
 
 /// Largest gRPC message the node accepts or sends.
@@ -71,6 +77,36 @@ pub struct ServerOptions {
     pub auth_admin_password: Option<String>,
     /// how long access tokens live
     pub auth_token_ttl: Duration,
+    /// the cluster address of a member to join through (with `token`)
+    pub join: Option<String>,
+    /// the join token
+    pub token: Option<String>,
+    /// how many voters the cluster keeps
+    pub cluster_size: usize,
+    /// Raft log entries between snapshots
+    pub raft_snapshot_after: u64,
+}
+
+impl ServerOptions {
+    /// Options for a node in `data_dir` on the default ports.
+    pub fn new(data_dir: PathBuf) -> ServerOptions {
+        ServerOptions {
+            data_dir,
+            api_address: ":8080".into(),
+            proxy_address: ":8081".into(),
+            web_address: ":8082".into(),
+            cluster_address: ":8083".into(),
+            config_secret_key: None,
+            runtime_target_dir: None,
+            runtime_release: true,
+            auth_admin_password: None,
+            auth_token_ttl: Duration::from_secs(600),
+            join: None,
+            token: None,
+            cluster_size: 5,
+            raft_snapshot_after: RaftOptions::default().snapshot_after,
+        }
+    }
 }
 
 /// Why a node could not start or stopped with an error.
@@ -95,6 +131,8 @@ pub enum ServerError {
     NotReady(micro_raft::Error),
     #[error("{what} stopped with an error: {reason}")]
     Serve { what: &'static str, reason: String },
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// Turns `:8080` into `0.0.0.0:8080` and checks the form of `HOST:PORT`.
@@ -204,6 +242,26 @@ async fn register_core(replica: &Replica, services: &[Service]) {
     }
 }
 
+/// Waits until this replica can serve linearizable reads: at once for a
+/// lone node; for a cluster member, once it reaches a leader and a quorum
+/// (a node restarting ahead of its peers waits for them).
+async fn wait_until_ready(replica: &Replica) -> Result<(), ServerError> {
+    let mut tries = 0u32;
+    loop {
+        match replica.linearize().await {
+            Ok(()) => return Ok(()),
+            Err(e @ micro_raft::Error::Stopped) => return Err(ServerError::NotReady(e)),
+            Err(e) => {
+                tries += 1;
+                if tries % 5 == 1 {
+                    tracing::info!("waiting for the cluster: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 /// Replies go out at once (no Nagle delay on small responses).
 fn no_delay(tcp: &mut tokio::net::TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
@@ -230,54 +288,97 @@ pub async fn run(
     let proxy_l = bind("gRPC endpoint", &opts.proxy_address).await?;
     let api_l = bind("API gateway", &opts.api_address).await?;
     let web_l = bind("dashboard", &opts.web_address).await?;
-    let cluster = listen_address("cluster", &opts.cluster_address)?;
+    let cluster_l = bind("cluster port", &opts.cluster_address).await?;
     let local = |l: &TcpListener| l.local_addr().map_err(data_err(&dir));
     let (proxy_addr, api_addr, web_addr) = (local(&proxy_l)?, local(&api_l)?, local(&web_l)?);
+    let cluster_addr = local(&cluster_l)?;
+    let advertised = reachable(cluster_addr);
 
     let id = node_id(&dir)?;
+    let fresh = !dir.join("raft").exists();
+    let material = if Material::exists(&dir) {
+        if opts.join.is_some() {
+            tracing::info!("this node already belongs to a cluster; --join is ignored");
+        }
+        Material::load(&dir).map_err(ServerError::Cluster)?
+    } else if let Some(seed) = &opts.join {
+        if !fresh {
+            return Err(ServerError::Cluster(format!(
+                "{} already holds a cluster's data; a joining node needs a fresh --data-dir",
+                dir.display()
+            )));
+        }
+        let token = opts.token.as_deref().unwrap_or_default();
+        tracing::info!("joining the cluster through {seed}");
+        Material::join(&dir, id, seed, token)
+            .await
+            .map_err(ServerError::Cluster)?
+    } else {
+        Material::bootstrap(&dir, id).map_err(ServerError::Cluster)?
+    };
+    let joining = opts.join.clone().filter(|_| fresh);
+
     let secrets =
         Arc::new(SecretBox::load(&dir, opts.config_secret_key.as_deref()).map_err(data_err(&dir))?);
-    let replica = Replica::open(&dir.join("raft"), id, RaftOptions::default())
-        .await
-        .map_err(|e| ServerError::Open {
-            path: dir.join("raft").display().to_string(),
-            reason: e.to_string(),
-        })?;
-    replica
-        .bootstrap_alone(cluster.clone())
-        .await
-        .map_err(ServerError::NotReady)?;
-    replica.linearize().await.map_err(ServerError::NotReady)?;
-    let sweeper = replica.spawn_expiry_sweeper(Duration::from_secs(1));
-
     let keys = Keys::load(&dir).map_err(data_err(&dir))?;
-    let authority = Authority::new(replica.clone(), keys, opts.auth_token_ttl);
-    let rule_watch = authority.spawn_rule_watch();
-    let auth_store = AuthStore::new(replica.clone(), authority.clone());
-    let admin_password = opts
-        .auth_admin_password
-        .clone()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| DEFAULT_ADMIN_PASSWORD.to_string());
-    auth_store
-        .bootstrap(&admin_password)
-        .await
-        .map_err(|s| ServerError::Serve {
-            what: "auth bootstrap",
-            reason: s.message().to_string(),
-        })?;
-    authority.reload_rules();
-    {
-        let store = auth_store.clone();
-        tokio::spawn(async move {
-            if store.admin_has_default_password().await {
-                tracing::warn!(
-                    "the admin account still has the default password 'micro': change it with `micro user set password`"
-                );
-            }
-        });
-    }
+    let tls_err = |e: crate::cluster::tls::TlsError| ServerError::Cluster(e.to_string());
+    let peers = Peers::new(tls::client_config(&material.identity).map_err(tls_err)?);
+    let server_tls = tls::server_config(&material.identity).map_err(tls_err)?;
+    let gossip_key = material.gossip_key;
+    let cluster = Cluster::new(
+        id,
+        material,
+        peers.clone(),
+        opts.cluster_size.max(1),
+        NodeInfo {
+            address: advertised.clone(),
+            api: reachable(api_addr),
+            grpc: reachable(proxy_addr),
+        },
+        (keys.seed(), secrets.key()),
+    );
+    let raft_options = RaftOptions {
+        snapshot_after: opts.raft_snapshot_after,
+        keep_after_snapshot: (opts.raft_snapshot_after / 2).min(1000),
+        ..RaftOptions::default()
+    };
+    let replica = Replica::open_with(
+        &dir.join("raft"),
+        id,
+        raft_options,
+        RaftNet {
+            peers: peers.clone(),
+        },
+        Arc::new(Forwarder {
+            peers: peers.clone(),
+        }),
+    )
+    .await
+    .map_err(|e| ServerError::Open {
+        path: dir.join("raft").display().to_string(),
+        reason: e.to_string(),
+    })?;
+    cluster.set_replica(replica.clone());
+    let gossip_at: SocketAddr = advertised.parse().map_err(|_| ServerError::Address {
+        what: "cluster",
+        addr: advertised.clone(),
+    })?;
+    let gossip = micro_gossip::Gossip::start(micro_gossip::Config {
+        node_id: id,
+        bind: cluster_addr,
+        advertise: gossip_at,
+        key: gossip_key,
+    })
+    .await
+    .map_err(|source| ServerError::Listen {
+        what: "cluster gossip (UDP)",
+        addr: cluster_addr.to_string(),
+        source,
+    })?;
+    cluster.set_gossip(gossip.clone());
 
+    let authority = Authority::new(replica.clone(), keys, opts.auth_token_ttl);
+    let auth_store = AuthStore::new(replica.clone(), authority.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -300,7 +401,7 @@ pub async fn run(
             what: "gRPC reflection",
             reason: e.to_string(),
         })?;
-    let router = Router::new(replica.clone());
+    let router = Router::new(replica.clone(), cluster.clone());
     let runtime = Manager::new(
         replica.clone(),
         id,
@@ -329,12 +430,12 @@ pub async fn run(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            RegistryServer::new(registry::RegistryService::new(replica.clone()))
+            RegistryServer::new(registry::RegistryService::new(replica.clone(), id))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            RuntimeServer::new(RuntimeService::new(runtime.clone()))
+            RuntimeServer::new(RuntimeService::new(runtime.clone(), cluster.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
@@ -342,7 +443,8 @@ pub async fn run(
         .add_service(AccountsServer::new(AccountsService::new(
             auth_store.clone(),
         )))
-        .add_service(RulesServer::new(RulesService::new(auth_store.clone())));
+        .add_service(RulesServer::new(RulesService::new(auth_store.clone())))
+        .add_service(ClusterServer::new(ClusterService::new(cluster.clone())));
     let fallback = {
         let router = router.clone();
         move |req: http::Request<axum::body::Body>| {
@@ -351,9 +453,65 @@ pub async fn run(
         }
     };
     // Every call, to a core service or routed, passes the rule check first.
-    let routes = Routes::from(routes.into_axum_router().fallback(fallback).layer(
-        axum::middleware::from_fn_with_state(authority.clone(), grpc_guard),
-    ));
+    let local_stack =
+        routes
+            .into_axum_router()
+            .fallback(fallback)
+            .layer(axum::middleware::from_fn_with_state(
+                authority.clone(),
+                grpc_guard,
+            ));
+
+    // The cluster port serves first: a joiner must answer the leader
+    // before it can be admitted, and a restarted node its peers.
+    let cluster_server = tonic::transport::Server::builder()
+        .add_routes(Routes::from(crate::cluster::peer::routes(
+            cluster.clone(),
+            local_stack.clone(),
+            router.clone(),
+        )))
+        .serve_with_incoming_shutdown(tls::incoming(cluster_l, server_tls), stopped());
+    let cluster_server = tokio::spawn(cluster_server);
+    if !cluster.material.joined {
+        // The founding node makes a one-voter cluster the first time, and
+        // as a lone voter restarting elects itself at once.
+        replica
+            .bootstrap_alone(advertised.clone())
+            .await
+            .map_err(ServerError::NotReady)?;
+    }
+    let keeper = cluster.spawn_keeper(joining.into_iter().collect());
+    wait_until_ready(&replica).await?;
+    let sweeper = replica.spawn_expiry_sweeper(Duration::from_secs(1));
+    if let Err(s) = cluster.record_self().await {
+        tracing::warn!("cannot record this node's addresses: {}", s.message());
+    }
+    let rule_watch = authority.spawn_rule_watch();
+    let admin_password = opts
+        .auth_admin_password
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_ADMIN_PASSWORD.to_string());
+    auth_store
+        .bootstrap(&admin_password)
+        .await
+        .map_err(|s| ServerError::Serve {
+            what: "auth bootstrap",
+            reason: s.message().to_string(),
+        })?;
+    authority.reload_rules();
+    {
+        let store = auth_store.clone();
+        tokio::spawn(async move {
+            if store.admin_has_default_password().await {
+                tracing::warn!(
+                    "the admin account still has the default password 'micro': change it with `micro user set password`"
+                );
+            }
+        });
+    }
+
+    let routes = Routes::from(local_stack);
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_routes(routes)
@@ -398,7 +556,7 @@ pub async fn run(
         "api": reachable(api_addr),
         "proxy": reachable(proxy_addr),
         "web": reachable(web_addr),
-        "cluster": cluster,
+        "cluster": advertised,
     });
     std::fs::write(&listen_file, listen.to_string()).map_err(data_err(&listen_file))?;
     tracing::info!(
@@ -422,6 +580,9 @@ pub async fn run(
     let _ = web.await;
     sweeper.abort();
     rule_watch.abort();
+    keeper.abort();
+    gossip.shutdown().await;
+    let _ = cluster_server.await;
     replica.shutdown().await;
     let _ = std::fs::remove_file(&listen_file);
     match grpc_result {

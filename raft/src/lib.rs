@@ -25,12 +25,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 pub use openraft::BasicNode;
 use tokio::sync::broadcast;
 
 pub use log_store::LogStore;
-pub use network::Network;
+pub use network::{Forward, NoPeers};
 pub use state_machine::{Change, Reader, StateMachine};
 pub use txn::{now_millis, Cond, Millis, Op, Record, Txn, TxnResult};
 
@@ -66,6 +66,15 @@ pub enum Error {
     Stopped,
     #[error("raft error: {0}")]
     Raft(String),
+    /// The request was never delivered (no connection to the leader), so it
+    /// can safely be retried.
+    #[error("the leader cannot be reached: {0}")]
+    Unreachable(String),
+    /// The request may or may not have taken effect.
+    #[error("{0}")]
+    Unknown(String),
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl From<sled::Error> for Error {
@@ -83,6 +92,11 @@ pub struct Options {
     pub snapshot_after: u64,
     /// How long a write waits for a leader to be elected before failing.
     pub leader_wait: Duration,
+    /// How long a write or read barrier may take in all before it fails
+    /// (a leader cut off from its quorum never commits).
+    pub request_timeout: Duration,
+    /// Log entries kept after a snapshot, for followers that lag a little.
+    pub keep_after_snapshot: u64,
 }
 
 impl Default for Options {
@@ -92,6 +106,8 @@ impl Default for Options {
             election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
             snapshot_after: 20_000,
             leader_wait: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            keep_after_snapshot: 1000,
         }
     }
 }
@@ -112,11 +128,28 @@ pub struct Replica {
     reader: Reader,
     changes: broadcast::Sender<Arc<Vec<Change>>>,
     options: Options,
+    forward: Arc<dyn Forward>,
 }
 
 impl Replica {
-    /// Opens (or creates) the replica's storage in `dir` and starts Raft.
+    /// Opens (or creates) a replica that never talks to peers: a node alone.
     pub async fn open(dir: &Path, id: NodeId, options: Options) -> Result<Self, Error> {
+        Self::open_with(dir, id, options, NoPeers, Arc::new(NoPeers)).await
+    }
+
+    /// Opens (or creates) the replica's storage in `dir` and starts Raft,
+    /// reaching peers through `network` (Raft RPCs) and `forward` (writes
+    /// and read barriers sent to the leader).
+    pub async fn open_with<N>(
+        dir: &Path,
+        id: NodeId,
+        options: Options,
+        network: N,
+        forward: Arc<dyn Forward>,
+    ) -> Result<Self, Error>
+    where
+        N: openraft::RaftNetworkFactory<TypeConfig>,
+    {
         let dir = dir.to_path_buf();
         // sled's open reads and recovers the whole log: keep it off the runtime.
         let db = tokio::task::spawn_blocking(move || sled::Config::new().path(dir).open())
@@ -132,12 +165,13 @@ impl Replica {
             election_timeout_min: options.election_timeout.0.as_millis() as u64,
             election_timeout_max: options.election_timeout.1.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_after),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: options.keep_after_snapshot,
+            install_snapshot_timeout: 10_000,
             ..Default::default()
         }
         .validate()
         .map_err(|e| Error::Raft(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(config), Network, log, sm)
+        let raft = Raft::new(id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
         Ok(Replica {
@@ -146,6 +180,7 @@ impl Replica {
             reader,
             changes,
             options,
+            forward,
         })
     }
 
@@ -181,73 +216,179 @@ impl Replica {
         Ok(())
     }
 
-    /// Waits until some node leads, up to the configured leader wait.
-    async fn wait_for_leader(&self) -> Result<(), Error> {
-        self.raft
-            .wait(Some(self.options.leader_wait))
-            .metrics(|m| m.current_leader.is_some(), "a leader is elected")
-            .await
-            .map(|_| ())
-            .map_err(|_| Error::NoLeader)
-    }
-
     /// Replicates `txn` and returns its result once it is durable on a quorum
     /// and applied here. Stamps the transaction with this node's clock when
-    /// its `now` is zero.
+    /// its `now` is zero. On a follower the transaction is forwarded to the
+    /// leader; a leader that cannot be reached, or none at all, is waited for
+    /// (an election) up to the leader wait. Fails after the request timeout
+    /// rather than wait for a quorum that is gone.
     pub async fn write(&self, mut txn: Txn) -> Result<TxnResult, Error> {
         if txn.now == 0 {
             txn.now = now_millis();
         }
-        let mut waited = false;
-        loop {
-            match self.raft.client_write(txn.clone()).await {
-                Ok(resp) => return Ok(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    self.no_leader_here(f, &mut waited).await?
-                }
-                Err(RaftError::APIError(e)) => return Err(Error::Raft(e.to_string())),
-                Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
-            }
+        let limit = self.options.request_timeout;
+        match tokio::time::timeout(limit, self.write_inner(txn)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(format!(
+                "the write was not committed within {}s: the cluster may have lost its quorum (the outcome is unknown)",
+                limit.as_secs()
+            ))),
         }
     }
 
-    /// Handles "this node does not lead": names the leader when another node
-    /// leads; otherwise waits once for an election, so the caller can retry.
-    async fn no_leader_here(
-        &self,
-        f: ForwardToLeader<NodeId, BasicNode>,
-        waited: &mut bool,
-    ) -> Result<(), Error> {
-        match (f.leader_id, f.leader_node) {
-            (Some(id), Some(node)) if id != self.id => Err(Error::NotLeader {
-                leader_id: id,
-                leader_addr: node.addr,
-            }),
-            _ if !*waited => {
-                *waited = true;
-                self.wait_for_leader().await
-            }
-            _ => Err(Error::NoLeader),
+    async fn write_inner(&self, txn: Txn) -> Result<TxnResult, Error> {
+        let deadline = tokio::time::Instant::now() + self.options.leader_wait;
+        loop {
+            let f = match self.raft.client_write(txn.clone()).await {
+                Ok(resp) => return Ok(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f,
+                Err(RaftError::APIError(e)) => return Err(Error::Raft(e.to_string())),
+                Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
+            };
+            let err = match (f.leader_id, f.leader_node) {
+                (Some(id), Some(node)) if id != self.id => {
+                    match self.forward.propose(id, node, txn.clone()).await {
+                        Ok(r) => return Ok(r),
+                        Err(
+                            e @ (Error::Unreachable(_) | Error::NotLeader { .. } | Error::NoLeader),
+                        ) => e,
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => Error::NoLeader,
+            };
+            self.await_leader_change(f.leader_id, deadline, err).await?;
         }
+    }
+
+    /// After a failed attempt through leader `was`: waits until another
+    /// leader is known (or, with none known, any leader), giving up with
+    /// `err` at `deadline`.
+    async fn await_leader_change(
+        &self,
+        was: Option<NodeId>,
+        deadline: tokio::time::Instant,
+        err: Error,
+    ) -> Result<(), Error> {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(err);
+        }
+        // Up to a second for the view to change; then the same leader is
+        // tried again (a connection may have failed only for a moment).
+        let _ = self
+            .raft
+            .wait(Some((deadline - now).min(Duration::from_secs(1))))
+            .metrics(
+                |m| m.current_leader.is_some() && (was.is_none() || m.current_leader != was),
+                "another leader",
+            )
+            .await;
+        // A new leader may not answer for a moment; do not spin.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
     }
 
     /// A read barrier: returns once this replica has applied everything that
-    /// was committed when it was called, as confirmed by a quorum (read-index).
-    /// Reads from [`Replica::reader`] after it are linearizable.
+    /// was committed when it was called, as confirmed by a quorum (read-index;
+    /// a follower asks the leader for its read index). Reads from
+    /// [`Replica::reader`] after it are linearizable.
     pub async fn linearize(&self) -> Result<(), Error> {
+        let limit = self.options.request_timeout;
+        match tokio::time::timeout(limit, self.linearize_inner()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(format!(
+                "no quorum confirmed the read within {}s: the cluster may have lost its quorum",
+                limit.as_secs()
+            ))),
+        }
+    }
+
+    async fn linearize_inner(&self) -> Result<(), Error> {
         use openraft::error::CheckIsLeaderError;
-        let mut waited = false;
+        let deadline = tokio::time::Instant::now() + self.options.leader_wait;
         loop {
-            match self.raft.ensure_linearizable().await {
+            let f = match self.raft.ensure_linearizable().await {
                 Ok(_) => return Ok(()),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    self.no_leader_here(f, &mut waited).await?
-                }
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f,
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
                     return Err(Error::NoLeader)
                 }
                 Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
+            };
+            let err = match (f.leader_id, f.leader_node) {
+                (Some(id), Some(node)) if id != self.id => {
+                    match self.forward.read_index(id, node).await {
+                        Ok(index) => return self.applied_at_least(index).await,
+                        Err(
+                            e @ (Error::Unreachable(_) | Error::NotLeader { .. } | Error::NoLeader),
+                        ) => e,
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => Error::NoLeader,
+            };
+            self.await_leader_change(f.leader_id, deadline, err).await?;
+        }
+    }
+
+    /// Waits until this replica has applied log index `index`.
+    async fn applied_at_least(&self, index: u64) -> Result<(), Error> {
+        self.raft
+            .wait(None)
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// The leader's side of a forwarded read barrier: confirms leadership
+    /// with a quorum and returns the index a reader must have applied.
+    pub async fn read_index(&self) -> Result<u64, Error> {
+        use openraft::error::CheckIsLeaderError;
+        let fut = self.raft.get_read_log_id();
+        match tokio::time::timeout(self.options.request_timeout, fut).await {
+            Err(_) => Err(Error::Timeout(
+                "no quorum confirmed the read index in time".into(),
+            )),
+            Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) => Err(Error::NotLeader {
+                        leader_id: id,
+                        leader_addr: node.addr,
+                    }),
+                    _ => Err(Error::NoLeader),
+                }
             }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(Error::NoLeader)
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
+        }
+    }
+
+    /// The leader's side of a forwarded write: applies `txn` only if this
+    /// replica leads (never forwards again, so a request cannot loop).
+    pub async fn propose_here(&self, txn: Txn) -> Result<TxnResult, Error> {
+        let fut = self.raft.client_write(txn);
+        match tokio::time::timeout(self.options.request_timeout, fut).await {
+            Err(_) => Err(Error::Timeout(format!(
+                "the write was not committed within {}s: the cluster may have lost its quorum (the outcome is unknown)",
+                self.options.request_timeout.as_secs()
+            ))),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) => Err(Error::NotLeader {
+                        leader_id: id,
+                        leader_addr: node.addr,
+                    }),
+                    _ => Err(Error::NoLeader),
+                }
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(Error::Raft(e.to_string())),
+            Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
         }
     }
 

@@ -1,10 +1,12 @@
-//! How this replica reaches its peers.
+//! How a replica reaches its peers.
 //!
-//! A node started alone is a one-voter cluster and never calls a peer. The
-//! node-to-node transport (Raft RPCs over mutual TLS on the cluster port)
-//! arrives with cluster membership; until then any attempt to reach a peer
-//! fails as "unreachable", which openraft treats as a peer being down.
+//! Two things cross the network: openraft's own RPCs (an
+//! [`openraft::RaftNetworkFactory`]) and requests a follower sends to the
+//! leader on a client's behalf ([`Forward`]: writes and read barriers). The
+//! node supplies both over its mutual-TLS transport; this crate only defines
+//! what it needs. [`NoPeers`] is the transport of a node alone.
 
+use futures::future::BoxFuture;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -12,40 +14,88 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
-use crate::{BasicNode, NodeId, TypeConfig};
+use crate::{BasicNode, Error, NodeId, Txn, TxnResult, TypeConfig};
 
-/// Connects to peers by their advertised cluster address.
-#[derive(Clone, Default)]
-pub struct Network;
+/// Sends client requests to the leader.
+///
+/// Errors must tell apart a request that surely never arrived
+/// ([`Error::Unreachable`], [`Error::NotLeader`], [`Error::NoLeader`]: the
+/// replica retries it, perhaps with another leader) from one whose outcome
+/// is unknown (anything else: returned to the caller as it is).
+pub trait Forward: Send + Sync + 'static {
+    /// Has `leader` replicate `txn`; returns its result.
+    fn propose(
+        &self,
+        leader: NodeId,
+        node: BasicNode,
+        txn: Txn,
+    ) -> BoxFuture<'static, Result<TxnResult, Error>>;
+    /// Asks `leader` for its read index, confirmed by a quorum.
+    fn read_index(&self, leader: NodeId, node: BasicNode)
+        -> BoxFuture<'static, Result<u64, Error>>;
+}
 
-/// A connection to one peer.
-pub struct Peer {
+/// The transport of a replica that has no peers: every peer is unreachable.
+#[derive(Clone, Copy, Default)]
+pub struct NoPeers;
+
+impl Forward for NoPeers {
+    fn propose(
+        &self,
+        leader: NodeId,
+        node: BasicNode,
+        _txn: Txn,
+    ) -> BoxFuture<'static, Result<TxnResult, Error>> {
+        Box::pin(async move {
+            Err(Error::NotLeader {
+                leader_id: leader,
+                leader_addr: node.addr,
+            })
+        })
+    }
+
+    fn read_index(
+        &self,
+        leader: NodeId,
+        node: BasicNode,
+    ) -> BoxFuture<'static, Result<u64, Error>> {
+        Box::pin(async move {
+            Err(Error::NotLeader {
+                leader_id: leader,
+                leader_addr: node.addr,
+            })
+        })
+    }
+}
+
+/// A peer that cannot be reached.
+pub struct NoPeer {
     target: NodeId,
     addr: String,
 }
 
-impl Peer {
+impl NoPeer {
     fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
         let e = std::io::Error::other(format!(
-            "node {} at {} cannot be reached: this build has no node-to-node transport",
+            "node {} at {} cannot be reached: this replica has no transport",
             self.target, self.addr
         ));
         RPCError::Unreachable(Unreachable::new(&e))
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = Peer;
+impl RaftNetworkFactory<TypeConfig> for NoPeers {
+    type Network = NoPeer;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer {
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> NoPeer {
+        NoPeer {
             target,
             addr: node.addr.clone(),
         }
     }
 }
 
-impl RaftNetwork<TypeConfig> for Peer {
+impl RaftNetwork<TypeConfig> for NoPeer {
     async fn append_entries(
         &mut self,
         _rpc: AppendEntriesRequest<TypeConfig>,

@@ -238,6 +238,11 @@ impl Client {
         micro_proto::auth::rules_client::RulesClient::new(self.conn())
     }
 
+    /// The Cluster admin service.
+    pub fn cluster(&self) -> micro_proto::cluster::cluster_client::ClusterClient<Conn> {
+        micro_proto::cluster::cluster_client::ClusterClient::new(self.conn())
+    }
+
     /// The Registry service.
     pub fn registry(&self) -> RegistryClient<Conn> {
         RegistryClient::new(self.conn()).max_decoding_message_size(MAX_MESSAGE)

@@ -111,16 +111,11 @@ async fn start_node_full() -> Result<(serde_json::Value, tempfile::TempDir), Str
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data: PathBuf = dir.path().join("data");
     let opts = micro_node::ServerOptions {
-        data_dir: data.clone(),
         api_address: "127.0.0.1:0".into(),
         proxy_address: "127.0.0.1:0".into(),
         web_address: "127.0.0.1:0".into(),
         cluster_address: "127.0.0.1:0".into(),
-        config_secret_key: None,
-        runtime_target_dir: None,
-        runtime_release: true,
-        auth_admin_password: None,
-        auth_token_ttl: Duration::from_secs(600),
+        ..micro_node::ServerOptions::new(data.clone())
     };
     tokio::spawn(async move {
         if let Err(e) = micro_node::run(opts, std::future::pending()).await {

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod call;
+pub mod cluster;
 pub mod config;
 pub mod env;
 pub mod new;
@@ -241,6 +242,7 @@ pub async fn dispatch(cli: &Cli) -> Result<(), Failure> {
         Some(Command::Logout) => auth::logout(ctx).await,
         Some(Command::User(a)) => user::run(ctx, a).await,
         Some(Command::Auth(a)) => auth::run(ctx, a).await,
+        Some(Command::Cluster(a)) => cluster::run(ctx, a).await,
         Some(Command::External(words)) => call::dynamic(ctx, words).await,
         Some(Command::Server(_)) | None => unreachable!("handled in main"),
     }

@@ -17,7 +17,7 @@ fn default_data_dir() -> PathBuf {
 pub fn run(args: &ServerArgs) -> Result<(), Failure> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG_LEVEL").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
+            tracing_subscriber::EnvFilter::new("info,openraft=error,sled=warn,h2=warn,tower=warn")
         });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
@@ -36,6 +36,10 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         runtime_release: args.runtime_profile == crate::args::Profile::Release,
         auth_admin_password: args.auth_admin_password.clone(),
         auth_token_ttl: args.auth_token_ttl,
+        join: args.join.clone(),
+        token: args.token.clone(),
+        cluster_size: args.cluster_size as usize,
+        raft_snapshot_after: args.raft_snapshot_after,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -32,11 +32,15 @@ const MAX_TTL_SECS: i64 = 24 * 3600;
 /// The Registry service over the replicated state.
 pub struct RegistryService {
     replica: Replica,
+    node_id: u64,
 }
 
 impl RegistryService {
-    pub fn new(replica: Replica) -> Self {
-        RegistryService { replica }
+    /// The registry of node `node_id`: instances registered through it are
+    /// marked as its own (metadata `node`), so other nodes reach them
+    /// through it.
+    pub fn new(replica: Replica, node_id: u64) -> Self {
+        RegistryService { replica, node_id }
     }
 }
 
@@ -179,7 +183,13 @@ impl Registry for RegistryService {
 
     async fn register(&self, req: Request<Service>) -> Result<Response<EmptyResponse>, Status> {
         let ns = namespace(&req)?;
-        register(&self.replica, &ns, req.into_inner()).await?;
+        let mut svc = req.into_inner();
+        for node in &mut svc.nodes {
+            node.metadata
+                .entry("node".to_string())
+                .or_insert_with(|| self.node_id.to_string());
+        }
+        register(&self.replica, &ns, svc).await?;
         Ok(Response::new(EmptyResponse {}))
     }
 

@@ -27,10 +27,15 @@ use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::cluster::peer::HOP_HEADER;
+use crate::cluster::Cluster;
 use crate::grpc::{barrier, check_name, namespace, status};
 use crate::runtime::logs;
 use crate::runtime::supervisor::{Build, Spec as ProcSpec, State, Supervisor};
 use crate::services::auth::AuthStore;
+use micro_proto::runtime::runtime_client::RuntimeClient;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
 
 /// Largest unpacked upload.
 const MAX_UNPACKED: u64 = 512 * 1024 * 1024;
@@ -497,11 +502,36 @@ fn hex8(bytes: &[u8]) -> String {
 /// The gRPC face of the [`Manager`].
 pub struct RuntimeService {
     manager: Arc<Manager>,
+    cluster: Arc<Cluster>,
 }
 
 impl RuntimeService {
-    pub fn new(manager: Arc<Manager>) -> Self {
-        RuntimeService { manager }
+    pub fn new(manager: Arc<Manager>, cluster: Arc<Cluster>) -> Self {
+        RuntimeService { manager, cluster }
+    }
+
+    /// A client of the runtime on `node`, which owns a service: calls about
+    /// it are served there, with the caller's credentials (once: a call
+    /// another node passed here is not passed on again).
+    fn owner(&self, node: u64, md: &MetadataMap) -> Result<RuntimeClient<Channel>, Status> {
+        if md.contains_key(HOP_HEADER) {
+            return Err(Status::unavailable(format!(
+                "the service moved to node {node} meanwhile; try again"
+            )));
+        }
+        let addr = self.cluster.node_addr(node).ok_or_else(|| {
+            Status::unavailable(format!(
+                "the service runs on node {node}, which is no longer a member of the cluster"
+            ))
+        })?;
+        if self.cluster.is_down(node) {
+            return Err(Status::unavailable(format!(
+                "the service runs on node {node} ({addr}), which is down"
+            )));
+        }
+        Ok(RuntimeClient::new(self.cluster.peers.channel(&addr)?)
+            .max_decoding_message_size(crate::server::MAX_MESSAGE)
+            .max_encoding_message_size(crate::server::MAX_MESSAGE))
     }
 }
 
@@ -652,21 +682,26 @@ impl Runtime for RuntimeService {
         req: Request<UpdateRequest>,
     ) -> Result<Response<UpdateResponse>, Status> {
         let ns = namespace(&req)?;
-        let req = req.into_inner();
-        let svc = req
+        let (md, _, req) = req.into_parts();
+        let name = req
             .service
+            .as_ref()
+            .map(|s| s.name.clone())
             .ok_or_else(|| Status::invalid_argument("a service is required"))?;
-        check_name("service name", &svc.name)?;
+        check_name("service name", &name)?;
         let m = &self.manager;
         let (mut spec, version) = m
-            .spec(&ns, &svc.name)?
+            .spec(&ns, &name)?
             .ok_or_else(|| Status::not_found("Service not found"))?;
         if spec.node != m.node_id {
-            return Err(Status::failed_precondition(format!(
-                "service {} runs on node {}; update it there",
-                spec.name, spec.node
-            )));
+            let mut owner = self.owner(spec.node, &md)?;
+            return owner
+                .update(Request::from_parts(md, Default::default(), req))
+                .await;
         }
+        let Some(svc) = req.service else {
+            return Err(Status::invalid_argument("a service is required"));
+        };
         if req.upload.is_empty() && !is_git(&spec.source) {
             return Err(Status::invalid_argument(format!(
                 "service {} came from a local folder: update it with that folder",
@@ -703,17 +738,18 @@ impl Runtime for RuntimeService {
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let ns = namespace(&req)?;
-        let name = req.into_inner().name;
+        let (md, _, req) = req.into_parts();
+        let name = req.name.clone();
         check_name("service name", &name)?;
         let m = &self.manager;
         let (spec, _) = m
             .spec(&ns, &name)?
             .ok_or_else(|| Status::not_found("Service not found"))?;
         if spec.node != m.node_id {
-            return Err(Status::failed_precondition(format!(
-                "service {name} runs on node {}; kill it there",
-                spec.node
-            )));
+            let mut owner = self.owner(spec.node, &md)?;
+            return owner
+                .delete(Request::from_parts(md, Default::default(), req))
+                .await;
         }
         m.stop(&ns, &name).await;
         m.replica
@@ -731,15 +767,25 @@ impl Runtime for RuntimeService {
         Ok(Response::new(DeleteResponse {}))
     }
 
-    type LogsStream = ReceiverStream<Result<LogRecord, Status>>;
+    type LogsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<LogRecord, Status>> + Send>>;
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let ns = namespace(&req)?;
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         check_name("service name", &req.name)?;
         let m = &self.manager;
-        if m.spec(&ns, &req.name)?.is_none() {
-            return Err(Status::not_found("Service not found"));
+        let (spec, _) = m
+            .spec(&ns, &req.name)?
+            .ok_or_else(|| Status::not_found("Service not found"))?;
+        if spec.node != m.node_id {
+            // The log file is on the owning node: stream it from there.
+            let mut owner = self.owner(spec.node, &md)?;
+            let remote = owner
+                .logs(Request::from_parts(md, Default::default(), req))
+                .await?
+                .into_inner();
+            return Ok(Response::new(Box::pin(remote)));
         }
         let file = m.log_file(&ns, &req.name);
         let count = if req.count > 0 {
@@ -764,7 +810,7 @@ impl Runtime for RuntimeService {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

@@ -1,0 +1,99 @@
+//! The `Cluster` admin service on every node's gRPC endpoint, behind
+//! `micro cluster token|members|status|remove`. The token and removal need
+//! the `admin` scope; a removal is carried out by the leader (a follower
+//! passes the call on, with the caller's credentials).
+
+use std::sync::Arc;
+
+use micro_proto::cluster::cluster_client::ClusterClient;
+use micro_proto::cluster::cluster_server::Cluster as ClusterApi;
+use micro_proto::cluster::{
+    MembersRequest, MembersResponse, RemoveRequest, RemoveResponse, StatusRequest, StatusResponse,
+    TokenRequest, TokenResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::peer::HOP_HEADER;
+use super::transport::describe;
+use super::Cluster;
+use crate::auth::Claims;
+
+/// The admin service.
+pub struct ClusterService {
+    cluster: Arc<Cluster>,
+}
+
+impl ClusterService {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        ClusterService { cluster }
+    }
+}
+
+fn require_admin<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.extensions().get::<Claims>() {
+        None => Err(Status::unauthenticated("log in as an admin to do this")),
+        Some(c) if c.scopes.iter().any(|s| s == "admin") => Ok(()),
+        Some(c) => Err(Status::permission_denied(format!(
+            "account {} is not an admin",
+            c.sub
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterApi for ClusterService {
+    async fn token(&self, req: Request<TokenRequest>) -> Result<Response<TokenResponse>, Status> {
+        require_admin(&req)?;
+        Ok(Response::new(TokenResponse {
+            token: self.cluster.material.token(),
+        }))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(MembersResponse {
+            members: self.cluster.members(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(StatusResponse {
+            nodes: self.cluster.status_all().await,
+        }))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<RemoveRequest>,
+    ) -> Result<Response<RemoveResponse>, Status> {
+        require_admin(&req)?;
+        let cluster = &self.cluster;
+        if cluster.replica().is_leader() {
+            cluster.remove(req.get_ref().id).await?;
+            return Ok(Response::new(RemoveResponse {}));
+        }
+        if req.metadata().contains_key(HOP_HEADER) {
+            return Err(Status::unavailable("leadership is changing; try again"));
+        }
+        let (_, addr) = cluster.leader().ok_or_else(|| {
+            Status::unavailable("no leader is elected: the cluster has no quorum")
+        })?;
+        let channel = cluster.peers.channel(&addr)?;
+        let (metadata, _, msg) = req.into_parts();
+        let forwarded = Request::from_parts(metadata, Default::default(), msg);
+        ClusterClient::new(channel)
+            .remove(forwarded)
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable => {
+                    Status::unavailable(format!("the leader: {}", describe(&s)))
+                }
+                _ => s,
+            })
+    }
+}

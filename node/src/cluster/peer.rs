@@ -1,0 +1,214 @@
+//! The server side of the cluster port: the `Peer` service (join, admit,
+//! Raft RPCs, forwarded writes and read barriers, status) and, for every
+//! other path, the node's own gRPC stack or one of its local service
+//! instances, for calls other nodes proxy here.
+//!
+//! Everything runs over mutual TLS. `Join` is the only call taken without a
+//! client certificate (it checks the join token instead); everything else
+//! needs a certificate from the cluster CA whose node id is a member of the
+//! Raft group (and not removed).
+//!
+//! Must never: answer anything but `Join` for a caller without a member's
+//! certificate, or forward a proxied call a second time.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use micro_proto::cluster::peer_server::{Peer, PeerServer};
+use micro_proto::cluster::{
+    AdmitRequest, AdmitResponse, JoinRequest, JoinResponse, NodeStatus, ProposeRequest,
+    ProposeResponse, RaftKind, RaftRequest, RaftResponse, ReadIndexRequest, ReadIndexResponse,
+    StatusRequest,
+};
+use micro_raft::{NodeId, Txn, TypeConfig};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tonic::{Request, Response, Status};
+use tower::ServiceExt;
+
+use super::pki;
+use super::tls::PeerInfo;
+use super::transport::{status_for_peer, MAX_PEER_MESSAGE};
+use super::Cluster;
+use crate::router::Router;
+
+/// The header a proxied service call names its local instance with.
+pub const INSTANCE_HEADER: &str = "micro-instance";
+
+/// Set on calls another node passed to this node's own stack: they are
+/// served here and never passed on again.
+pub const HOP_HEADER: &str = "micro-hop";
+
+/// The node id in the caller's certificate, if it presented one.
+fn peer_node<T>(req: &Request<T>) -> Option<NodeId> {
+    req.extensions().get::<PeerInfo>().and_then(|p| p.node_id)
+}
+
+/// The Peer service.
+pub struct PeerService {
+    cluster: Arc<Cluster>,
+}
+
+impl PeerService {
+    /// Requires the caller to be a member (by certificate).
+    fn member<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
+        self.cluster.check_peer(peer_node(req))
+    }
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Status> {
+    bincode::serialize(v).map_err(|e| Status::internal(format!("cannot encode: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
+    bincode::deserialize(b).map_err(|e| Status::invalid_argument(format!("cannot decode: {e}")))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let remote = req.extensions().get::<PeerInfo>().map(|p| p.remote);
+        let r = req.into_inner();
+        if !pki::secrets_equal(&r.secret, &self.cluster.material.join_secret) {
+            tracing::warn!(?remote, "refused a join with a wrong token");
+            return Err(Status::permission_denied(
+                "the join token is not valid for this cluster",
+            ));
+        }
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node id 0 is not valid"));
+        }
+        if self.cluster.is_removed(r.node_id) {
+            return Err(Status::permission_denied(format!(
+                "node {} was removed from this cluster; start it with a fresh data directory",
+                r.node_id
+            )));
+        }
+        let cert_pem = self
+            .cluster
+            .material
+            .ca
+            .sign_csr(&r.csr_pem, r.node_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(
+            node = r.node_id,
+            ?remote,
+            "issued a certificate to a joining node"
+        );
+        Ok(Response::new(JoinResponse {
+            cert_pem,
+            secrets: Some(self.cluster.secrets()),
+        }))
+    }
+
+    async fn admit(&self, req: Request<AdmitRequest>) -> Result<Response<AdmitResponse>, Status> {
+        let caller = peer_node(&req)
+            .ok_or_else(|| Status::unauthenticated("a cluster certificate is required"))?;
+        let r = req.into_inner();
+        // A node asks for itself; a member may pass a request on.
+        if caller != r.node_id {
+            self.cluster.check_peer(Some(caller))?;
+        }
+        if self.cluster.is_removed(r.node_id) {
+            return Err(Status::permission_denied(format!(
+                "node {} was removed from this cluster",
+                r.node_id
+            )));
+        }
+        let role = self.cluster.admit(r).await?;
+        Ok(Response::new(AdmitResponse { role }))
+    }
+
+    async fn raft(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
+        self.member(&req)?;
+        let r = req.into_inner();
+        let raft = self.cluster.replica().raft();
+        let body = match RaftKind::try_from(r.kind) {
+            Ok(RaftKind::AppendEntries) => {
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&r.body)?;
+                encode(&raft.append_entries(rpc).await)?
+            }
+            Ok(RaftKind::Vote) => {
+                let rpc: VoteRequest<NodeId> = decode(&r.body)?;
+                encode(&raft.vote(rpc).await)?
+            }
+            Ok(RaftKind::InstallSnapshot) => {
+                let rpc: InstallSnapshotRequest<TypeConfig> = decode(&r.body)?;
+                encode(&raft.install_snapshot(rpc).await)?
+            }
+            Err(_) => return Err(Status::invalid_argument("unknown raft message kind")),
+        };
+        Ok(Response::new(RaftResponse { body }))
+    }
+
+    async fn propose(
+        &self,
+        req: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        self.member(&req)?;
+        let txn: Txn = decode(&req.into_inner().txn)?;
+        let result = self
+            .cluster
+            .replica()
+            .propose_here(txn)
+            .await
+            .map_err(status_for_peer)?;
+        Ok(Response::new(ProposeResponse {
+            result: encode(&result)?,
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        self.member(&req)?;
+        let index = self
+            .cluster
+            .replica()
+            .read_index()
+            .await
+            .map_err(status_for_peer)?;
+        Ok(Response::new(ReadIndexResponse { index }))
+    }
+
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        self.member(&req)?;
+        Ok(Response::new(self.cluster.local_status()))
+    }
+}
+
+/// The cluster port's routes: the Peer service, and for any other path
+/// (from a member only) the local instance named by [`INSTANCE_HEADER`] or
+/// else the node's own gRPC stack `local`.
+pub fn routes(cluster: Arc<Cluster>, local: axum::Router, router: Arc<Router>) -> axum::Router {
+    let peer = PeerServer::new(PeerService {
+        cluster: cluster.clone(),
+    })
+    .max_decoding_message_size(MAX_PEER_MESSAGE)
+    .max_encoding_message_size(MAX_PEER_MESSAGE);
+    let fallback = move |mut req: http::Request<Body>| {
+        let (cluster, local, router) = (cluster.clone(), local.clone(), router.clone());
+        async move {
+            let node = req.extensions().get::<PeerInfo>().and_then(|p| p.node_id);
+            if let Err(status) = cluster.check_peer(node) {
+                return status.into_http();
+            }
+            if let Some(addr) = req.headers_mut().remove(INSTANCE_HEADER) {
+                let Ok(addr) = addr.to_str().map(str::to_string) else {
+                    return Status::invalid_argument("bad instance address").into_http();
+                };
+                return router.forward_local(&addr, req).await;
+            }
+            // Whatever this node does with it, it does here.
+            req.headers_mut()
+                .insert(HOP_HEADER, http::HeaderValue::from_static("1"));
+            match local.oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    };
+    tonic::service::Routes::new(peer)
+        .into_axum_router()
+        .fallback(fallback)
+}

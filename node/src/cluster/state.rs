@@ -1,0 +1,508 @@
+//! This node's view of the cluster and what it does for it: membership
+//! (admitting, promoting, removing nodes), where each node is, gossip's
+//! opinion of it, and each node's Raft progress.
+//!
+//! Membership lives in Raft (voters and learners, with their cluster
+//! addresses); the addresses a node serves clients on live in the
+//! replicated state under `cluster/nodes/<id>`, and removed nodes under
+//! `cluster/removed/<id>`, so a removed node cannot come back by itself.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use micro_gossip::Gossip;
+use micro_proto::cluster::{AdmitRequest, Member, NodeStatus, Secrets};
+use micro_raft::{now_millis, BasicNode, NodeId, Op, Replica, Txn};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use super::material::Material;
+use super::transport::{describe, Peers};
+
+/// The addresses a node serves on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub address: String,
+    pub api: String,
+    pub grpc: String,
+}
+
+/// This node's part in the cluster.
+pub struct Cluster {
+    pub id: NodeId,
+    pub material: Material,
+    pub peers: Arc<Peers>,
+    /// How many voters the cluster keeps; further nodes stay learners.
+    pub size: usize,
+    pub me: NodeInfo,
+    /// The keys every node shares, sent to joiners: token signing, config secrets.
+    pub shared_keys: ([u8; 32], [u8; 32]),
+    replica: OnceLock<Replica>,
+    gossip: OnceLock<Gossip>,
+}
+
+fn node_key(id: NodeId) -> Vec<u8> {
+    format!("cluster/nodes/{id}").into_bytes()
+}
+
+fn removed_key(id: NodeId) -> Vec<u8> {
+    format!("cluster/removed/{id}").into_bytes()
+}
+
+fn raft_status(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("cannot change the membership: {e}"))
+}
+
+impl Cluster {
+    pub fn new(
+        id: NodeId,
+        material: Material,
+        peers: Arc<Peers>,
+        size: usize,
+        me: NodeInfo,
+        shared_keys: ([u8; 32], [u8; 32]),
+    ) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            id,
+            material,
+            peers,
+            size,
+            me,
+            shared_keys,
+            replica: OnceLock::new(),
+            gossip: OnceLock::new(),
+        })
+    }
+
+    /// Completes the cluster once the replica is open.
+    pub fn set_replica(&self, replica: Replica) {
+        let _ = self.replica.set(replica);
+    }
+
+    pub fn set_gossip(&self, gossip: Gossip) {
+        let _ = self.gossip.set(gossip);
+    }
+
+    pub fn replica(&self) -> &Replica {
+        self.replica.get().expect("the replica is opened first")
+    }
+
+    pub fn gossip(&self) -> Option<&Gossip> {
+        self.gossip.get()
+    }
+
+    /// The shared secrets a joiner gets.
+    pub fn secrets(&self) -> Secrets {
+        Secrets {
+            ca_cert_pem: self.material.ca.cert_pem().to_string(),
+            ca_key_pem: self.material.ca.key_pem().to_string(),
+            join_secret: self.material.join_secret.clone(),
+            gossip_key: self.material.gossip_key.to_vec(),
+            auth_signing_key: self.shared_keys.0.to_vec(),
+            config_secret_key: self.shared_keys.1.to_vec(),
+        }
+    }
+
+    /// Voters and learners, as this replica knows them.
+    pub fn membership(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        let m = self
+            .replica()
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
+        let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = m.membership().learner_ids().collect();
+        (voters, learners)
+    }
+
+    /// A member's cluster address.
+    pub fn node_addr(&self, id: NodeId) -> Option<String> {
+        let m = self
+            .replica()
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
+        m.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// The current leader, if known: (id, cluster address).
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let id = self.replica().raft().metrics().borrow().current_leader?;
+        Some((id, self.node_addr(id)?))
+    }
+
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        matches!(
+            self.replica().reader().get(&removed_key(id), now_millis()),
+            Ok(Some(_))
+        )
+    }
+
+    /// Lets a caller through if its certificate names a member. A replica
+    /// that belongs to no cluster yet (a joiner waiting for its first
+    /// append) takes any node the CA certified.
+    pub fn check_peer(&self, node: Option<NodeId>) -> Result<NodeId, Status> {
+        let id = node.ok_or_else(|| {
+            Status::unauthenticated("a cluster certificate is required on the cluster port")
+        })?;
+        let m = self
+            .replica()
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
+        let known = m.membership().get_node(&id).is_some();
+        let empty = m.membership().nodes().next().is_none();
+        if (known || empty) && !self.is_removed(id) {
+            Ok(id)
+        } else {
+            Err(Status::permission_denied(format!(
+                "node {id} is not a member of this cluster"
+            )))
+        }
+    }
+
+    /// Whether gossip holds `node` to be down (no call should go there).
+    pub fn is_down(&self, node: NodeId) -> bool {
+        node != self.id
+            && self
+                .gossip()
+                .and_then(|g| g.state_of(node))
+                .is_some_and(|s| s == micro_gossip::State::Down)
+    }
+
+    /// Admits a node (on the leader; forwarded there otherwise): records its
+    /// addresses, adds it as a learner once it caught up, and promotes it
+    /// while voters are fewer than the cluster size. Returns its role.
+    pub async fn admit(&self, r: AdmitRequest) -> Result<String, Status> {
+        let replica = self.replica();
+        if !replica.is_leader() {
+            let (leader, addr) = self
+                .leader()
+                .ok_or_else(|| Status::unavailable("no leader is elected yet"))?;
+            if leader == self.id {
+                return Err(Status::unavailable("leadership is changing; try again"));
+            }
+            let reply = self
+                .peers
+                .client(&addr)?
+                .admit(r)
+                .await
+                .map_err(|s| Status::unavailable(format!("the leader: {}", describe(&s))))?;
+            return Ok(reply.into_inner().role);
+        }
+        let info = NodeInfo {
+            address: r.address.clone(),
+            api: r.api_address,
+            grpc: r.grpc_address,
+        };
+        replica
+            .write(Txn::ops(vec![Op::Put {
+                key: node_key(r.node_id),
+                value: serde_json::to_vec(&info).map_err(|e| Status::internal(e.to_string()))?,
+                expires_at: None,
+            }]))
+            .await
+            .map_err(crate::grpc::status)?;
+        let (voters, learners) = self.membership();
+        let raft = replica.raft();
+        let known_addr = self.node_addr(r.node_id);
+        if !voters.contains(&r.node_id)
+            && (!learners.contains(&r.node_id) || known_addr.as_deref() != Some(&r.address))
+        {
+            // Blocks until the learner has caught up (log or snapshot).
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                raft.add_learner(r.node_id, BasicNode::new(&r.address), true),
+            )
+            .await
+            .map_err(|_| Status::deadline_exceeded("the new node did not catch up within 120 s"))?
+            .map_err(raft_status)?;
+            tracing::info!(node = r.node_id, addr = %r.address, "added a learner");
+        }
+        let (voters, _) = self.membership();
+        if voters.contains(&r.node_id) {
+            return Ok("voter".into());
+        }
+        if voters.len() < self.size {
+            raft.change_membership(
+                ChangeMembers::AddVoterIds(BTreeSet::from([r.node_id])),
+                false,
+            )
+            .await
+            .map_err(raft_status)?;
+            tracing::info!(node = r.node_id, "promoted to voter");
+            return Ok("voter".into());
+        }
+        Ok("learner".into())
+    }
+
+    /// Takes a node out for good (on the leader).
+    pub async fn remove(&self, id: NodeId) -> Result<(), Status> {
+        let replica = self.replica();
+        let (voters, learners) = self.membership();
+        if !voters.contains(&id) && !learners.contains(&id) {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        }
+        if voters.contains(&id) && voters.len() == 1 {
+            return Err(Status::failed_precondition(
+                "the last voter cannot be removed",
+            ));
+        }
+        replica
+            .write(Txn::ops(vec![Op::Put {
+                key: removed_key(id),
+                value: now_millis().to_string().into_bytes(),
+                expires_at: None,
+            }]))
+            .await
+            .map_err(crate::grpc::status)?;
+        let raft = replica.raft();
+        if voters.contains(&id) {
+            raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(raft_status)?;
+        }
+        let (_, learners) = self.membership();
+        if learners.contains(&id) {
+            raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(raft_status)?;
+        }
+        replica
+            .write(Txn::ops(vec![Op::Delete { key: node_key(id) }]))
+            .await
+            .map_err(crate::grpc::status)?;
+        if let Some(g) = self.gossip() {
+            g.forget(id);
+        }
+        tracing::info!(node = id, "removed from the cluster");
+        Ok(())
+    }
+
+    /// Records this node's own addresses in the replicated state when they
+    /// are missing or changed (the founder is never admitted; a node may
+    /// restart on other ports).
+    pub async fn record_self(&self) -> Result<(), Status> {
+        let current = self
+            .replica()
+            .reader()
+            .get(&node_key(self.id), now_millis())
+            .map_err(crate::grpc::status)?
+            .and_then(|r| serde_json::from_slice::<NodeInfo>(&r.value).ok());
+        if current.is_some_and(|c| {
+            c.address == self.me.address && c.api == self.me.api && c.grpc == self.me.grpc
+        }) {
+            return Ok(());
+        }
+        let value = serde_json::to_vec(&self.me).map_err(|e| Status::internal(e.to_string()))?;
+        self.replica()
+            .write(Txn::ops(vec![Op::Put {
+                key: node_key(self.id),
+                value,
+                expires_at: None,
+            }]))
+            .await
+            .map_err(crate::grpc::status)?;
+        Ok(())
+    }
+
+    /// The addresses a node recorded when it was admitted.
+    pub fn node_info(&self, id: NodeId) -> Option<NodeInfo> {
+        if id == self.id {
+            return Some(self.me.clone());
+        }
+        let rec = self
+            .replica()
+            .reader()
+            .get(&node_key(id), now_millis())
+            .ok()??;
+        serde_json::from_slice(&rec.value).ok()
+    }
+
+    /// Every member with its addresses, gossip state and role.
+    pub fn members(&self) -> Vec<Member> {
+        let (voters, learners) = self.membership();
+        let leader = self.replica().raft().metrics().borrow().current_leader;
+        voters
+            .iter()
+            .chain(learners.iter())
+            .map(|&id| {
+                let info = self.node_info(id).unwrap_or_default();
+                let gossip = if id == self.id {
+                    "alive"
+                } else {
+                    self.gossip()
+                        .and_then(|g| g.state_of(id))
+                        .map(|s| s.as_str())
+                        .unwrap_or("unknown")
+                };
+                let role = if leader == Some(id) {
+                    "leader"
+                } else if voters.contains(&id) {
+                    "voter"
+                } else {
+                    "learner"
+                };
+                Member {
+                    id,
+                    address: self.node_addr(id).unwrap_or(info.address),
+                    api_address: info.api,
+                    grpc_address: info.grpc,
+                    gossip: gossip.into(),
+                    role: role.into(),
+                }
+            })
+            .collect()
+    }
+
+    /// This node's Raft progress.
+    pub fn local_status(&self) -> NodeStatus {
+        let m = self.replica().raft().metrics().borrow().clone();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        // The commit index is known to the leader: the highest index a
+        // quorum of voters holds.
+        let commit = m.replication.as_ref().map(|rep| {
+            let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
+            let mut matched: Vec<u64> = voters
+                .iter()
+                .map(|v| {
+                    if *v == self.id {
+                        m.last_log_index.unwrap_or(0)
+                    } else {
+                        rep.get(v).and_then(|l| l.map(|l| l.index)).unwrap_or(0)
+                    }
+                })
+                .collect();
+            matched.sort_unstable_by(|a, b| b.cmp(a));
+            matched.get(voters.len() / 2).copied().unwrap_or(0)
+        });
+        NodeStatus {
+            id: self.id,
+            address: self.me.address.clone(),
+            state: state.into(),
+            term: m.current_term,
+            leader: m.current_leader.unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: commit.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            error: String::new(),
+        }
+    }
+
+    /// Every member's Raft progress, asked of each (2 s each, in parallel).
+    pub async fn status_all(&self) -> Vec<NodeStatus> {
+        let (voters, learners) = self.membership();
+        let asks = voters.iter().chain(learners.iter()).map(|&id| async move {
+            if id == self.id {
+                return self.local_status();
+            }
+            let addr = self.node_addr(id).unwrap_or_default();
+            let failed = |error: String| NodeStatus {
+                id,
+                address: addr.clone(),
+                state: "unreachable".into(),
+                error,
+                ..Default::default()
+            };
+            let client = match self.peers.client(&addr) {
+                Ok(c) => c,
+                Err(s) => return failed(s.message().to_string()),
+            };
+            let mut client = client;
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                client.status(micro_proto::cluster::StatusRequest {}),
+            )
+            .await
+            {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(s)) => failed(describe(&s)),
+                Err(_) => failed("no answer within 2 s".into()),
+            }
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// Keeps this node a member: while it is not a voter (and the cluster
+    /// has room for one), or not a member at all, it asks to be admitted
+    /// through the other members it knows or `seeds`. Also keeps gossip
+    /// pointed at members it does not see alive.
+    pub fn spawn_keeper(self: &Arc<Self>, seeds: Vec<String>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.announce_to_gossip().await;
+                let (voters, learners) = me.membership();
+                let wanted = !voters.contains(&me.id)
+                    && (!learners.contains(&me.id) || voters.len() < me.size);
+                if !wanted || me.is_removed(me.id) {
+                    continue;
+                }
+                let mut targets: Vec<String> = voters
+                    .iter()
+                    .filter(|v| **v != me.id)
+                    .filter_map(|v| me.node_addr(*v))
+                    .collect();
+                targets.extend(seeds.iter().cloned());
+                for addr in targets {
+                    let req = AdmitRequest {
+                        node_id: me.id,
+                        address: me.me.address.clone(),
+                        api_address: me.me.api.clone(),
+                        grpc_address: me.me.grpc.clone(),
+                    };
+                    let client = match me.peers.client(&addr) {
+                        Ok(c) => c,
+                        Err(_) => continue,
+                    };
+                    let mut client = client;
+                    match client.admit(req).await {
+                        Ok(r) => {
+                            tracing::info!(role = %r.get_ref().role, via = %addr, "admitted to the cluster");
+                            break;
+                        }
+                        Err(s) => {
+                            tracing::info!(via = %addr, "not admitted yet: {}", describe(&s))
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Points gossip at members it does not see alive.
+    async fn announce_to_gossip(&self) {
+        let Some(g) = self.gossip() else { return };
+        let (voters, learners) = self.membership();
+        for id in voters.iter().chain(learners.iter()) {
+            if *id == self.id || g.state_of(*id) == Some(micro_gossip::State::Alive) {
+                continue;
+            }
+            if let Some(addr) = self.node_addr(*id) {
+                if let Ok(mut addrs) = tokio::net::lookup_host(&addr).await {
+                    if let Some(a) = addrs.next() {
+                        g.announce(a);
+                    }
+                }
+            }
+        }
+    }
+}
