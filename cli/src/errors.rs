@@ -50,7 +50,16 @@ const SERVER_UNAVAILABLE: &[&str] = &[
     "no leader",
     "this node is not the leader",
     "the node is shutting down",
+    "the leader",
+    "the connection to the leader",
+    "leadership is changing",
+    "the service runs on node",
+    "the service moved",
+    "every instance of",
 ];
+
+/// Messages the server sends with `deadline exceeded` that say why.
+const SERVER_TIMEOUTS: &[&str] = &["the write was not committed", "no quorum"];
 
 impl From<tonic::Status> for Failure {
     fn from(s: tonic::Status) -> Self {
@@ -58,6 +67,9 @@ impl From<tonic::Status> for Failure {
         let message = s.message();
         match s.code() {
             Code::Unauthenticated => Failure::msg("Not authorized to perform this request"),
+            Code::DeadlineExceeded if SERVER_TIMEOUTS.iter().any(|p| message.starts_with(p)) => {
+                Failure::msg(capitalize(message))
+            }
             Code::DeadlineExceeded => Failure::msg("Request timed out"),
             Code::NotFound => Failure::msg("Not found"),
             Code::Unavailable if !SERVER_UNAVAILABLE.iter().any(|p| message.starts_with(p)) => {

@@ -113,7 +113,14 @@ pub struct Server {
     pub proxy: String,
     pub api: String,
     pub web: String,
+    /// the cluster address (Raft, mTLS and gossip)
+    pub cluster: String,
+    /// this node's Raft id
+    pub node_id: u64,
     extra: Vec<(String, String)>,
+    /// the loopback address it listens on (127.0.0.x)
+    ip: String,
+    args: Vec<String>,
 }
 
 impl Server {
@@ -124,6 +131,12 @@ impl Server {
 
     /// Starts a node with extra environment variables.
     pub fn start_with(env: &[(&str, &str)]) -> Server {
+        Server::start_node("127.0.0.1", env, &[])
+    }
+
+    /// Starts a node listening on `ip` (any 127.0.0.x works without
+    /// configuration on Linux) with extra environment and arguments.
+    pub fn start_node(ip: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
         let home = Home::new();
         let data = home.path().join("server-data");
         let mut s = Server {
@@ -133,10 +146,14 @@ impl Server {
             proxy: String::new(),
             api: String::new(),
             web: String::new(),
+            cluster: String::new(),
+            node_id: 0,
             extra: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ip: ip.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         let proxy = s.proxy.clone();
@@ -148,13 +165,22 @@ impl Server {
     fn spawn(&mut self) {
         let listen = self.data.join("listen.json");
         let _ = std::fs::remove_file(&listen);
+        let any = format!("{}:0", self.ip);
+        // A restarted member keeps its cluster address: that is where the
+        // others look for it.
+        let cluster = if self.cluster.is_empty() {
+            any.clone()
+        } else {
+            self.cluster.clone()
+        };
         let mut cmd = Command::new(MICRO);
         cmd.arg("server")
             .args(["--data-dir", self.data.to_str().unwrap()])
-            .args(["--api-address", "127.0.0.1:0"])
-            .args(["--proxy-address", "127.0.0.1:0"])
-            .args(["--web-address", "127.0.0.1:0"])
-            .args(["--cluster-address", "127.0.0.1:0"])
+            .args(["--api-address", &any])
+            .args(["--proxy-address", &any])
+            .args(["--web-address", &any])
+            .args(["--cluster-address", &cluster])
+            .args(&self.args)
             .env("HOME", self.home.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -170,7 +196,7 @@ impl Server {
         }
         let child = cmd.spawn().expect("start micro server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(text) = std::fs::read_to_string(&listen) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
@@ -185,6 +211,8 @@ impl Server {
                     self.proxy = proxy;
                     self.api = v["api"].as_str().unwrap().to_string();
                     self.web = v["web"].as_str().unwrap().to_string();
+                    self.cluster = v["cluster"].as_str().unwrap().to_string();
+                    self.node_id = v["node_id"].as_u64().unwrap();
                     return;
                 }
             }
@@ -280,11 +308,23 @@ impl Server {
     pub fn restart(&mut self) {
         self.spawn();
     }
+
+    /// Sends a signal to the node's process (STOP and CONT freeze and thaw
+    /// it: to its peers it is cut off, as in a partition).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status()
+                .ok();
+        }
+    }
 }
 
 impl Drop for Server {
     /// A clean stop, so the services the node runs stop with it.
     fn drop(&mut self) {
+        self.signal("CONT");
         if let Some(mut c) = self.child.take() {
             Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])

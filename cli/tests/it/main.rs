@@ -5,6 +5,7 @@ mod harness;
 
 mod auth;
 mod basics;
+mod cluster;
 mod config;
 mod durability;
 mod registry;

@@ -166,6 +166,9 @@ impl Material {
             })
             .await
             .map_err(|s| match s.code() {
+                _ if super::transport::describe(&s).contains("invalid peer certificate") => format!(
+                    "cannot join through {addr}: its certificate is not from the CA the token names (is the token from that cluster?)"
+                ),
                 tonic::Code::Unavailable | tonic::Code::Unknown => format!(
                     "cannot join through {addr}: {} (is a node listening there, and is the token from that cluster?)",
                     super::transport::describe(&s)

@@ -1,0 +1,392 @@
+//! Clusters of real nodes on 127.0.0.x addresses: joining, replication,
+//! any node serving everything, failover, a frozen majority, strangers
+//! kept out, and catching up from a snapshot.
+
+use std::time::{Duration, Instant};
+
+use micro_node::cluster::pki::JoinToken;
+use micro_node::cluster::tls;
+use micro_proto::cluster::peer_client::PeerClient;
+use micro_proto::cluster::{ProposeRequest, StatusRequest};
+use micro_proto::store::{ReadRequest, Record, WriteRequest};
+
+use crate::harness::{http_get, wait_for_nodes, Instance, Run, Server};
+
+/// Polls `f` until it returns `Some`, for up to `secs`.
+fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn login(s: &Server) {
+    s.micro(&["login", "--username", "admin", "--password", "micro"])
+        .ok();
+}
+
+/// The `micro cluster members` table as (id, gossip, role) rows.
+fn members(s: &Server) -> Vec<(u64, String, String)> {
+    let run = s.micro(&["cluster", "members"]);
+    if run.code != 0 {
+        return Vec::new();
+    }
+    run.stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let n = f.len();
+            Some((f.first()?.parse().ok()?, f[n - 2].into(), f[n - 1].into()))
+        })
+        .collect()
+}
+
+/// Starts a founder on 127.0.0.1 and `more` nodes joining it on 127.0.0.2,
+/// .3, …; waits until all are voters, every node sees every other alive,
+/// and each CLI is logged in.
+fn cluster(more: usize, env: &[(&str, &str)]) -> Vec<Server> {
+    let first = Server::start_node("127.0.0.1", env, &[]);
+    login(&first);
+    let token = first.micro(&["cluster", "token"]).ok().trim().to_string();
+    assert!(token.starts_with("MICRO1."), "a join token: {token}");
+    let mut nodes = vec![first];
+    for i in 0..more {
+        let ip = format!("127.0.0.{}", i + 2);
+        let join = nodes[0].cluster.clone();
+        let n = Server::start_node(&ip, env, &["--join", &join, "--token", &token]);
+        login(&n);
+        nodes.push(n);
+    }
+    let ids: Vec<u64> = nodes.iter().map(|n| n.node_id).collect();
+    for n in &nodes {
+        eventually(60, "every node a voter and alive", || {
+            let m = members(n);
+            let ok = m.len() == ids.len()
+                && m.iter().all(|(id, gossip, role)| {
+                    ids.contains(id) && gossip == "alive" && role != "learner"
+                });
+            ok.then_some(())
+        });
+    }
+    nodes
+}
+
+/// The id of the node every member names as leader.
+fn leader(s: &Server) -> u64 {
+    eventually(30, "a leader", || {
+        members(s)
+            .into_iter()
+            .find(|(_, _, role)| role == "leader")
+            .map(|(id, _, _)| id)
+    })
+}
+
+fn read(s: &Server, key: &str) -> Run {
+    s.micro(&["store", "read", key])
+}
+
+#[test]
+fn three_nodes_serve_everything_fail_over_and_converge() {
+    let mut nodes = cluster(2, &[]);
+
+    // Writes through any node, reads from every node.
+    nodes[1].micro(&["store", "write", "k", "v"]).ok();
+    for n in &nodes {
+        assert_eq!(read(n, "k").ok(), "v\n");
+    }
+    nodes[2]
+        .micro(&["config", "set", "app.colour", "blue"])
+        .ok();
+    assert_eq!(
+        nodes[0].micro(&["config", "get", "app"]).ok(),
+        "{\"colour\":\"blue\"}\n"
+    );
+
+    // The status table has a row per node, all in one term with one leader.
+    let status = nodes[0].micro(&["cluster", "status"]).ok().to_string();
+    assert_eq!(status.lines().count(), 4, "{status}");
+    assert_eq!(status.matches(" leader ").count(), 1, "{status}");
+
+    // A service on node 1, called through node 3's gateway and node 2's
+    // gRPC endpoint.
+    let _hello = Instance::start(&nodes[0], "n1");
+    wait_for_nodes(&nodes[2], "helloworld", 1);
+    let (code, body) = http_get(&nodes[2].api, "/helloworld/Call?name=A");
+    assert_eq!((code, body.as_str()), (200, "{\"msg\":\"Hello A\"}"));
+    let reply = nodes[1]
+        .micro(&["call", "helloworld", "Helloworld.Call", "{\"name\":\"B\"}"])
+        .ok()
+        .to_string();
+    assert!(reply.contains("Hello B"), "{reply}");
+
+    // kill -9 the leader: writes resume through the others.
+    let lead = leader(&nodes[0]);
+    let li = nodes.iter().position(|n| n.node_id == lead).unwrap();
+    nodes[li].kill9();
+    let (a, b) = match li {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    eventually(30, "a write after the leader died", || {
+        (nodes[a]
+            .micro(&["store", "write", "after", "failover"])
+            .code
+            == 0)
+            .then_some(())
+    });
+    assert_eq!(read(&nodes[b], "after").ok(), "failover\n");
+    assert_ne!(leader(&nodes[a]), lead, "a new leader");
+
+    // The old leader comes back, catches up and serves the new value.
+    nodes[li].restart();
+    eventually(30, "the restarted node catches up", || {
+        (read(&nodes[li], "after").stdout == "failover\n").then_some(())
+    });
+
+    // Freeze two nodes: the one left is a minority and refuses writes with
+    // a clear error rather than acknowledge what it cannot keep.
+    let alone = a;
+    for (i, n) in nodes.iter().enumerate() {
+        if i != alone {
+            n.signal("STOP");
+        }
+    }
+    let refused = nodes[alone].micro(&["store", "write", "minority", "x"]);
+    for (i, n) in nodes.iter().enumerate() {
+        if i != alone {
+            n.signal("CONT");
+        }
+    }
+    assert_ne!(
+        refused.code, 0,
+        "a minority must not acknowledge: {refused:?}"
+    );
+    assert_eq!(refused.stderr.lines().count(), 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("quorum") || refused.stderr.contains("leader"),
+        "{refused:?}"
+    );
+    // Healed: writes go through again, and every node agrees.
+    eventually(30, "a write after healing", || {
+        (nodes[alone]
+            .micro(&["store", "write", "healed", "yes"])
+            .code
+            == 0)
+            .then_some(())
+    });
+    for n in &nodes {
+        eventually(30, "every node reads the write made after healing", || {
+            (read(n, "healed").stdout == "yes\n").then_some(())
+        });
+        assert_eq!(read(n, "k").ok(), "v\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_join_or_talk_to_the_cluster_port() {
+    let node = Server::start_node("127.0.0.1", &[], &[]);
+    login(&node);
+    let token = node.micro(&["cluster", "token"]).ok().trim().to_string();
+    let good = JoinToken::parse(&token).unwrap();
+
+    // A wrong secret: refused, and the joiner stops with one clear line.
+    let wrong = JoinToken {
+        ca_fingerprint: good.ca_fingerprint.clone(),
+        secret: "x".repeat(32),
+    }
+    .to_string();
+    let home = crate::harness::Home::new();
+    let data = home.path().join("data");
+    let run = home.micro(&[
+        "server",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api-address",
+        "127.0.0.5:0",
+        "--proxy-address",
+        "127.0.0.5:0",
+        "--web-address",
+        "127.0.0.5:0",
+        "--cluster-address",
+        "127.0.0.5:0",
+        "--join",
+        &node.cluster,
+        "--token",
+        &wrong,
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("the join token is not valid for this cluster"),
+        "{run:?}"
+    );
+    // A token of another cluster (another CA): the joiner does not trust
+    // the node, so it sends nothing.
+    let other = JoinToken {
+        ca_fingerprint: "ab".repeat(32),
+        secret: good.secret.clone(),
+    }
+    .to_string();
+    let data2 = home.path().join("data2");
+    let run = home.micro(&[
+        "server",
+        "--data-dir",
+        data2.to_str().unwrap(),
+        "--cluster-address",
+        "127.0.0.5:0",
+        "--api-address",
+        "127.0.0.5:0",
+        "--proxy-address",
+        "127.0.0.5:0",
+        "--web-address",
+        "127.0.0.5:0",
+        "--join",
+        &node.cluster,
+        "--token",
+        &other,
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("its certificate is not from the CA the token names"),
+        "{run:?}"
+    );
+    assert_eq!(members(&node).len(), 1, "nobody joined");
+
+    // A TLS client that trusts the cluster but has no certificate: every
+    // call but Join is refused.
+    let cfg = tls::join_client_config(&good.ca_fingerprint).unwrap();
+    let mut peer = PeerClient::new(tls::channel(&node.cluster, cfg).unwrap());
+    let err = peer.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = peer
+        .propose(ProposeRequest { txn: vec![1, 2, 3] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    // Nor can it reach the node's services through the cluster port.
+    let mut store = micro_proto::store::store_client::StoreClient::new(
+        tls::channel(
+            &node.cluster,
+            tls::join_client_config(&good.ca_fingerprint).unwrap(),
+        )
+        .unwrap(),
+    );
+    let err = store
+        .write(WriteRequest {
+            record: Some(Record {
+                key: "sneaky".into(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    // Plain TCP without TLS gets nowhere either.
+    let plain = micro::Client::connect(&node.cluster, "micro").await;
+    if let Ok(c) = plain {
+        assert!(c
+            .store()
+            .read(ReadRequest {
+                key: "sneaky".into(),
+                ..Default::default()
+            })
+            .await
+            .is_err());
+    }
+
+    // Gossip from a node without the key is ignored: it never shows up.
+    let rogue = micro_gossip::Gossip::start(micro_gossip::Config {
+        node_id: 42,
+        bind: "127.0.0.6:0".parse().unwrap(),
+        advertise: "127.0.0.6:0".parse().unwrap(),
+        key: [7u8; 32],
+    })
+    .await
+    .unwrap();
+    rogue.announce(node.cluster.parse().unwrap());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        rogue.members().iter().all(|m| m.node_id == 42),
+        "the rogue saw nobody"
+    );
+    let listed = node.micro(&["cluster", "members"]).ok().to_string();
+    assert!(!listed.contains("127.0.0.6"), "{listed}");
+    rogue.shutdown().await;
+    assert_eq!(read(&node, "sneaky").code, 1, "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_compacted_entries_catches_up_from_a_snapshot() {
+    let env = [("MICRO_RAFT_SNAPSHOT_AFTER", "50")];
+    let mut nodes = cluster(2, &env);
+    let before = nodes[2].micro(&["cluster", "status"]).ok().to_string();
+    nodes[2].kill9();
+
+    let client = nodes[0].client("micro").await;
+    for i in 0..400 {
+        client
+            .store()
+            .write(WriteRequest {
+                record: Some(Record {
+                    key: format!("bulk/{i:04}"),
+                    value: format!("value {i}").into_bytes(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // The leader compacted its log past where the stopped node was.
+    let lead_status = nodes[0].micro(&["cluster", "status"]).ok().to_string();
+    let snapshot_of = |table: &str, id: u64| -> u64 {
+        table
+            .lines()
+            .find(|l| l.starts_with(&id.to_string()))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let last_log_of = |table: &str, id: u64| -> u64 {
+        table
+            .lines()
+            .find(|l| l.starts_with(&id.to_string()))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let stopped_at = last_log_of(&before, nodes[2].node_id);
+    let leader_snapshot = snapshot_of(&lead_status, nodes[0].node_id)
+        .max(snapshot_of(&lead_status, nodes[1].node_id));
+    assert!(
+        leader_snapshot > stopped_at + 100,
+        "the log was compacted past the stopped node ({stopped_at}):\n{lead_status}"
+    );
+
+    nodes[2].restart();
+    let n3 = &nodes[2];
+    eventually(60, "the node caught up", || {
+        (read(n3, "bulk/0399").stdout == "value 399\n").then_some(())
+    });
+    assert_eq!(read(n3, "bulk/0000").ok(), "value 0\n");
+    let listed = n3
+        .micro(&["store", "list", "--prefix", "bulk/"])
+        .ok()
+        .lines()
+        .count();
+    assert_eq!(listed, 400);
+    let status = n3.micro(&["cluster", "status"]).ok().to_string();
+    assert!(
+        snapshot_of(&status, n3.node_id) > stopped_at,
+        "it holds a snapshot past where it stopped:\n{status}"
+    );
+}
