@@ -390,3 +390,55 @@ async fn a_node_that_missed_compacted_entries_catches_up_from_a_snapshot() {
         "it holds a snapshot past where it stopped:\n{status}"
     );
 }
+
+#[test]
+fn services_run_on_one_node_are_managed_from_any_other() {
+    let nodes = cluster(2, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("pinger");
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = |word: &str| format!("run = \"echo {word}; exec sleep 600\"\n");
+    std::fs::write(dir.join("micro.toml"), toml("first")).unwrap();
+    assert_eq!(nodes[0].micro(&["run", dir.to_str().unwrap()]).ok(), "");
+
+    // Status from another node: the same replicated view.
+    let line = nodes[1].wait_status("pinger", 30, |l| l.contains(" running "));
+    assert!(line.starts_with("pinger  latest  "), "{line}");
+    // Logs live on node 1; node 2 streams them from there.
+    let logs_have = |n: &Server, word: &str| {
+        eventually(30, "the service's output in its logs", || {
+            let run = n.micro(&["logs", "pinger", "-n", "50"]);
+            run.stdout.contains(word).then_some(())
+        })
+    };
+    logs_have(&nodes[1], "first");
+    // An update through node 3 rebuilds and restarts it on node 1.
+    std::fs::write(dir.join("micro.toml"), toml("second")).unwrap();
+    assert_eq!(nodes[2].micro(&["update", dir.to_str().unwrap()]).ok(), "");
+    logs_have(&nodes[2], "second");
+    nodes[0].wait_status("pinger", 30, |l| l.contains(" running "));
+    // Killed through node 2: gone everywhere.
+    assert_eq!(nodes[1].micro(&["kill", "pinger"]).ok(), "");
+    for n in &nodes {
+        assert_eq!(n.micro(&["status"]).ok(), "", "nothing runs");
+    }
+
+    // Node 3 is taken out (through node 2): two members are left, and they
+    // still take writes.
+    let gone = nodes[2].node_id.to_string();
+    assert_eq!(
+        nodes[1].micro(&["cluster", "remove", &gone]).ok(),
+        format!("Node {gone} removed\n")
+    );
+    eventually(30, "two members left", || {
+        let m = members(&nodes[0]);
+        (m.len() == 2 && m.iter().all(|(id, _, _)| id.to_string() != gone)).then_some(())
+    });
+    nodes[0]
+        .micro(&["store", "write", "after-remove", "ok"])
+        .ok();
+    assert_eq!(read(&nodes[1], "after-remove").ok(), "ok\n");
+    nodes[1]
+        .micro(&["cluster", "remove", &gone])
+        .fails_with("Not found");
+}
