@@ -106,6 +106,26 @@ fn three_nodes_serve_everything_fail_over_and_converge() {
         nodes[0].micro(&["config", "get", "app"]).ok(),
         "{\"colour\":\"blue\"}\n"
     );
+    // Secrets sealed on one node open on another: the key is the cluster's.
+    nodes[0]
+        .micro(&["config", "set", "--secret", "app.key", "s3cret"])
+        .ok();
+    assert_eq!(
+        nodes[2]
+            .micro(&["config", "get", "--secret", "app.key"])
+            .ok(),
+        "s3cret\n"
+    );
+    // A token node 1 issued is good on node 2: one signing key.
+    let token = nodes[0].micro(&["user", "token"]).ok().trim().to_string();
+    let list = |auth: &[(&str, &str)]| {
+        crate::harness::http_send(&nodes[1].api, "POST", "/auth/Accounts/List", auth, b"{}")
+    };
+    let (code, body) = list(&[("Authorization", &format!("Bearer {token}"))]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"admin\""), "{body}");
+    let (code, body) = list(&[]);
+    assert_eq!(code, 401, "{body}");
 
     // The status table has a row per node, all in one term with one leader.
     let status = nodes[0].micro(&["cluster", "status"]).ok().to_string();

@@ -229,6 +229,7 @@ impl Cluster {
         }
         let (voters, _) = self.membership();
         if voters.contains(&r.node_id) {
+            self.set_address(r.node_id, &r.address).await?;
             return Ok("voter".into());
         }
         if voters.len() < self.size {
@@ -287,6 +288,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// Points the membership at a member's new cluster address (a member
+    /// restarted with another `--cluster-address`).
+    async fn set_address(&self, id: NodeId, addr: &str) -> Result<(), Status> {
+        if self.node_addr(id).as_deref() == Some(addr) {
+            return Ok(());
+        }
+        self.replica()
+            .raft()
+            .change_membership(
+                ChangeMembers::SetNodes(std::collections::BTreeMap::from([(
+                    id,
+                    BasicNode::new(addr),
+                )])),
+                false,
+            )
+            .await
+            .map_err(raft_status)?;
+        tracing::info!(node = id, addr, "a member's cluster address changed");
+        Ok(())
+    }
+
     /// Records this node's own addresses in the replicated state when they
     /// are missing or changed (the founder is never admitted; a node may
     /// restart on other ports).
@@ -297,6 +319,9 @@ impl Cluster {
             .get(&node_key(self.id), now_millis())
             .map_err(crate::grpc::status)?
             .and_then(|r| serde_json::from_slice::<NodeInfo>(&r.value).ok());
+        if self.replica().is_leader() {
+            self.set_address(self.id, &self.me.address).await?;
+        }
         if current.is_some_and(|c| {
             c.address == self.me.address && c.api == self.me.api && c.grpc == self.me.grpc
         }) {
@@ -451,8 +476,10 @@ impl Cluster {
                 tick.tick().await;
                 me.announce_to_gossip().await;
                 let (voters, learners) = me.membership();
-                let wanted = !voters.contains(&me.id)
-                    && (!learners.contains(&me.id) || voters.len() < me.size);
+                let moved = me.node_addr(me.id).is_some_and(|a| a != me.me.address);
+                let wanted = moved
+                    || (!voters.contains(&me.id)
+                        && (!learners.contains(&me.id) || voters.len() < me.size));
                 if !wanted || me.is_removed(me.id) {
                     continue;
                 }
