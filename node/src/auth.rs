@@ -388,7 +388,16 @@ impl Authority {
         endpoint: &str,
     ) -> Result<Option<Claims>, tonic::Status> {
         let now = now_millis() / 1000;
-        let claims = token.and_then(|t| self.keys.verify(t, now).ok());
+        // A token that does not verify is refused, not taken as anonymous:
+        // the caller meant to be someone and should hear why it is not.
+        let claims = match token {
+            None => None,
+            Some(t) => Some(self.keys.verify(t, now).map_err(|e| {
+                tonic::Status::unauthenticated(format!(
+                    "Unauthorized call made to {name}:{endpoint}: {e}"
+                ))
+            })?),
+        };
         let resource = Resource {
             r#type: "service".into(),
             name: name.to_string(),

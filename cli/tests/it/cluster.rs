@@ -126,6 +126,9 @@ fn three_nodes_serve_everything_fail_over_and_converge() {
     assert!(body.contains("\"admin\""), "{body}");
     let (code, body) = list(&[]);
     assert_eq!(code, 401, "{body}");
+    let (code, body) = list(&[("Authorization", "Bearer not.a.token")]);
+    assert_eq!(code, 401, "a bad token is refused: {body}");
+    assert!(body.contains("the token is malformed"), "{body}");
 
     // The status table has a row per node, all in one term with one leader.
     let status = nodes[0].micro(&["cluster", "status"]).ok().to_string();
