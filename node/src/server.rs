@@ -571,8 +571,18 @@ pub async fn run(
     heartbeat.abort();
     // Services stop first: they deregister through this node on the way out.
     runtime.shutdown().await;
-    for svc in &core {
-        let _ = registry::deregister(&replica, micro::DEFAULT_NAMESPACE, svc).await;
+    // Without a quorum these writes cannot commit; the registrations then
+    // expire by their TTL instead of holding up the shutdown.
+    let deregister = async {
+        for svc in &core {
+            let _ = registry::deregister(&replica, micro::DEFAULT_NAMESPACE, svc).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(3), deregister)
+        .await
+        .is_err()
+    {
+        tracing::info!("could not deregister this node's services (no quorum); they will expire");
     }
     let _ = stop_tx.send(true);
     let grpc_result = grpc.await;
