@@ -465,6 +465,10 @@ pub async fn run(
     // The cluster port serves first: a joiner must answer the leader
     // before it can be admitted, and a restarted node its peers.
     let cluster_server = tonic::transport::Server::builder()
+        // Raft calls to a frozen peer time out and are cancelled by the
+        // dozen; h2's reset-flood guard would take that for abuse and drop
+        // the connection when the peer comes back.
+        .http2_max_pending_accept_reset_streams(Some(10_000))
         .add_routes(Routes::from(crate::cluster::peer::routes(
             cluster.clone(),
             local_stack.clone(),

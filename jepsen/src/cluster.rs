@@ -1,0 +1,530 @@
+//! The cluster under test: real `micro server` processes, node `i` on the
+//! loopback address `127.0.0.{i+1}`, each with its own data directory,
+//! HOME and log file under the run's directory.
+//!
+//! Node 0 founds the cluster; the others join it with the join token,
+//! which the harness obtains over gRPC as the default admin (the same
+//! `Cluster.Token` call `micro cluster token` makes). Membership and roles
+//! come from `Cluster.Members` (what `micro cluster members` prints), asked
+//! of one node at a time with a timeout so a frozen node cannot stall the
+//! harness.
+//!
+//! Faults are carried out on the processes: SIGKILL (then a restart on the
+//! same data directory and the same cluster address, which is how the
+//! peers know the node), and SIGSTOP/SIGCONT, which freeze and thaw a node
+//! (to its peers and clients it looks cut off). Clients find a node's
+//! current gRPC address in [`Addrs`], which changes when it restarts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use micro_proto::auth::TokenRequest;
+use micro_proto::cluster::{Member, MembersRequest};
+use tokio::process::{Child, Command};
+
+use crate::history::Clock;
+
+/// How long a node may take to write its `listen.json`.
+const READY_WAIT: Duration = Duration::from_secs(60);
+/// How long one admin call (connect and ask) may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The current gRPC (proxy) address of every node; `None` while the node
+/// is down. Shared with the clients.
+#[derive(Default)]
+pub struct Addrs {
+    proxy: Vec<RwLock<Option<String>>>,
+}
+
+impl Addrs {
+    pub fn get(&self, node: usize) -> Option<String> {
+        self.proxy[node]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, node: usize, addr: Option<String>) {
+        *self.proxy[node].write().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+}
+
+/// The process ids of running nodes, for the Ctrl-C handler.
+pub type Pids = Arc<Mutex<HashMap<usize, u32>>>;
+
+/// One node.
+pub struct Node {
+    pub idx: usize,
+    ip: String,
+    data: PathBuf,
+    home: PathBuf,
+    pub log: PathBuf,
+    /// fixed by the first start: peers know the node by it
+    pub cluster_addr: Option<String>,
+    pub node_id: u64,
+    child: Option<Child>,
+    pub frozen: bool,
+    /// how many times it was started
+    starts: u32,
+}
+
+/// The running cluster.
+pub struct Cluster {
+    micro: PathBuf,
+    pub nodes: Vec<Node>,
+    pub addrs: Arc<Addrs>,
+    pub pids: Pids,
+    token: String,
+    clock: Clock,
+}
+
+impl Cluster {
+    /// Starts `n` nodes under `root` and waits until every node reports all
+    /// of them as alive voters. The running nodes' process ids are kept in
+    /// `pids` (for the interrupt handler).
+    pub async fn start(
+        micro: &Path,
+        root: &Path,
+        n: usize,
+        clock: Clock,
+        pids: Pids,
+    ) -> Result<Cluster> {
+        let mut nodes = Vec::new();
+        for idx in 0..n {
+            let dir = root.join(format!("n{idx}"));
+            let home = dir.join("home");
+            std::fs::create_dir_all(&home)
+                .with_context(|| format!("cannot create {}", home.display()))?;
+            nodes.push(Node {
+                idx,
+                ip: format!("127.0.0.{}", idx + 1),
+                data: dir.join("data"),
+                home,
+                log: dir.join("server.log"),
+                cluster_addr: None,
+                node_id: 0,
+                child: None,
+                frozen: false,
+                starts: 0,
+            });
+        }
+        let mut cluster = Cluster {
+            micro: micro.to_path_buf(),
+            nodes,
+            addrs: Arc::new(Addrs {
+                proxy: (0..n).map(|_| RwLock::new(None)).collect(),
+            }),
+            pids,
+            token: String::new(),
+            clock,
+        };
+        cluster.spawn(0).await?;
+        cluster.token = cluster.join_token().await?;
+        for idx in 1..n {
+            cluster.spawn(idx).await?;
+        }
+        let (took, leader) = cluster
+            .wait_healthy(Duration::from_secs(90))
+            .await
+            .map_err(|e| anyhow!("the cluster did not form: {e}"))?;
+        println!(
+            "{} cluster of {n} formed ({:.1}s after the last node started), leader n{leader}",
+            clock.stamp(),
+            took.as_secs_f64()
+        );
+        Ok(cluster)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The join token, asked of node 0 as the default admin.
+    async fn join_token(&self) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let attempt = async {
+                let addr = self.addrs.get(0).ok_or_else(|| anyhow!("node 0 is down"))?;
+                let client = micro::Client::connect(&addr, "micro").await?;
+                let token = client
+                    .auth()
+                    .token(TokenRequest {
+                        id: "admin".into(),
+                        secret: "micro".into(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .token
+                    .ok_or_else(|| anyhow!("no access token"))?;
+                client.set_token(Some(&token.access_token));
+                let join = client
+                    .cluster()
+                    .token(micro_proto::cluster::TokenRequest {})
+                    .await?
+                    .into_inner()
+                    .token;
+                anyhow::Ok(join)
+            };
+            let err = match tokio::time::timeout(Duration::from_secs(15), attempt).await {
+                Ok(Ok(t)) if !t.is_empty() => return Ok(t),
+                Ok(Ok(_)) => anyhow!("an empty join token"),
+                Ok(Err(e)) => e,
+                Err(_) => anyhow!("timed out"),
+            };
+            if Instant::now() > deadline {
+                bail!("cannot get the join token from node 0: {err:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Starts node `idx` (the first time: joining node 0; later: on its old
+    /// data directory and cluster address) and waits for its
+    /// `listen.json`.
+    async fn spawn(&mut self, idx: usize) -> Result<()> {
+        let join = (idx > 0 && self.nodes[idx].starts == 0).then(|| {
+            (
+                self.nodes[0].cluster_addr.clone().unwrap_or_default(),
+                self.token.clone(),
+            )
+        });
+        let stamp = self.clock.stamp();
+        let node = &mut self.nodes[idx];
+        let listen = node.data.join("listen.json");
+        let _ = std::fs::remove_file(&listen);
+        let any = format!("{}:0", node.ip);
+        let cluster_addr = node.cluster_addr.clone().unwrap_or_else(|| any.clone());
+        node.starts += 1;
+        {
+            use std::io::Write;
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&node.log)
+                .with_context(|| format!("cannot open {}", node.log.display()))?;
+            writeln!(
+                log,
+                "=== micro-jepsen {stamp}: start #{} of node {idx} (cluster address {cluster_addr})",
+                node.starts
+            )?;
+        }
+        let log = std::fs::OpenOptions::new().append(true).open(&node.log)?;
+        let mut cmd = Command::new(&self.micro);
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&node.data)
+            .args(["--api-address", &any])
+            .args(["--proxy-address", &any])
+            .args(["--web-address", &any])
+            .args(["--cluster-address", &cluster_addr]);
+        if let Some((seed, token)) = &join {
+            cmd.args(["--join", seed, "--token", token]);
+        }
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MICRO_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("HOME", &node.home)
+            .env("MICRO_LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.micro.display()))?;
+        if let Some(pid) = child.id() {
+            self.pids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(idx, pid);
+        }
+        node.child = Some(child);
+        node.frozen = false;
+        let deadline = Instant::now() + READY_WAIT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&listen) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    let field = |name: &str| v[name].as_str().map(str::to_string);
+                    let (Some(proxy), Some(cluster)) = (field("proxy"), field("cluster")) else {
+                        bail!("node {idx} wrote a listen.json without addresses: {text}");
+                    };
+                    let id = v["node_id"].as_u64().unwrap_or(0);
+                    if node.node_id != 0 && node.node_id != id {
+                        bail!("node {idx} came back as {id}, not {}", node.node_id);
+                    }
+                    node.node_id = id;
+                    if node.cluster_addr.is_none() {
+                        node.cluster_addr = Some(cluster);
+                    }
+                    self.addrs.set(idx, Some(proxy));
+                    return Ok(());
+                }
+            }
+            if let Some(status) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                node.child = None;
+                self.pids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&idx);
+                bail!(
+                    "node {idx} exited with {status} while starting; last log lines:\n{}",
+                    tail(&node.log, 20)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {idx} wrote no listen.json within {}s; last log lines:\n{}",
+                    READY_WAIT.as_secs(),
+                    tail(&node.log, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Restarts a killed node, trying a few times.
+    pub async fn restart(&mut self, idx: usize) -> Result<()> {
+        let mut last = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                println!(
+                    "{} node {idx} did not restart ({:#}); trying again",
+                    self.clock.stamp(),
+                    last.as_ref().unwrap_or(&anyhow!("?"))
+                );
+                self.kill(idx).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            match self.spawn(idx).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no attempt")))
+    }
+
+    pub fn is_running(&self, idx: usize) -> bool {
+        self.nodes[idx].child.is_some()
+    }
+
+    /// Running and not frozen: able to answer.
+    pub fn is_up(&self, idx: usize) -> bool {
+        self.is_running(idx) && !self.nodes[idx].frozen
+    }
+
+    /// `kill -9`, and reaps the process.
+    pub async fn kill(&mut self, idx: usize) {
+        let node = &mut self.nodes[idx];
+        self.addrs.set(idx, None);
+        if let Some(mut child) = node.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        node.frozen = false;
+        self.pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&idx);
+    }
+
+    fn signal(&self, idx: usize, sig: libc::c_int) -> bool {
+        match self.nodes[idx].child.as_ref().and_then(Child::id) {
+            // SAFETY: kill(2) with a pid of our own child process; it has
+            // not been reaped (we hold its Child), so the pid is not reused.
+            Some(pid) => unsafe { libc::kill(pid as libc::pid_t, sig) == 0 },
+            None => false,
+        }
+    }
+
+    /// SIGSTOP: the node stops answering anyone.
+    pub fn freeze(&mut self, idx: usize) {
+        if self.signal(idx, libc::SIGSTOP) {
+            self.nodes[idx].frozen = true;
+        }
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&mut self, idx: usize) {
+        self.signal(idx, libc::SIGCONT);
+        self.nodes[idx].frozen = false;
+    }
+
+    /// Thaws every frozen node and restarts every killed one.
+    pub async fn heal_all(&mut self) -> Result<()> {
+        for idx in 0..self.len() {
+            if self.nodes[idx].frozen {
+                self.thaw(idx);
+            }
+        }
+        for idx in 0..self.len() {
+            if !self.is_running(idx) {
+                self.restart(idx).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The member list as node `idx` sees it.
+    pub async fn members(&self, idx: usize) -> Result<Vec<Member>> {
+        let addr = self
+            .addrs
+            .get(idx)
+            .ok_or_else(|| anyhow!("node {idx} is down"))?;
+        let ask = async {
+            let client = micro::Client::connect(&addr, "micro").await?;
+            let members = client
+                .cluster()
+                .members(MembersRequest {})
+                .await?
+                .into_inner()
+                .members;
+            anyhow::Ok(members)
+        };
+        tokio::time::timeout(ADMIN_TIMEOUT, ask)
+            .await
+            .map_err(|_| anyhow!("node {idx} did not answer within {ADMIN_TIMEOUT:?}"))?
+    }
+
+    /// The node index of a Raft node id.
+    pub fn index_of(&self, node_id: u64) -> Option<usize> {
+        self.nodes.iter().position(|n| n.node_id == node_id)
+    }
+
+    /// The leader: the node most of the nodes that are up name as leader
+    /// (asked in `order`; a tie goes to the first named). A lone node's view
+    /// can be stale: a thawed old leader may still think it leads.
+    pub async fn leader(&self, order: &[usize]) -> Option<usize> {
+        let mut votes: Vec<(usize, usize)> = Vec::new();
+        for &idx in order {
+            if !self.is_up(idx) {
+                continue;
+            }
+            let Ok(members) = self.members(idx).await else {
+                continue;
+            };
+            let named = members
+                .iter()
+                .find(|m| m.role == "leader")
+                .and_then(|m| self.index_of(m.id));
+            if let Some(l) = named {
+                match votes.iter_mut().find(|(n, _)| *n == l) {
+                    Some((_, count)) => *count += 1,
+                    None => votes.push((l, 1)),
+                }
+            }
+        }
+        let most = votes.iter().map(|(_, c)| *c).max()?;
+        votes.into_iter().find(|(_, c)| *c == most).map(|(l, _)| l)
+    }
+
+    /// Why node `idx`'s view is not yet that of a healthy cluster (every
+    /// node listed, alive, a voter or the leader, exactly one leader);
+    /// otherwise the leader it names. (`wait_healthy` also wants every node
+    /// to name the same leader.)
+    async fn view_of(&self, idx: usize) -> Result<u64, String> {
+        let members = match self.members(idx).await {
+            Ok(v) => v,
+            Err(e) => return Err(format!("{e:#}")),
+        };
+        let mut problems = Vec::new();
+        for node in &self.nodes {
+            match members.iter().find(|m| m.id == node.node_id) {
+                None => problems.push(format!("n{} not listed", node.idx)),
+                Some(m) => {
+                    if m.gossip != "alive" {
+                        problems.push(format!("n{} {}", node.idx, m.gossip));
+                    }
+                    if m.role != "leader" && m.role != "voter" {
+                        problems.push(format!("n{} {}", node.idx, m.role));
+                    }
+                }
+            }
+        }
+        if members.len() != self.len() {
+            problems.push(format!("{} members listed", members.len()));
+        }
+        let leaders: Vec<u64> = members
+            .iter()
+            .filter(|m| m.role == "leader")
+            .map(|m| m.id)
+            .collect();
+        if leaders.len() != 1 {
+            problems.push(format!("{} leaders", leaders.len()));
+        }
+        if problems.is_empty() {
+            Ok(leaders[0])
+        } else {
+            Err(format!("n{idx} sees: {}", problems.join(", ")))
+        }
+    }
+
+    /// Polls until every node sees a healthy cluster; returns how long it
+    /// took and the leader, or the last complaint.
+    pub async fn wait_healthy(&self, limit: Duration) -> Result<(Duration, usize), String> {
+        let start = Instant::now();
+        loop {
+            let mut complaint = None;
+            let mut leader = None;
+            for idx in 0..self.len() {
+                match self.view_of(idx).await {
+                    Err(why) => complaint = Some(why),
+                    Ok(l) if leader.is_some_and(|first| first != l) => {
+                        complaint = Some("the nodes name different leaders".to_string())
+                    }
+                    Ok(l) => leader = Some(l),
+                }
+                if complaint.is_some() {
+                    break;
+                }
+            }
+            match complaint {
+                None => {
+                    let leader = leader.and_then(|l| self.index_of(l)).unwrap_or(0);
+                    return Ok((start.elapsed(), leader));
+                }
+                Some(why) if start.elapsed() > limit => {
+                    return Err(format!("not healthy after {}s: {why}", limit.as_secs()))
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+    }
+
+    /// Stops every node (SIGCONT, SIGTERM, then SIGKILL after 10 s).
+    pub async fn shutdown(&mut self) {
+        for idx in 0..self.len() {
+            self.signal(idx, libc::SIGCONT);
+            self.signal(idx, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for idx in 0..self.len() {
+            if let Some(mut child) = self.nodes[idx].child.take() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, child.wait()).await.is_err() {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
+            }
+            self.addrs.set(idx, None);
+        }
+        self.pids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

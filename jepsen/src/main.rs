@@ -1,0 +1,505 @@
+//! `micro-jepsen`: a fault-injection test of a real Micro cluster.
+//!
+//! It starts `--nodes` `micro server` processes on 127.0.0.1, .2, … as one
+//! Raft cluster, runs `--clients` concurrent store clients against them for
+//! `--seconds` while a nemesis kills, restarts, freezes and thaws nodes,
+//! then heals everything, reads the final state from every node and checks
+//! the recorded history (see `checker` for exactly what is checked; it is
+//! not a full linearizability check). Exit status: 0 when every check
+//! passes, 1 on any violation, 2 when the harness itself could not run.
+//!
+//! The run's directory (data, logs, `history.jsonl`, `faults.json`) is
+//! removed at the end unless `--keep` is given or the run failed.
+
+mod checker;
+mod cluster;
+mod history;
+mod nemesis;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::checker::{Check, NodeScan, Violation};
+use crate::cluster::Cluster;
+use crate::history::{Clock, Kind, Op, Outcome};
+use crate::nemesis::{Fault, Injected};
+use crate::workload::{ClientConfig, Shared, REGISTERS};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "micro-jepsen",
+    about = "Fault-injection test of a Micro cluster: a workload, a nemesis, and checks of the history"
+)]
+struct Args {
+    /// Nodes in the cluster (at least 3, at most 9)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=9))]
+    nodes: u8,
+    /// How long the workload runs, in seconds
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Concurrent clients (client c talks to node c mod nodes)
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=256))]
+    clients: u16,
+    /// Seed of the random choices (ops, faults, timings); default: from the clock
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The micro binary (default: `micro` next to this executable)
+    #[arg(long, value_name = "PATH")]
+    micro: Option<PathBuf>,
+    /// Keep the run's directory (data, logs, history) even when it passes
+    #[arg(long)]
+    keep: bool,
+    /// A short run for CI: 20 seconds of workload unless --seconds is given
+    #[arg(long)]
+    smoke: bool,
+    /// Run the workload without injecting faults
+    #[arg(long)]
+    no_faults: bool,
+    /// Client-side timeout of one operation, in seconds
+    #[arg(long, default_value_t = 15)]
+    op_timeout: u64,
+    /// How many acknowledged unique keys to point-read on every node after
+    /// healing, chosen at random (0: all). The final scans check every key.
+    #[arg(long, default_value_t = 1000)]
+    final_reads: usize,
+    /// Self-test of the checker: the clients read the local replica
+    /// (`stale: true`) instead of linearizably, so the run is expected to
+    /// find stale reads and FAIL. The final reads stay linearizable.
+    #[arg(long)]
+    stale_reads: bool,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() -> ExitCode {
+    let mut args = Args::parse();
+    if args.smoke && !std::env::args().any(|a| a == "--seconds" || a.starts_with("--seconds=")) {
+        args.seconds = 20;
+    }
+    match run(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("micro-jepsen: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The micro binary to run.
+fn micro_path(given: Option<PathBuf>) -> Result<PathBuf> {
+    let path = match given {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .parent()
+            .ok_or_else(|| anyhow!("this executable has no directory"))?
+            .join("micro"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no micro binary at {} (build it: cargo build -p micro-cli --bin micro, or pass --micro PATH)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Kills the nodes if the harness is interrupted.
+fn on_interrupt(pids: cluster::Pids) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            for pid in pids.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                // SAFETY: kill(2) on the pids of our own unreaped children.
+                unsafe {
+                    libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+            eprintln!("micro-jepsen: interrupted; nodes killed");
+            std::process::exit(130);
+        }
+    });
+}
+
+/// Returns whether every check passed.
+async fn run(args: Args) -> Result<bool> {
+    let wall = Instant::now();
+    let micro = micro_path(args.micro.clone())?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let nodes = args.nodes as usize;
+    let clients = args.clients as usize;
+    let dir = tempfile::Builder::new()
+        .prefix("micro-jepsen-")
+        .tempdir()
+        .context("cannot create the run's directory")?;
+    let root = dir.path().to_path_buf();
+    println!(
+        "micro-jepsen: {nodes} nodes, {clients} clients, {}s, seed {seed}, faults {}{}",
+        args.seconds,
+        if args.no_faults { "off" } else { "on" },
+        if args.stale_reads {
+            ", STALE (local replica) reads: a self-test expected to FAIL"
+        } else {
+            ""
+        }
+    );
+    println!("micro binary: {}", micro.display());
+    println!("run directory: {}", root.display());
+
+    let clock = Clock::start();
+    let outcome = run_in(&args, &micro, &root, seed, nodes, clients, clock).await;
+    let passed = matches!(outcome, Ok(true));
+    if args.keep || !passed {
+        let kept = dir.keep();
+        println!("kept the run's directory: {}", kept.display());
+    }
+    println!("total time {:.1}s", wall.elapsed().as_secs_f64());
+    outcome
+}
+
+async fn run_in(
+    args: &Args,
+    micro: &Path,
+    root: &Path,
+    seed: u64,
+    nodes: usize,
+    clients: usize,
+    clock: Clock,
+) -> Result<bool> {
+    println!("{} starting the cluster", clock.stamp());
+    let pids = cluster::Pids::default();
+    on_interrupt(pids.clone());
+    let mut cluster = Cluster::start(micro, root, nodes, clock, pids).await?;
+    let result = exercise(args, &mut cluster, root, seed, clients, clock).await;
+    println!("{} stopping the cluster", clock.stamp());
+    cluster.shutdown().await;
+    result
+}
+
+/// The workload and the nemesis, then the final reads, the checks and the
+/// report.
+async fn exercise(
+    args: &Args,
+    cluster: &mut Cluster,
+    root: &Path,
+    seed: u64,
+    clients: usize,
+    clock: Clock,
+) -> Result<bool> {
+    let nodes = cluster.len();
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared::default());
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let cfg = ClientConfig {
+            id: c,
+            node: c % nodes,
+            seed: seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(c as u64 + 1)),
+            op_timeout: Duration::from_secs(args.op_timeout.max(1)),
+            stale_reads: args.stale_reads,
+        };
+        tasks.push(tokio::spawn(workload::client(
+            cfg,
+            cluster.addrs.clone(),
+            clock,
+            stop.clone(),
+            shared.clone(),
+        )));
+    }
+    println!(
+        "{} workload started: {clients} clients for {}s",
+        clock.stamp(),
+        args.seconds
+    );
+
+    // The nemesis runs here, in this task, while a timer raises `stop`.
+    let timer = {
+        let (stop, shared) = (stop.clone(), shared.clone());
+        let seconds = args.seconds;
+        tokio::spawn(async move {
+            let end = tokio::time::Instant::now() + Duration::from_secs(seconds);
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(end) => break,
+                    _ = tick.tick() => println!(
+                        "{} progress: {} ops ({} ok, {} unknown, {} failed)",
+                        clock.stamp(),
+                        shared.ops.load(Ordering::Relaxed),
+                        shared.ok.load(Ordering::Relaxed),
+                        shared.unknown.load(Ordering::Relaxed),
+                        shared.failed.load(Ordering::Relaxed),
+                    ),
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Failures to recover: reported as violations, after the checks that
+    // can still be made.
+    let mut recovery = Vec::new();
+    let injected = if args.no_faults {
+        timer.await.ok();
+        Vec::new()
+    } else {
+        let (injected, failure) = nemesis::run(cluster, &mut rng, clock, stop.clone()).await;
+        // Without a failure the nemesis stops when the timer raises `stop`;
+        // after one, the workload goes on to its end without faults.
+        recovery.extend(failure);
+        timer.await.ok();
+        injected
+    };
+    println!("{} workload over; healing every node", clock.stamp());
+    if let Err(e) = cluster.heal_all().await {
+        println!("{} {e:#}", clock.stamp());
+        recovery.push(format!("healing failed: {e:#}"));
+    }
+    let mut parts = Vec::new();
+    for t in tasks {
+        parts.push(t.await.context("a client task panicked")?);
+    }
+    let mut history = history::merge(parts);
+    println!(
+        "{} clients done: {} ops; waiting for a healthy cluster",
+        clock.stamp(),
+        history.len()
+    );
+    match cluster.wait_healthy(Duration::from_secs(60)).await {
+        Ok((took, leader)) => println!(
+            "{} cluster healthy after {:.1}s, leader n{leader}",
+            clock.stamp(),
+            took.as_secs_f64()
+        ),
+        Err(e) => {
+            println!("{} {e}", clock.stamp());
+            recovery.push(format!("the cluster did not recover after healing: {e}"));
+        }
+    }
+    if let Err(e) = workload::barrier(&cluster.addrs, nodes, clock).await {
+        println!("{} barrier: {e}", clock.stamp());
+        recovery.push(format!("the healed cluster refused writes: {e}"));
+    }
+
+    // The final state: scans, and point reads of every register and every
+    // acknowledged unique key, on every node.
+    println!("{} reading the final state from every node", clock.stamp());
+    let mut scans = Vec::new();
+    for node in 0..nodes {
+        let mut by_prefix = BTreeMap::new();
+        for prefix in ["w/", "r/"] {
+            by_prefix.insert(
+                prefix.to_string(),
+                workload::scan(&cluster.addrs, node, prefix).await,
+            );
+        }
+        scans.push(NodeScan { node, by_prefix });
+    }
+    let mut keys: Vec<(Kind, String)> = (0..REGISTERS)
+        .map(|k| (Kind::ReadRegister, format!("r/{k}")))
+        .collect();
+    let mut acked: Vec<String> = history
+        .iter()
+        .filter(|o| o.kind == Kind::WriteUnique && o.outcome == Outcome::Ok)
+        .map(|o| o.key.clone())
+        .collect();
+    if args.final_reads > 0 && acked.len() > args.final_reads {
+        acked.shuffle(&mut rng);
+        acked.truncate(args.final_reads);
+        println!(
+            "{} point-reading a random {} of the acknowledged unique keys (the scans cover all)",
+            clock.stamp(),
+            acked.len()
+        );
+    }
+    keys.extend(acked.into_iter().map(|k| (Kind::ReadUnique, k)));
+    let finals = workload::final_reads(cluster.addrs.clone(), nodes, keys, clock).await;
+    history::append(&mut history, finals);
+    println!("{} checking {} ops", clock.stamp(), history.len());
+
+    let (mut violations, notes) = checker::check(&history, &scans, nodes);
+    for f in &recovery {
+        violations.push(Violation {
+            check: Check::Recovery,
+            what: f.clone(),
+            ops: vec![],
+        });
+    }
+    save(root, &history, &injected)?;
+    let passed = violations.is_empty();
+    report(&history, &injected, &violations, &notes, &scans, cluster);
+    Ok(passed)
+}
+
+/// Writes the history and the faults into the run's directory.
+fn save(root: &Path, history: &[Op], injected: &[Injected]) -> Result<()> {
+    use std::io::Write;
+    let path = root.join("history.jsonl");
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?,
+    );
+    for op in history {
+        serde_json::to_writer(&mut f, op)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    std::fs::write(
+        root.join("faults.json"),
+        serde_json::to_string_pretty(injected)?,
+    )?;
+    Ok(())
+}
+
+const CHECKED: &str = "\
+checked (sound, not complete; not a full linearizability check):
+  lost-write   after healing, every acknowledged write of a unique key is read back with its
+               value on every node: by a linearizable prefix scan of w/ (all keys) and by
+               linearizable point reads (all keys, or a random --final-reads of them)
+  phantom      every value any read or final scan returned was written to that key by some
+               write (acknowledged, failed or unknown; none is assumed not to have happened)
+  stale-read   a register read must not return an acknowledged value V when some write W
+               known to precede the read (acknowledged, or returned by a read that ended,
+               before the read started) started after V was acknowledged; must not return
+               not-found once any write is known to precede it; a read of a unique key that
+               starts after its write was acknowledged must find it
+  future-read  no read returns a value whose write started after the read ended
+  divergence   after healing, all nodes return the same value for every register and the
+               same records under w/ and r/
+  unverified   a final read or scan that failed after 30 s of retries
+  recovery     a killed node that would not start again, or a cluster that was not healthy
+               (all alive voters, one agreed leader) within 60 s of healing, or refused writes";
+
+fn report(
+    history: &[Op],
+    injected: &[Injected],
+    violations: &[Violation],
+    notes: &checker::Notes,
+    scans: &[NodeScan],
+    cluster: &Cluster,
+) {
+    println!();
+    println!("==================== micro-jepsen report ====================");
+    println!("operations during the workload:");
+    println!(
+        "  {:<18} {:>9} {:>9} {:>9} {:>9}",
+        "kind", "attempted", "ok", "failed", "unknown"
+    );
+    let workload: Vec<&Op> = history
+        .iter()
+        .filter(|o| o.client != history::FINAL_CLIENT)
+        .collect();
+    for kind in Kind::ALL {
+        let of: Vec<&&Op> = workload.iter().filter(|o| o.kind == kind).collect();
+        let count = |o: Outcome| of.iter().filter(|x| x.outcome == o).count();
+        println!(
+            "  {:<18} {:>9} {:>9} {:>9} {:>9}",
+            kind.name(),
+            of.len(),
+            count(Outcome::Ok),
+            count(Outcome::Fail),
+            count(Outcome::Unknown)
+        );
+    }
+    let not_found = workload
+        .iter()
+        .filter(|o| !o.kind.is_write() && o.outcome == Outcome::Ok && o.value.is_none())
+        .count();
+    println!("  (reads answered not-found: {not_found})");
+    let finals = history.len() - workload.len();
+    println!("final point reads: {finals}");
+    for s in scans {
+        let sizes: Vec<String> = s
+            .by_prefix
+            .iter()
+            .map(|(p, r)| match r {
+                Ok(m) => format!("{p} {} records", m.len()),
+                Err(_) => format!("{p} unreadable"),
+            })
+            .collect();
+        println!("final scan on n{}: {}", s.node, sizes.join(", "));
+    }
+    println!(
+        "unique writes with unknown outcome: {} applied, {} not applied",
+        notes.unknown_applied, notes.unknown_absent
+    );
+    if !notes.failed_write_seen.is_empty() {
+        println!(
+            "note: {} reads returned the value of a write that had failed with a definite error (ops {:?})",
+            notes.failed_write_seen.len(),
+            &notes.failed_write_seen[..notes.failed_write_seen.len().min(10)]
+        );
+    }
+    println!("faults injected: {}", injected.len());
+    for f in Fault::ALL {
+        let n = injected.iter().filter(|i| i.fault == f).count();
+        if n > 0 {
+            println!("  {:<16} {n}", f.name());
+        }
+    }
+    for i in injected {
+        println!(
+            "  {:>8.3}s {:<16} {:<9} healed {:<10} recovered {:<8} leader then {}",
+            i.start_us as f64 / 1e6,
+            i.fault.name(),
+            i.nodes
+                .iter()
+                .map(|n| format!("n{n}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            i.healed_us
+                .map(|h| format!("{:.3}s", h as f64 / 1e6))
+                .unwrap_or_else(|| "at end".into()),
+            i.recovered_s
+                .map(|r| format!("in {r:.1}s"))
+                .unwrap_or_else(|| "-".into()),
+            i.leader_after
+                .map(|l| format!("n{l}"))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    println!("{CHECKED}");
+    println!("violations: {}", violations.len());
+    for check in Check::ALL {
+        let of: Vec<&Violation> = violations.iter().filter(|v| v.check == check).collect();
+        if of.is_empty() {
+            continue;
+        }
+        println!("  {}: {}", check.name(), of.len());
+        for v in of.iter().take(10) {
+            print!("    {v}");
+        }
+        if of.len() > 10 {
+            println!("    … and {} more (see history.jsonl)", of.len() - 10);
+        }
+    }
+    if !violations.is_empty() {
+        println!("server logs:");
+        for n in &cluster.nodes {
+            println!("  n{} (node id {}): {}", n.idx, n.node_id, n.log.display());
+        }
+    }
+    println!(
+        "RESULT: {}",
+        if violations.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+}
