@@ -77,6 +77,17 @@ pub enum Error {
     Timeout(String),
 }
 
+impl Error {
+    /// Whether a forwarded request surely did not take effect, so it may be
+    /// sent again (perhaps to the next leader).
+    fn never_took_effect(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable(_) | Error::NotLeader { .. } | Error::NoLeader
+        )
+    }
+}
+
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
         Error::Storage(e.to_string())
@@ -249,9 +260,7 @@ impl Replica {
                 (Some(id), Some(node)) if id != self.id => {
                     match self.forward.propose(id, node, txn.clone()).await {
                         Ok(r) => return Ok(r),
-                        Err(
-                            e @ (Error::Unreachable(_) | Error::NotLeader { .. } | Error::NoLeader),
-                        ) => e,
+                        Err(e) if e.never_took_effect() => e,
                         Err(e) => return Err(e),
                     }
                 }
@@ -320,9 +329,7 @@ impl Replica {
                 (Some(id), Some(node)) if id != self.id => {
                     match self.forward.read_index(id, node).await {
                         Ok(index) => return self.applied_at_least(index).await,
-                        Err(
-                            e @ (Error::Unreachable(_) | Error::NotLeader { .. } | Error::NoLeader),
-                        ) => e,
+                        Err(e) if e.never_took_effect() => e,
                         Err(e) => return Err(e),
                     }
                 }

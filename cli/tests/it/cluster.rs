@@ -211,6 +211,23 @@ fn three_nodes_serve_everything_fail_over_and_converge() {
     }
 }
 
+/// Runs `micro server --join` on 127.0.0.5 with a fresh data dir `name`;
+/// returns once it exits (a refused joiner stops).
+fn try_join(home: &crate::harness::Home, name: &str, cluster: &str, token: &str) -> Run {
+    let data = home.path().join(name);
+    let mut args = vec!["server", "--data-dir", data.to_str().unwrap()];
+    for flag in [
+        "--api-address",
+        "--proxy-address",
+        "--web-address",
+        "--cluster-address",
+    ] {
+        args.extend([flag, "127.0.0.5:0"]);
+    }
+    args.extend(["--join", cluster, "--token", token]);
+    home.micro(&args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_cannot_join_or_talk_to_the_cluster_port() {
     let node = Server::start_node("127.0.0.1", &[], &[]);
@@ -225,24 +242,7 @@ async fn strangers_cannot_join_or_talk_to_the_cluster_port() {
     }
     .to_string();
     let home = crate::harness::Home::new();
-    let data = home.path().join("data");
-    let run = home.micro(&[
-        "server",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--api-address",
-        "127.0.0.5:0",
-        "--proxy-address",
-        "127.0.0.5:0",
-        "--web-address",
-        "127.0.0.5:0",
-        "--cluster-address",
-        "127.0.0.5:0",
-        "--join",
-        &node.cluster,
-        "--token",
-        &wrong,
-    ]);
+    let run = try_join(&home, "data", &node.cluster, &wrong);
     assert_ne!(run.code, 0);
     assert!(
         run.stderr
@@ -256,24 +256,7 @@ async fn strangers_cannot_join_or_talk_to_the_cluster_port() {
         secret: good.secret.clone(),
     }
     .to_string();
-    let data2 = home.path().join("data2");
-    let run = home.micro(&[
-        "server",
-        "--data-dir",
-        data2.to_str().unwrap(),
-        "--cluster-address",
-        "127.0.0.5:0",
-        "--api-address",
-        "127.0.0.5:0",
-        "--proxy-address",
-        "127.0.0.5:0",
-        "--web-address",
-        "127.0.0.5:0",
-        "--join",
-        &node.cluster,
-        "--token",
-        &other,
-    ]);
+    let run = try_join(&home, "data2", &node.cluster, &other);
     assert_ne!(run.code, 0);
     assert!(
         run.stderr

@@ -105,15 +105,19 @@ impl Cluster {
         }
     }
 
-    /// Voters and learners, as this replica knows them.
-    pub fn membership(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
-        let m = self
-            .replica()
+    /// The membership as this replica knows it.
+    fn membership_config(&self) -> Arc<openraft::StoredMembership<NodeId, BasicNode>> {
+        self.replica()
             .raft()
             .metrics()
             .borrow()
             .membership_config
-            .clone();
+            .clone()
+    }
+
+    /// Voters and learners, as this replica knows them.
+    pub fn membership(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        let m = self.membership_config();
         let voters: BTreeSet<NodeId> = m.voter_ids().collect();
         let learners: BTreeSet<NodeId> = m.membership().learner_ids().collect();
         (voters, learners)
@@ -121,13 +125,7 @@ impl Cluster {
 
     /// A member's cluster address.
     pub fn node_addr(&self, id: NodeId) -> Option<String> {
-        let m = self
-            .replica()
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .clone();
+        let m = self.membership_config();
         m.membership().get_node(&id).map(|n| n.addr.clone())
     }
 
@@ -151,13 +149,7 @@ impl Cluster {
         let id = node.ok_or_else(|| {
             Status::unauthenticated("a cluster certificate is required on the cluster port")
         })?;
-        let m = self
-            .replica()
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .clone();
+        let m = self.membership_config();
         let known = m.membership().get_node(&id).is_some();
         let empty = m.membership().nodes().next().is_none();
         if (known || empty) && !self.is_removed(id) {
