@@ -104,8 +104,6 @@ const JWT_HEADER: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
 impl Keys {
     /// The key kept in `data_dir`, made (0600) the first time.
     pub fn load(data_dir: &Path) -> std::io::Result<Keys> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = data_dir.join(KEY_FILE);
         let seed: [u8; 32] = match std::fs::read_to_string(&path) {
             Ok(text) => B64
@@ -117,13 +115,7 @@ impl Keys {
                 })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = SigningKey::generate(&mut rand::rngs::OsRng);
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)?;
-                f.write_all(B64.encode(key.to_bytes()).as_bytes())?;
-                f.sync_all()?;
+                crate::secrets::write_private(&path, B64.encode(key.to_bytes()).as_bytes())?;
                 key.to_bytes()
             }
             Err(e) => return Err(e),
@@ -142,7 +134,7 @@ impl Keys {
         if seed.len() != 32 {
             return Err(std::io::Error::other("the signing key is not 32 bytes"));
         }
-        crate::cluster::write_private(&data_dir.join(KEY_FILE), B64.encode(seed).as_bytes())
+        crate::secrets::write_private(&data_dir.join(KEY_FILE), B64.encode(seed).as_bytes())
     }
 
     pub fn from_seed(seed: [u8; 32]) -> Keys {

@@ -19,6 +19,28 @@ use sha2::{Digest, Sha256};
 const KEY_FILE: &str = "config-secret.key";
 const AAD: &[u8] = b"micro config secret v1";
 
+/// Writes a file readable by its owner only (0600), atomically: a
+/// temporary file, fsynced, renamed over `path`, and the directory fsynced.
+/// Every key, secret and id the node keeps on disk is written this way.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Seals and opens secret values.
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
@@ -60,13 +82,7 @@ impl SecretBox {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = vec![0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut key);
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)?;
-                f.write_all(B64.encode(&key).as_bytes())?;
-                f.sync_all()?;
+                write_private(&path, B64.encode(&key).as_bytes())?;
                 key
             }
             Err(e) => return Err(e),
@@ -90,7 +106,7 @@ impl SecretBox {
                 "the config secret key is not 32 bytes",
             ));
         }
-        crate::cluster::write_private(&data_dir.join(KEY_FILE), B64.encode(key).as_bytes())
+        write_private(&data_dir.join(KEY_FILE), B64.encode(key).as_bytes())
     }
 
     /// Encrypts `plain`; the result is base64 of nonce then ciphertext.

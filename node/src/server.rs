@@ -11,9 +11,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,15 +176,8 @@ fn node_id(dir: &Path) -> Result<u64, ServerError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id: u64 = rand::thread_rng().gen_range(1..u64::MAX);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
+            crate::secrets::write_private(&path, id.to_string().as_bytes())
                 .map_err(data_err(&path))?;
-            f.write_all(id.to_string().as_bytes())
-                .map_err(data_err(&path))?;
-            f.sync_all().map_err(data_err(&path))?;
             Ok(id)
         }
         Err(e) => Err(data_err(&path)(e)),

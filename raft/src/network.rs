@@ -39,6 +39,17 @@ pub trait Forward: Send + Sync + 'static {
 #[derive(Clone, Copy, Default)]
 pub struct NoPeers;
 
+/// What a replica without peers answers: the leader is elsewhere.
+fn elsewhere<T: Send + 'static>(
+    leader: NodeId,
+    node: BasicNode,
+) -> BoxFuture<'static, Result<T, Error>> {
+    Box::pin(std::future::ready(Err(Error::NotLeader {
+        leader_id: leader,
+        leader_addr: node.addr,
+    })))
+}
+
 impl Forward for NoPeers {
     fn propose(
         &self,
@@ -46,12 +57,7 @@ impl Forward for NoPeers {
         node: BasicNode,
         _txn: Txn,
     ) -> BoxFuture<'static, Result<TxnResult, Error>> {
-        Box::pin(async move {
-            Err(Error::NotLeader {
-                leader_id: leader,
-                leader_addr: node.addr,
-            })
-        })
+        elsewhere(leader, node)
     }
 
     fn read_index(
@@ -59,12 +65,7 @@ impl Forward for NoPeers {
         leader: NodeId,
         node: BasicNode,
     ) -> BoxFuture<'static, Result<u64, Error>> {
-        Box::pin(async move {
-            Err(Error::NotLeader {
-                leader_id: leader,
-                leader_addr: node.addr,
-            })
-        })
+        elsewhere(leader, node)
     }
 }
 

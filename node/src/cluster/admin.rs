@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::peer::HOP_HEADER;
 use super::transport::describe;
 use super::Cluster;
-use crate::auth::Claims;
+use crate::services::auth::{caller, require_admin};
 
 /// The admin service.
 pub struct ClusterService {
@@ -29,21 +29,10 @@ impl ClusterService {
     }
 }
 
-fn require_admin<T>(req: &Request<T>) -> Result<(), Status> {
-    match req.extensions().get::<Claims>() {
-        None => Err(Status::unauthenticated("log in as an admin to do this")),
-        Some(c) if c.scopes.iter().any(|s| s == "admin") => Ok(()),
-        Some(c) => Err(Status::permission_denied(format!(
-            "account {} is not an admin",
-            c.sub
-        ))),
-    }
-}
-
 #[tonic::async_trait]
 impl ClusterApi for ClusterService {
     async fn token(&self, req: Request<TokenRequest>) -> Result<Response<TokenResponse>, Status> {
-        require_admin(&req)?;
+        require_admin(&caller(&req))?;
         Ok(Response::new(TokenResponse {
             token: self.cluster.material.token(),
         }))
@@ -71,7 +60,7 @@ impl ClusterApi for ClusterService {
         &self,
         req: Request<RemoveRequest>,
     ) -> Result<Response<RemoveResponse>, Status> {
-        require_admin(&req)?;
+        require_admin(&caller(&req))?;
         let cluster = &self.cluster;
         if cluster.replica().is_leader() {
             cluster.remove(req.get_ref().id).await?;

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pki::{self, Ca, JoinToken};
 use super::tls::{self, Identity};
-use super::write_private;
+use crate::secrets::write_private;
 
 /// The cluster material of this node.
 pub struct Material {

@@ -27,7 +27,7 @@ use tower::ServiceExt;
 
 use super::pki;
 use super::tls::PeerInfo;
-use super::transport::{status_for_peer, MAX_PEER_MESSAGE};
+use super::transport::{decode, encode, status_for_peer, MAX_PEER_MESSAGE};
 use super::Cluster;
 use crate::router::Router;
 
@@ -53,14 +53,6 @@ impl PeerService {
     fn member<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
         self.cluster.check_peer(peer_node(req))
     }
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Status> {
-    bincode::serialize(v).map_err(|e| Status::internal(format!("cannot encode: {e}")))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
-    bincode::deserialize(b).map_err(|e| Status::invalid_argument(format!("cannot decode: {e}")))
 }
 
 #[tonic::async_trait]

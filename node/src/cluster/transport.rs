@@ -115,11 +115,12 @@ pub fn never_sent(s: &Status) -> bool {
     false
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Status> {
+/// Bincode for node-to-node messages (both sides are this same code).
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Status> {
     bincode::serialize(v).map_err(|e| Status::internal(format!("cannot encode: {e}")))
 }
 
-fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
     bincode::deserialize(b).map_err(|e| Status::internal(format!("cannot decode: {e}")))
 }
 

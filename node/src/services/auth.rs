@@ -282,11 +282,11 @@ impl AuthStore {
     }
 }
 
-fn caller<T>(req: &Request<T>) -> Option<Claims> {
+pub(crate) fn caller<T>(req: &Request<T>) -> Option<Claims> {
     req.extensions().get::<Claims>().cloned()
 }
 
-fn require_admin(c: &Option<Claims>) -> Result<&Claims, Status> {
+pub(crate) fn require_admin(c: &Option<Claims>) -> Result<&Claims, Status> {
     match c {
         None => Err(Status::unauthenticated("log in as an admin to do this")),
         Some(c) if c.scopes.iter().any(|s| s == "admin") => Ok(c),
