@@ -209,6 +209,23 @@ fn three_nodes_serve_everything_fail_over_and_converge() {
         });
         assert_eq!(read(n, "k").ok(), "v\n");
     }
+
+    // Node 1, where helloworld registered, dies: once gossip holds it down,
+    // calls are not sent there (the registration itself lives on until its
+    // TTL) and the caller hears why.
+    nodes[0].kill9();
+    eventually(30, "gossip holds node 1 down", || {
+        members(&nodes[1])
+            .iter()
+            .any(|(id, gossip, _)| *id == nodes[0].node_id && gossip == "down")
+            .then_some(())
+    });
+    let (code, body) = http_get(&nodes[2].api, "/helloworld/Call?name=A");
+    assert_ne!(code, 200, "{body}");
+    assert!(
+        body.contains("every instance of helloworld runs on a node that is down"),
+        "{body}"
+    );
 }
 
 /// Runs `micro server --join` on 127.0.0.5 with a fresh data dir `name`;
@@ -234,6 +251,12 @@ async fn strangers_cannot_join_or_talk_to_the_cluster_port() {
     login(&node);
     let token = node.micro(&["cluster", "token"]).ok().trim().to_string();
     let good = JoinToken::parse(&token).unwrap();
+    // Only admins see the token.
+    let outsider = crate::harness::Home::new();
+    outsider.micro(&["env", "add", "c", &node.proxy]).ok();
+    outsider
+        .micro(&["-e", "c", "cluster", "token"])
+        .fails_with("Not authorized to perform this request");
 
     // A wrong secret: refused, and the joiner stops with one clear line.
     let wrong = JoinToken {
@@ -447,4 +470,26 @@ fn services_run_on_one_node_are_managed_from_any_other() {
     nodes[1]
         .micro(&["cluster", "remove", &gone])
         .fails_with("Not found");
+}
+
+#[test]
+fn nodes_beyond_the_cluster_size_stay_learners_and_still_serve() {
+    let env = [("MICRO_CLUSTER_SIZE", "1")];
+    let first = Server::start_node("127.0.0.1", &env, &[]);
+    login(&first);
+    let token = first.micro(&["cluster", "token"]).ok().trim().to_string();
+    let second = Server::start_node(
+        "127.0.0.2",
+        &env,
+        &["--join", &first.cluster, "--token", &token],
+    );
+    eventually(60, "a leader and a learner", || {
+        let mut roles: Vec<String> = members(&first).into_iter().map(|(_, _, r)| r).collect();
+        roles.sort();
+        (roles == ["leader", "learner"]).then_some(())
+    });
+    // A learner forwards writes and serves linearizable reads.
+    second.micro(&["store", "write", "from", "learner"]).ok();
+    assert_eq!(read(&first, "from").ok(), "learner\n");
+    assert_eq!(read(&second, "from").ok(), "learner\n");
 }
