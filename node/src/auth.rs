@@ -72,11 +72,29 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Admins, and services of the root namespace, act in every namespace.
+    /// An account acts in its own namespace; admins and services of the
+    /// root namespace act in every namespace.
     pub fn may_act_in(&self, namespace: &str) -> bool {
         self.iss == namespace
-            || self.scopes.iter().any(|s| s == "admin")
+            || self.is_global_admin()
             || (self.kind == "service" && self.iss == ROOT_NAMESPACE)
+    }
+
+    /// Whether the account holds the `admin` scope.
+    fn has_admin_scope(&self) -> bool {
+        self.scopes.iter().any(|s| s == "admin")
+    }
+
+    /// An admin of the root namespace: admin of every namespace, of the
+    /// rules and of the cluster.
+    pub fn is_global_admin(&self) -> bool {
+        self.iss == ROOT_NAMESPACE && self.has_admin_scope()
+    }
+
+    /// An admin of `namespace`: one of its own admins, or a global admin.
+    /// An admin of another namespace has no rights here.
+    pub fn is_admin_in(&self, namespace: &str) -> bool {
+        self.has_admin_scope() && (self.iss == namespace || self.iss == ROOT_NAMESPACE)
     }
 }
 
@@ -616,7 +634,13 @@ mod tests {
         assert!(c.may_act_in("team"));
         assert!(!c.may_act_in("micro"));
         c.scopes = vec!["admin".into()];
-        assert!(c.may_act_in("micro"));
+        assert!(
+            !c.may_act_in("micro"),
+            "an admin of another namespace is no admin here"
+        );
+        assert!(c.is_admin_in("team") && !c.is_admin_in("micro") && !c.is_global_admin());
+        c.iss = "micro".into();
+        assert!(c.may_act_in("team") && c.is_admin_in("team") && c.is_global_admin());
         let mut svc = claims(&[]);
         svc.kind = "service".into();
         assert!(svc.may_act_in("anything"), "services of micro act anywhere");

@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 use super::peer::HOP_HEADER;
 use super::transport::describe;
 use super::Cluster;
-use crate::services::auth::{caller, require_admin};
+use crate::auth::ROOT_NAMESPACE;
+use crate::services::auth::{caller, require_account, require_global_admin};
 
 /// The admin service.
 pub struct ClusterService {
@@ -32,7 +33,7 @@ impl ClusterService {
 #[tonic::async_trait]
 impl ClusterApi for ClusterService {
     async fn token(&self, req: Request<TokenRequest>) -> Result<Response<TokenResponse>, Status> {
-        require_admin(&caller(&req))?;
+        require_global_admin(&caller(&req))?;
         Ok(Response::new(TokenResponse {
             token: self.cluster.material.token(),
         }))
@@ -40,8 +41,9 @@ impl ClusterApi for ClusterService {
 
     async fn members(
         &self,
-        _req: Request<MembersRequest>,
+        req: Request<MembersRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
+        require_account(&caller(&req), ROOT_NAMESPACE)?;
         Ok(Response::new(MembersResponse {
             members: self.cluster.members(),
         }))
@@ -49,8 +51,9 @@ impl ClusterApi for ClusterService {
 
     async fn status(
         &self,
-        _req: Request<StatusRequest>,
+        req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        require_account(&caller(&req), ROOT_NAMESPACE)?;
         Ok(Response::new(StatusResponse {
             nodes: self.cluster.status_all().await,
         }))
@@ -60,7 +63,7 @@ impl ClusterApi for ClusterService {
         &self,
         req: Request<RemoveRequest>,
     ) -> Result<Response<RemoveResponse>, Status> {
-        require_admin(&caller(&req))?;
+        require_global_admin(&caller(&req))?;
         let cluster = &self.cluster;
         if cluster.replica().is_leader() {
             cluster.remove(req.get_ref().id).await?;

@@ -286,15 +286,42 @@ pub(crate) fn caller<T>(req: &Request<T>) -> Option<Claims> {
     req.extensions().get::<Claims>().cloned()
 }
 
-pub(crate) fn require_admin(c: &Option<Claims>) -> Result<&Claims, Status> {
+/// The caller, who must be logged in and allowed to act in `namespace`,
+/// whatever the public rules say (running code, reading secrets).
+pub(crate) fn require_account<'a>(
+    c: &'a Option<Claims>,
+    namespace: &str,
+) -> Result<&'a Claims, Status> {
     match c {
-        None => Err(Status::unauthenticated("log in as an admin to do this")),
-        Some(c) if c.scopes.iter().any(|s| s == "admin") => Ok(c),
+        None => Err(Status::unauthenticated("log in to do this")),
+        Some(c) if c.may_act_in(namespace) => Ok(c),
         Some(c) => Err(Status::permission_denied(format!(
-            "account {} is not an admin",
+            "account {} cannot act in namespace {namespace}",
             c.sub
         ))),
     }
+}
+
+/// The caller, who must be an admin of `namespace` (its own admin, or an
+/// admin of the root namespace).
+pub(crate) fn require_admin<'a>(
+    c: &'a Option<Claims>,
+    namespace: &str,
+) -> Result<&'a Claims, Status> {
+    match c {
+        None => Err(Status::unauthenticated("log in as an admin to do this")),
+        Some(c) if c.is_admin_in(namespace) => Ok(c),
+        Some(c) => Err(Status::permission_denied(format!(
+            "account {} is not an admin of namespace {namespace}",
+            c.sub
+        ))),
+    }
+}
+
+/// The caller, who must be an admin of the root namespace: the rules and
+/// the cluster are everyone's.
+pub(crate) fn require_global_admin(c: &Option<Claims>) -> Result<&Claims, Status> {
+    require_admin(c, crate::auth::ROOT_NAMESPACE)
 }
 
 fn public_account(a: &StoredAccount, secret: String) -> Account {
@@ -327,13 +354,13 @@ impl Auth for AuthService {
         req: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
         let who = caller(&req);
-        require_admin(&who)?;
         let ns = if req.get_ref().options_namespace.is_empty() {
             namespace(&req)?
         } else {
             req.get_ref().options_namespace.clone()
         };
         check_name("namespace", &ns)?;
+        require_admin(&who, &ns)?;
         let r = req.into_inner();
         check_name("account id", &r.id)?;
         let name = if r.name.is_empty() {
@@ -490,8 +517,8 @@ impl Accounts for AccountsService {
         &self,
         req: Request<ListAccountsRequest>,
     ) -> Result<Response<ListAccountsResponse>, Status> {
-        require_admin(&caller(&req))?;
         let ns = namespace(&req)?;
+        require_admin(&caller(&req), &ns)?;
         let prefix = format!("auth/{ns}/accounts/");
         let mut accounts = Vec::new();
         for item in self
@@ -512,8 +539,8 @@ impl Accounts for AccountsService {
         &self,
         req: Request<DeleteAccountRequest>,
     ) -> Result<Response<DeleteAccountResponse>, Status> {
-        require_admin(&caller(&req))?;
         let ns = namespace(&req)?;
+        require_admin(&caller(&req), &ns)?;
         let id = req.into_inner().id;
         check_name("account id", &id)?;
         if !self.store.delete(&ns, &id).await? {
@@ -536,7 +563,7 @@ impl Accounts for AccountsService {
             r.id
         };
         check_name("account id", &id)?;
-        let is_admin = who.scopes.iter().any(|s| s == "admin");
+        let is_admin = who.is_admin_in(&ns);
         if id != who.sub && !is_admin {
             return Err(Status::permission_denied(
                 "only admins change other accounts' secrets",
@@ -574,7 +601,7 @@ impl Rules for RulesService {
         &self,
         req: Request<CreateRuleRequest>,
     ) -> Result<Response<CreateRuleResponse>, Status> {
-        require_admin(&caller(&req))?;
+        require_global_admin(&caller(&req))?;
         let rule = req
             .into_inner()
             .rule
@@ -611,7 +638,7 @@ impl Rules for RulesService {
         &self,
         req: Request<DeleteRuleRequest>,
     ) -> Result<Response<DeleteRuleResponse>, Status> {
-        require_admin(&caller(&req))?;
+        require_global_admin(&caller(&req))?;
         let id = req.into_inner().id;
         check_name("rule id", &id)?;
         let res = self
@@ -631,7 +658,7 @@ impl Rules for RulesService {
         &self,
         req: Request<ListRulesRequest>,
     ) -> Result<Response<ListRulesResponse>, Status> {
-        require_admin(&caller(&req))?;
+        require_global_admin(&caller(&req))?;
         Ok(Response::new(ListRulesResponse {
             rules: self.store.authority.rules().to_vec(),
         }))
