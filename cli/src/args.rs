@@ -282,11 +282,11 @@ pub struct ServerArgs {
     /// Where the node keeps its state
     #[arg(long, env = "MICRO_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the HTTP API gateway
+    /// Address of the HTTP API gateway (`:PORT` means every interface)
     #[arg(
         long,
         env = "MICRO_API_ADDRESS",
-        default_value = ":8080",
+        default_value = micro_node::server::DEFAULT_API_ADDRESS,
         value_name = "ADDR"
     )]
     pub api_address: String,
@@ -294,7 +294,7 @@ pub struct ServerArgs {
     #[arg(
         long,
         env = "MICRO_PROXY_ADDRESS",
-        default_value = ":8081",
+        default_value = micro_node::server::DEFAULT_PROXY_ADDRESS,
         value_name = "ADDR"
     )]
     pub proxy_address: String,
@@ -302,7 +302,7 @@ pub struct ServerArgs {
     #[arg(
         long,
         env = "MICRO_WEB_ADDRESS",
-        default_value = ":8082",
+        default_value = micro_node::server::DEFAULT_WEB_ADDRESS,
         value_name = "ADDR"
     )]
     pub web_address: String,
@@ -310,7 +310,7 @@ pub struct ServerArgs {
     #[arg(
         long,
         env = "MICRO_CLUSTER_ADDRESS",
-        default_value = ":8083",
+        default_value = micro_node::server::DEFAULT_CLUSTER_ADDRESS,
         value_name = "ADDR"
     )]
     pub cluster_address: String,

@@ -298,7 +298,15 @@ pub fn check(rules: &[Rule], account: Option<&Claims>, resource: &Resource) -> V
         if rule.scope.is_empty() {
             return if granted { Verdict::Granted } else { denied() };
         }
-        let Some(acc) = account else { continue };
+        let Some(acc) = account else {
+            // A rule for accounts grants nothing to anonymous callers, but
+            // one that takes a right away from accounts takes it from them
+            // too: anonymous callers never get more than an account.
+            if granted {
+                continue;
+            }
+            return Verdict::Unauthorized;
+        };
         if rule.scope == "*" || acc.scopes.contains(&rule.scope) {
             return if granted {
                 Verdict::Granted
@@ -589,6 +597,43 @@ mod tests {
             check(&public_deny, None, &res("hw", "Hw.Other")),
             Verdict::Granted
         );
+
+        // The bootstrap rule plus a deny for accounts: anonymous callers
+        // must not keep what logged-in accounts lost.
+        let deny_accounts = vec![
+            rule("no-store", "*", "service:store:*", "denied", 10),
+            rule("default", "", "*:*:*", "granted", 0),
+        ];
+        assert_eq!(
+            check(
+                &deny_accounts,
+                Some(&claims(&[])),
+                &res("store", "Store.Read")
+            ),
+            Verdict::Forbidden
+        );
+        assert_eq!(
+            check(&deny_accounts, None, &res("store", "Store.Read")),
+            Verdict::Unauthorized,
+            "a deny rule for accounts applies to anonymous callers"
+        );
+        let deny_scope = vec![
+            rule("no-dev", "dev", "service:store:*", "denied", 10),
+            rule("default", "", "*:*:*", "granted", 0),
+        ];
+        assert_eq!(
+            check(&deny_scope, None, &res("store", "Store.Read")),
+            Verdict::Unauthorized
+        );
+        assert_eq!(
+            check(
+                &deny_scope,
+                Some(&claims(&["ops"])),
+                &res("store", "Store.Read")
+            ),
+            Verdict::Granted,
+            "a deny for one scope leaves other accounts alone"
+        );
     }
 
     #[test]
@@ -667,11 +712,10 @@ fn resource_of(headers: &http::HeaderMap, path: &str) -> Result<(String, String)
     };
     let short = grpc_service.rsplit('.').next().unwrap_or(grpc_service);
     let endpoint = format!("{short}.{method}");
-    if micro_proto::CORE_SERVICES
-        .iter()
-        .any(|(_, full)| *full == grpc_service)
-    {
-        let package = grpc_service.split('.').next().unwrap_or(grpc_service);
+    // Anything in a package of the node's own (core services, `cluster.*`)
+    // is named by its package, so metadata cannot rename it for the check.
+    let package = grpc_service.split('.').next().unwrap_or(grpc_service);
+    if micro_proto::NODE_PACKAGES.contains(&package) {
         return Ok((package.to_string(), endpoint));
     }
     Ok((crate::router::target_service(headers, path)?, endpoint))
@@ -723,6 +767,11 @@ mod guard_tests {
         assert_eq!(
             resource_of(&h, "/auth.Rules/Create").unwrap(),
             ("auth".into(), "Rules.Create".into())
+        );
+        assert_eq!(
+            resource_of(&h, "/cluster.Cluster/Token").unwrap(),
+            ("cluster".into(), "Cluster.Token".into()),
+            "the cluster service cannot be renamed either"
         );
         assert_eq!(
             resource_of(&h, "/greeter.Greeter/Call").unwrap(),

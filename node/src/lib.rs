@@ -13,6 +13,7 @@ pub mod auth;
 mod backend;
 pub mod cluster;
 mod grpc;
+mod login_limit;
 pub mod router;
 pub mod runtime;
 pub mod secrets;

@@ -53,6 +53,13 @@ pub const MAX_MESSAGE: usize = micro::client::MAX_MESSAGE;
 /// How often the node renews its own services' registrations.
 const HEARTBEAT: Duration = Duration::from_secs(30);
 
+/// Where a node listens unless told otherwise: loopback only. Reaching a
+/// node from elsewhere is a choice the operator makes with an address flag.
+pub const DEFAULT_API_ADDRESS: &str = "127.0.0.1:8080";
+pub const DEFAULT_PROXY_ADDRESS: &str = "127.0.0.1:8081";
+pub const DEFAULT_WEB_ADDRESS: &str = "127.0.0.1:8082";
+pub const DEFAULT_CLUSTER_ADDRESS: &str = "127.0.0.1:8083";
+
 /// How to run a node.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -91,10 +98,10 @@ impl ServerOptions {
     pub fn new(data_dir: PathBuf) -> ServerOptions {
         ServerOptions {
             data_dir,
-            api_address: ":8080".into(),
-            proxy_address: ":8081".into(),
-            web_address: ":8082".into(),
-            cluster_address: ":8083".into(),
+            api_address: DEFAULT_API_ADDRESS.into(),
+            proxy_address: DEFAULT_PROXY_ADDRESS.into(),
+            web_address: DEFAULT_WEB_ADDRESS.into(),
+            cluster_address: DEFAULT_CLUSTER_ADDRESS.into(),
             config_secret_key: None,
             runtime_target_dir: None,
             runtime_release: true,
@@ -132,6 +139,8 @@ pub enum ServerError {
     Serve { what: &'static str, reason: String },
     #[error("{0}")]
     Cluster(String),
+    #[error("Refusing to listen on {addr} with the default admin password: set --auth-admin-password or MICRO_AUTH_ADMIN_PASSWORD (on an existing cluster, `micro user set password` first)")]
+    DefaultPassword { addr: SocketAddr },
 }
 
 /// Turns `:8080` into `0.0.0.0:8080` and checks the form of `HOST:PORT`.
@@ -496,15 +505,19 @@ pub async fn run(
             reason: s.message().to_string(),
         })?;
     authority.reload_rules();
-    {
-        let store = auth_store.clone();
-        tokio::spawn(async move {
-            if store.admin_has_default_password().await {
-                tracing::warn!(
-                    "the admin account still has the default password 'micro': change it with `micro user set password`"
-                );
-            }
-        });
+    // Nothing is served on the client ports yet: a node that anyone
+    // beyond this host could reach stops here while `admin`/`micro` would
+    // let them in.
+    if auth_store.admin_has_default_password().await {
+        if let Some(addr) = [api_addr, proxy_addr, web_addr]
+            .into_iter()
+            .find(|a| !a.ip().is_loopback())
+        {
+            return Err(ServerError::DefaultPassword { addr });
+        }
+        tracing::warn!(
+            "the admin account still has the default password 'micro': change it with `micro user set password`"
+        );
     }
 
     let routes = Routes::from(local_stack);
@@ -554,13 +567,23 @@ pub async fn run(
         "web": reachable(web_addr),
         "cluster": advertised,
     });
-    std::fs::write(&listen_file, listen.to_string()).map_err(data_err(&listen_file))?;
+    let reach = if [api_addr, proxy_addr, web_addr]
+        .iter()
+        .all(|a| a.ip().is_loopback())
+    {
+        " (loopback only: use --api-address, --proxy-address and --web-address to listen beyond this host)"
+    } else {
+        ""
+    };
     tracing::info!(
         node = id,
-        "micro server {} ready: gRPC {proxy_addr}, API {api_addr}, dashboard {web_addr}, data {}",
+        "micro server {} ready: gRPC {proxy_addr}, API {api_addr}, dashboard {web_addr}{reach}, data {}",
         crate::VERSION,
         dir.display()
     );
+    // Written whole or not at all: tools poll for it.
+    crate::secrets::write_private(&listen_file, listen.to_string().as_bytes())
+        .map_err(data_err(&listen_file))?;
 
     shutdown.await;
     tracing::info!("shutting down");

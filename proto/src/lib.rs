@@ -38,6 +38,14 @@ pub mod cluster {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/micro_descriptor.bin"));
 
+/// Packages of the node's own services (served by every node, never by a
+/// registered instance): a service of one of these names cannot be
+/// registered, and a call into one is named by its package for the rule
+/// check, whatever its metadata says.
+pub const NODE_PACKAGES: &[&str] = &[
+    "store", "config", "registry", "runtime", "auth", "cluster", "events", "broker", "network",
+];
+
 /// The gRPC service names (package.Service) of the core services.
 pub const CORE_SERVICES: &[(&str, &str)] = &[
     ("store", "store.Store"),

@@ -328,7 +328,7 @@ async fn accounts_act_only_in_their_namespace() {
     assert_eq!(status, 403, "{body}");
     // bob is no admin: no managing accounts
     s.micro(&["--namespace", "team", "auth", "list", "accounts"])
-        .fails_with("Account bob is not an admin");
+        .fails_with("Account bob is not an admin of namespace team");
 }
 
 #[test]

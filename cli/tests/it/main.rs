@@ -10,5 +10,6 @@ mod config;
 mod durability;
 mod registry;
 mod runtime;
+mod security;
 mod services;
 mod store;

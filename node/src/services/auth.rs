@@ -6,6 +6,7 @@
 //! changes its own secret unless it is an admin.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use micro_proto::auth::accounts_server::Accounts;
@@ -20,6 +21,7 @@ use crate::auth::{
     RuleJson, StoredAccount, StoredRefresh, REFRESH_TTL, ROOT_NAMESPACE,
 };
 use crate::grpc::{check_name, namespace, status};
+use crate::login_limit::LoginLimiter;
 
 /// The first admin's password when none is configured.
 pub const DEFAULT_ADMIN_PASSWORD: &str = "micro";
@@ -46,30 +48,67 @@ fn invalid_credentials() -> Status {
     Status::unauthenticated("invalid credentials")
 }
 
-/// Hashing is deliberately slow: keep it off the async threads.
-async fn hash(secret: String) -> Result<String, Status> {
-    tokio::task::spawn_blocking(move || hash_secret(&secret))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(Status::internal)
-}
-
-async fn verify(secret: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || verify_secret(&secret, &hash))
-        .await
-        .unwrap_or(false)
-}
-
 /// Account operations shared by the three services and the runtime.
 #[derive(Clone)]
 pub struct AuthStore {
     replica: Replica,
     authority: Arc<Authority>,
+    limiter: Arc<LoginLimiter>,
 }
 
 impl AuthStore {
     pub fn new(replica: Replica, authority: Arc<Authority>) -> AuthStore {
-        AuthStore { replica, authority }
+        AuthStore {
+            replica,
+            authority,
+            limiter: Arc::new(LoginLimiter::for_this_machine()),
+        }
+    }
+
+    /// Hashes a secret. Hashing is slow and memory-hungry by design: it runs
+    /// off the async threads, a bounded number at a time.
+    async fn hash(&self, secret: String) -> Result<String, Status> {
+        self.limiter
+            .hash(move || hash_secret(&secret))
+            .await?
+            .map_err(Status::internal)
+    }
+
+    /// Whether `secret` matches `hash`, checked like [`Self::hash`] runs.
+    async fn verify(&self, secret: String, hash: String) -> Result<bool, Status> {
+        self.limiter
+            .hash(move || verify_secret(&secret, &hash))
+            .await
+    }
+
+    /// Checks a secret someone typed for `account` (as they named it) from
+    /// `source`, under the login limits.
+    async fn verify_attempt(
+        &self,
+        ns: &str,
+        account: &str,
+        source: Option<IpAddr>,
+        secret: String,
+        acc: Option<&StoredAccount>,
+    ) -> Result<bool, Status> {
+        // Loopback callers are this host's CLI or this node's own gateway,
+        // which carries calls of many people: they are limited per
+        // account only.
+        let source = source.filter(|ip| !ip.is_loopback());
+        // Keyed by the account's id when it exists, so naming it by id and
+        // by name does not double the guesses.
+        let who = format!("{ns}/{}", acc.map_or(account, |a| a.id.as_str()));
+        self.limiter.check(&who, source)?;
+        let ok = match acc {
+            Some(a) => self.verify(secret, a.secret_hash.clone()).await?,
+            None => false,
+        };
+        if ok {
+            self.limiter.succeeded(&who);
+        } else {
+            self.limiter.failed(&who, source);
+        }
+        Ok(ok)
     }
 
     pub(crate) fn account(&self, ns: &str, id: &str) -> Result<Option<StoredAccount>, Status> {
@@ -164,7 +203,7 @@ impl AuthStore {
         let mut acc = self
             .account(ns, id)?
             .ok_or_else(|| Status::not_found(format!("account {id} not found")))?;
-        acc.secret_hash = hash(secret.to_string()).await?;
+        acc.secret_hash = self.hash(secret.to_string()).await?;
         let raw = serde_json::to_vec(&acc).map_err(|e| Status::internal(e.to_string()))?;
         self.replica
             .write(Txn::put(account_key(ns, id), raw, None).when(Cond::Exists(account_key(ns, id))))
@@ -230,7 +269,7 @@ impl AuthStore {
             issuer: ROOT_NAMESPACE.into(),
             scopes: vec!["admin".into()],
             metadata: HashMap::new(),
-            secret_hash: hash(admin_password.to_string()).await?,
+            secret_hash: self.hash(admin_password.to_string()).await?,
         };
         let default_rule = RuleJson {
             id: "default".into(),
@@ -276,7 +315,10 @@ impl AuthStore {
     /// Whether the admin still has the default password.
     pub async fn admin_has_default_password(&self) -> bool {
         match self.account(ROOT_NAMESPACE, "admin") {
-            Ok(Some(a)) => verify(DEFAULT_ADMIN_PASSWORD.to_string(), a.secret_hash).await,
+            Ok(Some(a)) => self
+                .verify(DEFAULT_ADMIN_PASSWORD.to_string(), a.secret_hash)
+                .await
+                .unwrap_or(false),
             _ => false,
         }
     }
@@ -386,7 +428,7 @@ impl Auth for AuthService {
             issuer: ns,
             scopes: r.scopes,
             metadata: r.metadata,
-            secret_hash: hash(secret).await?,
+            secret_hash: self.store.hash(secret).await?,
         };
         self.store.create(acc.clone()).await?;
         Ok(Response::new(GenerateResponse {
@@ -418,6 +460,7 @@ impl Auth for AuthService {
 
     async fn token(&self, req: Request<TokenRequest>) -> Result<Response<TokenResponse>, Status> {
         let ns = namespace(&req)?;
+        let source = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         let ttl = match r.token_expiry {
             0 => self.store.authority.token_ttl.as_secs(),
@@ -457,13 +500,15 @@ impl Auth for AuthService {
         if r.id.is_empty() || check_name("account", &r.id).is_err() {
             return Err(invalid_credentials());
         }
-        let acc = self
+        let acc = self.store.find(&ns, &r.id)?;
+        if !self
             .store
-            .find(&ns, &r.id)?
-            .ok_or_else(invalid_credentials)?;
-        if !verify(r.secret, acc.secret_hash.clone()).await {
+            .verify_attempt(&ns, &r.id, source, r.secret, acc.as_ref())
+            .await?
+        {
             return Err(invalid_credentials());
         }
+        let acc = acc.ok_or_else(invalid_credentials)?;
         Ok(Response::new(TokenResponse {
             token: Some(self.store.issue(&acc, ttl).await?),
         }))
@@ -576,7 +621,13 @@ impl Accounts for AccountsService {
             .store
             .account(&ns, &id)?
             .ok_or_else(|| Status::not_found(format!("account {id} not found")))?;
-        if id == who.sub && !verify(r.old_secret, acc.secret_hash).await {
+        let source = None; // the caller is logged in: limited per account
+        if id == who.sub
+            && !self
+                .store
+                .verify_attempt(&ns, &id, source, r.old_secret, Some(&acc))
+                .await?
+        {
             return Err(Status::permission_denied("the old secret is wrong"));
         }
         self.store.set_secret(&ns, &id, &r.new_secret).await?;

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::grpc::{barrier, check_name, namespace, status};
 use crate::secrets::SecretBox;
+use crate::services::auth::{caller, require_account};
 
 /// The largest a namespace's document may grow.
 pub const MAX_DOCUMENT: usize = 4 * 1024 * 1024;
@@ -251,14 +252,35 @@ impl ConfigService {
     }
 }
 
-/// The namespace named in the request, else the caller's.
+/// The namespace named in the request, else the one of the call's
+/// metadata. The guard authorized the metadata's namespace; a different
+/// one named in the body must pass the same test, or a tenant could read
+/// another namespace's config by naming it.
 fn pick_namespace<T>(req: &Request<T>, named: &str) -> Result<String, Status> {
-    if named.is_empty() {
-        namespace(req)
-    } else {
-        check_name("namespace", named)?;
-        Ok(named.to_string())
+    let authorized = namespace(req)?;
+    if named.is_empty() || named == authorized {
+        return Ok(authorized);
     }
+    check_name("namespace", named)?;
+    if let Some(c) = caller(req) {
+        if !c.may_act_in(named) {
+            return Err(Status::permission_denied(format!(
+                "account {} cannot act in namespace {named}",
+                c.sub
+            )));
+        }
+    }
+    Ok(named.to_string())
+}
+
+/// Decrypted secrets are for logged-in accounts of the namespace only,
+/// whatever the public rules grant.
+fn may_decrypt<T>(req: &Request<T>, ns: &str, decrypt: bool) -> Result<(), Status> {
+    if decrypt {
+        require_account(&caller(req), ns)
+            .map_err(|s| Status::new(s.code(), format!("reading secrets: {}", s.message())))?;
+    }
+    Ok(())
 }
 
 /// Parses a value as JSON, falling back to a plain string.
@@ -270,9 +292,10 @@ fn parse_value(data: &str) -> Json {
 impl Config for ConfigService {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let ns = pick_namespace(&req, &req.get_ref().namespace)?;
+        let decrypt = req.get_ref().options.as_ref().is_some_and(|o| o.secret);
+        may_decrypt(&req, &ns, decrypt)?;
         let req = req.into_inner();
         let path = split_path(&req.path)?;
-        let decrypt = req.options.unwrap_or_default().secret;
         barrier(&self.replica, false).await?;
         let (doc, _) = self.load(&ns)?;
         let v = get_at(&doc, &path).ok_or_else(|| Status::not_found("not found"))?;
@@ -319,7 +342,8 @@ impl Config for ConfigService {
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         let ns = pick_namespace(&req, &req.get_ref().namespace)?;
-        let decrypt = req.into_inner().options.unwrap_or_default().secret;
+        let decrypt = req.get_ref().options.as_ref().is_some_and(|o| o.secret);
+        may_decrypt(&req, &ns, decrypt)?;
         barrier(&self.replica, false).await?;
         let (doc, _) = self.load(&ns)?;
         let shown = self.reveal(&doc, decrypt)?;
