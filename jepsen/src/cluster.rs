@@ -79,6 +79,8 @@ pub struct Cluster {
     pub addrs: Arc<Addrs>,
     pub pids: Pids,
     token: String,
+    /// an access token of the default admin: membership is for accounts
+    admin: String,
     clock: Clock,
 }
 
@@ -120,10 +122,11 @@ impl Cluster {
             }),
             pids,
             token: String::new(),
+            admin: String::new(),
             clock,
         };
         cluster.spawn(0).await?;
-        cluster.token = cluster.join_token().await?;
+        (cluster.token, cluster.admin) = cluster.join_token().await?;
         for idx in 1..n {
             cluster.spawn(idx).await?;
         }
@@ -143,8 +146,9 @@ impl Cluster {
         self.nodes.len()
     }
 
-    /// The join token, asked of node 0 as the default admin.
-    async fn join_token(&self) -> Result<String> {
+    /// The join token, asked of node 0 as the default admin, and that
+    /// admin's access token (valid on every node, for a day).
+    async fn join_token(&self) -> Result<(String, String)> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let attempt = async {
@@ -155,6 +159,7 @@ impl Cluster {
                     .token(TokenRequest {
                         id: "admin".into(),
                         secret: "micro".into(),
+                        token_expiry: 86_400,
                         ..Default::default()
                     })
                     .await?
@@ -168,10 +173,10 @@ impl Cluster {
                     .await?
                     .into_inner()
                     .token;
-                anyhow::Ok(join)
+                anyhow::Ok((join, token.access_token))
             };
             let err = match tokio::time::timeout(Duration::from_secs(15), attempt).await {
-                Ok(Ok(t)) if !t.is_empty() => return Ok(t),
+                Ok(Ok(t)) if !t.0.is_empty() => return Ok(t),
                 Ok(Ok(_)) => anyhow!("an empty join token"),
                 Ok(Err(e)) => e,
                 Err(_) => anyhow!("timed out"),
@@ -383,6 +388,7 @@ impl Cluster {
             .ok_or_else(|| anyhow!("node {idx} is down"))?;
         let ask = async {
             let client = micro::Client::connect(&addr, "micro").await?;
+            client.set_token(Some(&self.admin));
             let members = client
                 .cluster()
                 .members(MembersRequest {})
