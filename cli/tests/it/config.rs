@@ -47,6 +47,7 @@ fn set_merges_and_get_prints_by_type() {
 #[test]
 fn secrets_are_masked_decrypted_and_never_stored_in_clear() {
     let s = Server::start();
+    s.login_admin(); // decrypted secrets are for accounts
     s.micro(&["config", "set", "helloworld", r#"{"a":1}"#]).ok();
     s.micro(&["config", "set", "--secret", "helloworld.key", "s3cretvalue"])
         .ok();
@@ -116,6 +117,7 @@ pub fn visit(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path, &[u8])) 
 fn a_configured_secret_key_survives_restarts_and_the_default_key_file_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let mut s = Server::start_with(&[("MICRO_CONFIG_SECRET_KEY", "correct horse battery staple")]);
+    s.login_admin();
     s.micro(&["config", "set", "--secret", "db.password", "hunter2"])
         .ok();
     s.terminate();

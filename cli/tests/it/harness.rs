@@ -275,6 +275,12 @@ impl Server {
             .expect("connect")
     }
 
+    /// Logs the CLI in as the default admin (`admin` / `micro`).
+    pub fn login_admin(&self) {
+        let run = self.micro(&["login", "--username", "admin", "--password", "micro"]);
+        assert_eq!(run.ok(), "Successfully logged in.\n");
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child
