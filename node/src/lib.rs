@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod backend;
+pub mod client_tls;
 pub mod cluster;
 mod grpc;
 pub mod router;
@@ -18,7 +19,9 @@ pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod services;
+mod tls_accept;
 
+pub use client_tls::TlsFiles;
 pub use server::{run, ServerError, ServerOptions};
 
 /// The version of Micro this node runs.

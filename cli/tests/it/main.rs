@@ -12,3 +12,4 @@ mod registry;
 mod runtime;
 mod services;
 mod store;
+mod tls;
