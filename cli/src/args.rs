@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a Micro node (one alone is a complete platform)
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// List, add, choose and delete environments
     Env(EnvArgs),
     /// Read and write records in the store

@@ -307,9 +307,9 @@ mod tests {
         assert_eq!(t.to_string(), "https://node:8081");
         assert_eq!(t.host(), "node");
         let t = Target::parse("https://[::1]:7", None).unwrap();
-        assert_eq!((t.host(), t.tls), ("::1", Some(Trust::System)));
+        assert_eq!((t.host(), &t.tls), ("::1", &Some(Trust::System)));
         let t = Target::parse("10.0.0.1:8081", None).unwrap();
-        assert_eq!((t.to_string().as_str(), t.tls), ("10.0.0.1:8081", None));
+        assert_eq!((t.to_string(), t.tls), ("10.0.0.1:8081".to_string(), None));
         assert!(matches!(
             Target::parse("10.0.0.1:8081", Some("pem".into())),
             Err(DialError::CaWithoutTls(_))
