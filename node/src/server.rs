@@ -268,6 +268,12 @@ fn no_delay(tcp: &mut tokio::net::TcpStream) {
     }
 }
 
+/// `path` made absolute against the working directory, for processes that
+/// run elsewhere.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Runs a node until `shutdown` resolves, then stops it in order: deregister
 /// its services, stop the listeners, stop Raft.
 pub async fn run(
@@ -403,10 +409,16 @@ pub async fn run(
             reason: e.to_string(),
         })?;
     let router = Router::new(replica.clone(), cluster.clone());
+    // Services this node runs reach it as any client does: over TLS when it
+    // serves TLS, trusting exactly its certificate.
+    let service_proxy = match &opts.tls {
+        Some(_) => format!("https://{}", reachable(proxy_addr)),
+        None => reachable(proxy_addr),
+    };
     let runtime = Manager::new(
         replica.clone(),
         id,
-        reachable(proxy_addr),
+        service_proxy,
         &dir,
         auth_store.clone(),
         RuntimeOptions {
@@ -415,6 +427,7 @@ pub async fn run(
                 .clone()
                 .unwrap_or_else(|| dir.join("runtime").join("target")),
             release: opts.runtime_release,
+            proxy_cert: opts.tls.as_ref().map(|t| absolute(&t.cert)),
         },
     );
     // Core services by their paths; everything else goes to the router.

@@ -2,7 +2,8 @@
 //! verified against a CA the user gave (or the system's CA bundle), and
 //! what a failed connection is called in words a user can act on.
 //!
-//! This module must never skip or weaken certificate verification, never
+//! This module must never skip or weaken certificate verification (a
+//! pinned certificate is trusted only byte for byte), never
 //! fall back from TLS to plaintext, and never rely on a process-wide rustls
 //! crypto provider (it uses ring explicitly).
 
@@ -16,9 +17,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::{CertificateError, RootCertStore};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -39,7 +42,10 @@ const SYSTEM_BUNDLES: &[&str] = &[
 /// Whom a TLS client trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
-    /// These CA certificates (PEM), and nothing else.
+    /// These certificates (PEM), and nothing else: a server whose chain
+    /// leads to one of them (as a CA), or whose own certificate is one of
+    /// them (pinned; this is how a self-signed certificate, or the node's
+    /// own certificate handed to the services it runs, is trusted).
     Ca(String),
     /// The system's CA bundle (`SSL_CERT_FILE`, else the usual paths).
     System,
@@ -118,16 +124,75 @@ pub enum DialError {
     Tls(io::Error),
 }
 
-fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, DialError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
+fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, DialError> {
+    CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| DialError::BadCa)?;
+        .map_err(|_| DialError::BadCa)
+}
+
+fn roots_of(certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore, DialError> {
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
         return Err(DialError::BadCa);
     }
     Ok(roots)
+}
+
+fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, DialError> {
+    roots_of(certs_from_pem(pem)?)
+}
+
+/// Trusts a server whose certificate is exactly one of `pinned`, and
+/// otherwise verifies it as WebPKI does against the same certificates as
+/// roots. Handshake signatures are always checked.
+#[derive(Debug)]
+struct CaOrPinned {
+    pinned: Vec<CertificateDer<'static>>,
+    webpki: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for CaOrPinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// Checks that `pem` holds at least one usable CA certificate.
@@ -157,16 +222,26 @@ fn system_roots() -> Result<RootCertStore, DialError> {
 /// The rustls client configuration for `trust`: TLS 1.2 and 1.3, ALPN h2,
 /// no client certificate.
 fn client_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, DialError> {
-    let roots = match trust {
-        Trust::Ca(pem) => roots_from_pem(pem.as_bytes())?,
-        Trust::System => system_roots()?,
-    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| DialError::Tls(io::Error::other(e)))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| DialError::Tls(io::Error::other(e)))?;
+    let mut cfg = match trust {
+        Trust::Ca(pem) => {
+            let pinned = certs_from_pem(pem.as_bytes())?;
+            let roots = Arc::new(roots_of(pinned.clone())?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| DialError::Tls(io::Error::other(e)))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(CaOrPinned { pinned, webpki }))
+                .with_no_client_auth()
+        }
+        Trust::System => builder
+            .with_root_certificates(system_roots()?)
+            .with_no_client_auth(),
+    };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -121,6 +121,42 @@ fn an_https_env_reaches_a_tls_node_and_nothing_else_does() {
     .ok();
     assert_eq!(s.micro(&["-e", "byname", "store", "read", "k"]).ok(), "v\n");
 
+    // A server's own certificate given as the CA is trusted byte for byte.
+    s.micro(&[
+        "env",
+        "add",
+        "pinned",
+        &https,
+        "--ca",
+        cert.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(s.micro(&["-e", "pinned", "store", "read", "k"]).ok(), "v\n");
+    // Services the node runs reach it over TLS, trusting its certificate.
+    let work = tempfile::tempdir().unwrap();
+    let svc = work.path().join("echoer");
+    std::fs::create_dir_all(&svc).unwrap();
+    std::fs::write(
+        svc.join("micro.toml"),
+        "run = \"echo proxy=$MICRO_PROXY_ADDRESS ca=$MICRO_PROXY_CA; exec sleep 600\"\n",
+    )
+    .unwrap();
+    s.micro(&["-e", "sec", "run", svc.to_str().unwrap()]).ok();
+    let expected = format!("proxy={https} ca={}", cert.display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let logs = s.micro(&["-e", "sec", "logs", "echoer"]);
+        if logs.stdout.contains(&expected) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{expected} never logged: {logs:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    s.micro(&["-e", "sec", "kill", "echoer"]).ok();
+
     // The harness's plaintext environment knocks on the TLS port.
     s.micro(&["-e", "test", "store", "read", "k"]).fails_with(
         "This micro server serves TLS on this port: use an https:// address (micro env add NAME https://HOST:PORT --ca FILE)",
