@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a Micro node (one alone is a complete platform)
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// List, add, choose and delete environments
     Env(EnvArgs),
     /// Read and write records in the store
@@ -333,7 +333,8 @@ pub struct ServerArgs {
         default_value = "release"
     )]
     pub runtime_profile: Profile,
-    /// The first admin's password, used when the cluster is created (default: micro)
+    /// The first admin's password, used when the cluster is created (default: micro).
+    /// A flag shows in `ps`: prefer MICRO_AUTH_ADMIN_PASSWORD or --auth-admin-password-file
     #[arg(
         long,
         env = "MICRO_AUTH_ADMIN_PASSWORD",
@@ -341,27 +342,67 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub auth_admin_password: Option<String>,
+    /// Read the first admin's password from FILE (a trailing newline is dropped);
+    /// keeps it out of `ps`
+    #[arg(
+        long,
+        env = "MICRO_AUTH_ADMIN_PASSWORD_FILE",
+        value_name = "FILE",
+        conflicts_with = "auth_admin_password"
+    )]
+    pub auth_admin_password_file: Option<PathBuf>,
     /// How long access tokens live, e.g. 10m
     #[arg(long, env = "MICRO_AUTH_TOKEN_TTL", value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub auth_token_ttl: Duration,
-    /// Join the cluster a node at this cluster address belongs to (with --token)
-    #[arg(long, env = "MICRO_JOIN", value_name = "HOST:PORT", requires = "token")]
+    /// Join the cluster a node at this cluster address belongs to (with --token or --token-file)
+    #[arg(
+        long,
+        env = "MICRO_JOIN",
+        value_name = "HOST:PORT",
+        requires = "join_token"
+    )]
     pub join: Option<String>,
-    /// The join token (`micro cluster token` on a member prints it)
+    /// The join token (`micro cluster token` on a member prints it).
+    /// A flag shows in `ps`: prefer MICRO_TOKEN or --token-file
     #[arg(
         long,
         env = "MICRO_TOKEN",
         value_name = "TOKEN",
         hide_env_values = true,
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        group = "join_token"
     )]
     pub token: Option<String>,
+    /// Read the join token from FILE (a trailing newline is dropped); keeps it out of `ps`
+    #[arg(
+        long,
+        env = "MICRO_TOKEN_FILE",
+        value_name = "FILE",
+        group = "join_token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// How many voters the cluster keeps; further nodes stay learners
     #[arg(long, env = "MICRO_CLUSTER_SIZE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=9), value_name = "N")]
     pub cluster_size: u32,
     /// Compact the Raft log into a snapshot after this many entries
     #[arg(long, env = "MICRO_RAFT_SNAPSHOT_AFTER", default_value_t = 20000, value_parser = clap::value_parser!(u64).range(10..), value_name = "N", hide = true)]
     pub raft_snapshot_after: u64,
+    /// Serve TLS to clients with this certificate (PEM, with any intermediates; needs --tls-key)
+    #[arg(
+        long,
+        env = "MICRO_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM; keep it 0600)
+    #[arg(
+        long,
+        env = "MICRO_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -399,10 +440,15 @@ pub enum EnvCommand {
     /// Add an environment
     Add {
         name: String,
-        /// HOST:PORT of a node's gRPC endpoint (the port defaults to 8081)
+        /// HOST:PORT of a node's gRPC endpoint (the port defaults to 8081);
+        /// https://HOST:PORT for a node serving TLS
         address: String,
         /// A few words about it
         description: Option<String>,
+        /// The CA certificate (PEM) that signed the server's certificate
+        /// (default for https: the system's CAs); its PEM is kept in the CLI's config
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
     /// Make an environment the current one
     Set { name: String },
@@ -584,6 +630,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += Duration::from_secs_f64(part);
     }
     Ok(total)
+}
+
+/// The command line as strings; an argument that is not UTF-8 is refused
+/// with one line naming it (its bytes shown lossily).
+pub fn utf8_args(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Result<Vec<String>, crate::errors::Failure> {
+    args.map(|a| {
+        a.into_string().map_err(|bad| {
+            crate::errors::Failure::msg(format!(
+                "Invalid argument '{}': not valid UTF-8",
+                bad.to_string_lossy()
+            ))
+        })
+    })
+    .collect()
 }
 
 /// `micro run … --env K=V` sets the service's environment, while `-e/--env`

@@ -19,7 +19,11 @@ use args::{Cli, Command};
 use errors::Failure;
 
 fn main() -> ExitCode {
-    let argv = args::rewrite_run_env(std::env::args().collect());
+    // `std::env::args` panics on an argument that is not UTF-8.
+    let argv = match args::utf8_args(std::env::args_os()) {
+        Ok(argv) => args::rewrite_run_env(argv),
+        Err(f) => return f.exit(),
+    };
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(e) => return errors::clap_exit(e, &argv),

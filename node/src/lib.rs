@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod backend;
+pub mod client_tls;
 pub mod cluster;
 mod grpc;
 mod login_limit;
@@ -19,7 +20,9 @@ pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod services;
+mod tls_accept;
 
+pub use client_tls::TlsFiles;
 pub use server::{run, ServerError, ServerOptions};
 
 /// The version of Micro this node runs.

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::auth::{grpc_guard, Authority, Keys};
 use crate::backend::NodeBackend;
+use crate::client_tls::{ClientTlsError, TlsFiles};
 use crate::cluster::admin::ClusterService;
 use crate::cluster::material::Material;
 use crate::cluster::state::{Cluster, NodeInfo};
@@ -91,6 +92,9 @@ pub struct ServerOptions {
     pub cluster_size: usize,
     /// Raft log entries between snapshots
     pub raft_snapshot_after: u64,
+    /// the certificate and key the client ports serve TLS with; plaintext
+    /// when `None`
+    pub tls: Option<TlsFiles>,
 }
 
 impl ServerOptions {
@@ -111,6 +115,7 @@ impl ServerOptions {
             token: None,
             cluster_size: 5,
             raft_snapshot_after: RaftOptions::default().snapshot_after,
+            tls: None,
         }
     }
 }
@@ -141,6 +146,8 @@ pub enum ServerError {
     Cluster(String),
     #[error("Refusing to listen on {addr} with the default admin password: set --auth-admin-password or MICRO_AUTH_ADMIN_PASSWORD (on an existing cluster, `micro user set password` first)")]
     DefaultPassword { addr: SocketAddr },
+    #[error("{0}")]
+    Tls(#[from] ClientTlsError),
 }
 
 /// Turns `:8080` into `0.0.0.0:8080` and checks the form of `HOST:PORT`.
@@ -270,6 +277,12 @@ fn no_delay(tcp: &mut tokio::net::TcpStream) {
     }
 }
 
+/// `path` made absolute against the working directory, for processes that
+/// run elsewhere.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Runs a node until `shutdown` resolves, then stops it in order: deregister
 /// its services, stop the listeners, stop Raft.
 pub async fn run(
@@ -293,6 +306,8 @@ pub async fn run(
     let local = |l: &TcpListener| l.local_addr().map_err(data_err(&dir));
     let (proxy_addr, api_addr, web_addr) = (local(&proxy_l)?, local(&api_l)?, local(&web_l)?);
     let cluster_addr = local(&cluster_l)?;
+    // Bad certificate files are the next error, before any state is touched.
+    let client_tls = opts.tls.as_ref().map(crate::client_tls::load).transpose()?;
     let advertised = reachable(cluster_addr);
 
     let id = node_id(&dir)?;
@@ -403,10 +418,16 @@ pub async fn run(
             reason: e.to_string(),
         })?;
     let router = Router::new(replica.clone(), cluster.clone());
+    // Services this node runs reach it as any client does: over TLS when it
+    // serves TLS, trusting exactly its certificate.
+    let service_proxy = match &opts.tls {
+        Some(_) => format!("https://{}", reachable(proxy_addr)),
+        None => reachable(proxy_addr),
+    };
     let runtime = Manager::new(
         replica.clone(),
         id,
-        reachable(proxy_addr),
+        service_proxy,
         &dir,
         auth_store.clone(),
         RuntimeOptions {
@@ -415,6 +436,7 @@ pub async fn run(
                 .clone()
                 .unwrap_or_else(|| dir.join("runtime").join("target")),
             release: opts.runtime_release,
+            proxy_cert: opts.tls.as_ref().map(|t| absolute(&t.cert)),
         },
     );
     // Core services by their paths; everything else goes to the router.
@@ -523,15 +545,22 @@ pub async fn run(
     let routes = Routes::from(local_stack);
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            // Small gRPC frames must go out at once: Nagle's algorithm with
-            // delayed ACKs would add ~40 ms to some calls.
+        .add_routes(routes);
+    // Small gRPC frames must go out at once: Nagle's algorithm with delayed
+    // ACKs would add ~40 ms to some calls (both incomings set TCP_NODELAY).
+    let grpc = match &client_tls {
+        Some(tls) => tokio::spawn(grpc.serve_with_incoming_shutdown(
+            crate::client_tls::incoming(proxy_l, tls.grpc.clone()),
+            stopped(),
+        )),
+        None => tokio::spawn(grpc.serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(proxy_l).with_nodelay(Some(true)),
             stopped(),
-        );
-    let grpc = tokio::spawn(grpc);
+        )),
+    };
 
+    // TODO(merge): pass api_tls to micro_api::serve (gateway and dashboard).
+    let _api_tls: Option<Arc<rustls::ServerConfig>> = client_tls.as_ref().map(|t| t.http.clone());
     let backend = Arc::new(NodeBackend::new(replica.clone(), router, authority.clone()));
     let api = axum::serve(api_l.tap_io(no_delay), micro_api::gateway(backend.clone()))
         .with_graceful_shutdown(stopped());
@@ -577,8 +606,9 @@ pub async fn run(
     };
     tracing::info!(
         node = id,
-        "micro server {} ready: gRPC {proxy_addr}, API {api_addr}, dashboard {web_addr}{reach}, data {}",
+        "micro server {} ready: gRPC {proxy_addr}{}, API {api_addr}, dashboard {web_addr}{reach}, data {}",
         crate::VERSION,
+        if client_tls.is_some() { " (TLS)" } else { "" },
         dir.display()
     );
     // Written whole or not at all: tools poll for it.

@@ -1,5 +1,6 @@
-//! A connection to a node's gRPC endpoint, with typed clients for the core
-//! services. Every request carries the chosen namespace as metadata.
+//! A connection to a node's gRPC endpoint (plaintext or TLS, see
+//! [`crate::dial`]), with typed clients for the core services. Every request
+//! carries the chosen namespace as metadata.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -12,6 +13,8 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::dial::{DialError, Dialer, Target};
+
 /// Largest message a client sends or accepts (store values are limited to
 /// 4 MiB; the rest is headroom for keys and metadata).
 pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
@@ -19,8 +22,14 @@ pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
 /// What can go wrong talking to a node.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The node could not be reached (refused, unresolvable, timed out).
     #[error("Failed to connect to micro server at {0}")]
     Connect(String),
+    /// The node was reached but the connection could not be set up (TLS
+    /// refused, certificate not trusted, wrong protocol), or the target is
+    /// unusable; `reason` says which.
+    #[error("Failed to connect to micro server at {address}: {reason}")]
+    Setup { address: String, reason: String },
     #[error("Invalid namespace '{0}'")]
     Namespace(String),
     #[error("{}", .0.message())]
@@ -71,25 +80,48 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `address` (host:port), acting in `namespace`.
+    /// Connects to `address` (`host:port` in plaintext, or
+    /// `https://host:port` over TLS trusting the system's CAs), acting in
+    /// `namespace`.
     pub async fn connect(address: &str, namespace: &str) -> Result<Client, Error> {
+        let target = Target::parse(address, None).map_err(|e| Error::Setup {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?;
+        Client::connect_to(&target, namespace).await
+    }
+
+    /// Connects to `target`, acting in `namespace`.
+    pub async fn connect_to(target: &Target, namespace: &str) -> Result<Client, Error> {
         let ns = MetadataValue::try_from(namespace)
             .map_err(|_| Error::Namespace(namespace.to_string()))?;
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|_| Error::Connect(address.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|_| Error::Connect(address.to_string()))?;
+        let shown = target.to_string();
+        let setup = |e: DialError| Error::Setup {
+            address: shown.clone(),
+            reason: e.to_string(),
+        };
+        let dialer = Dialer::new(target).map_err(setup)?;
+        // The dialer applies the connect and handshake timeouts itself, so
+        // that its errors say which step failed.
+        let endpoint = Endpoint::from_shared(format!("http://{}", target.address))
+            .map_err(|_| Error::Connect(shown.clone()))?;
+        let channel =
+            endpoint.connect_with_connector(dialer).await.map_err(
+                |e| match crate::dial::explain(target, &e) {
+                    None => Error::Connect(shown.clone()),
+                    Some(reason) => Error::Setup {
+                        address: shown.clone(),
+                        reason,
+                    },
+                },
+            )?;
         Ok(Client {
             channel,
             namespace: Namespace {
                 namespace: ns,
                 bearer: Arc::default(),
             },
-            address: address.to_string(),
+            address: shown,
         })
     }
 
@@ -104,7 +136,7 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner()) = value;
     }
 
-    /// The address this client talks to.
+    /// The address this client talks to (`https://` first when over TLS).
     pub fn address(&self) -> &str {
         &self.address
     }
@@ -251,18 +283,23 @@ impl Client {
 
 static DEFAULT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new();
 
-/// The client a service uses: connected once to `MICRO_PROXY_ADDRESS` in
-/// `MICRO_NAMESPACE`, and logged in with the service's own account
-/// (`MICRO_AUTH_ID`, `MICRO_AUTH_SECRET`, set by the runtime) when it has
-/// one, so every call carries the service's identity.
+/// The client a service uses: connected once to `MICRO_PROXY_ADDRESS` (over
+/// TLS when it starts with `https://`, trusting the CA in the file
+/// `MICRO_PROXY_CA` or else the system's) in `MICRO_NAMESPACE`, and logged
+/// in with the service's own account (`MICRO_AUTH_ID`, `MICRO_AUTH_SECRET`,
+/// set by the runtime) when it has one, so every call carries the service's
+/// identity.
 pub async fn default() -> Result<&'static Client, Error> {
     DEFAULT
         .get_or_try_init(|| async {
-            let client = Client::connect(
-                &crate::env_vars::proxy_address(),
-                &crate::env_vars::namespace(),
-            )
-            .await?;
+            let address = crate::env_vars::proxy_address();
+            let setup = |reason: String| Error::Setup {
+                address: address.clone(),
+                reason,
+            };
+            let ca = crate::env_vars::proxy_ca().map_err(setup)?;
+            let target = Target::parse(&address, ca).map_err(|e| setup(e.to_string()))?;
+            let client = Client::connect_to(&target, &crate::env_vars::namespace()).await?;
             if let Some((id, secret)) = crate::env_vars::credentials() {
                 client.login(&id, &secret).await?;
             }

@@ -1,5 +1,7 @@
 //! Environments: named node addresses the CLI talks to, kept with the
-//! current choice in `~/.micro/config.json`.
+//! current choice in `~/.micro/config.json`. An `https://` environment is
+//! reached over TLS and keeps the CA certificate it trusts (the PEM itself,
+//! so the environment does not depend on where the file was).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,11 +17,39 @@ pub struct Env {
     pub name: String,
     /// host:port of a node's gRPC endpoint
     pub proxy_address: String,
+    /// reached over TLS (`https://` when added)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// the CA certificate (PEM) a TLS environment trusts; empty: the
+    /// system's CAs
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca: String,
     #[serde(default)]
     pub description: String,
     /// the namespace chosen for this environment; empty for the default
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+}
+
+impl Env {
+    /// The address as the user gave it: `https://host:port` over TLS.
+    pub fn address(&self) -> String {
+        self.target().to_string()
+    }
+
+    /// Where and how to connect.
+    pub fn target(&self) -> crate::dial::Target {
+        crate::dial::Target {
+            address: self.proxy_address.clone(),
+            tls: self.tls.then(|| {
+                if self.ca.is_empty() {
+                    crate::dial::Trust::System
+                } else {
+                    crate::dial::Trust::Ca(self.ca.clone())
+                }
+            }),
+        }
+    }
 }
 
 /// The user's CLI state.
@@ -47,8 +77,12 @@ pub enum EnvError {
     DeleteLocal,
     #[error("Invalid environment name '{0}': use letters, digits, '-' and '_'")]
     BadName(String),
-    #[error("Invalid address '{0}': expected HOST or HOST:PORT")]
+    #[error("Invalid address '{0}': expected HOST, HOST:PORT or https://HOST:PORT")]
     BadAddress(String),
+    #[error("A CA certificate needs an https:// address")]
+    CaWithoutTls,
+    #[error("The CA file {0} holds no valid PEM certificate")]
+    BadCa(String),
     #[error("Cannot read {path}: {reason}")]
     Read { path: String, reason: String },
     #[error("Cannot write {path}: {reason}")]
@@ -61,6 +95,8 @@ fn local_env() -> Env {
         proxy_address: format!("127.0.0.1:{}", crate::DEFAULT_PROXY_PORT),
         description: "Local running Micro Server".into(),
         namespace: String::new(),
+        tls: false,
+        ca: String::new(),
     }
 }
 
@@ -161,8 +197,16 @@ impl Config {
             .ok_or_else(|| EnvError::Unknown(name.to_string()))
     }
 
-    /// Adds an environment.
-    pub fn add(&mut self, name: &str, address: &str, description: &str) -> Result<(), EnvError> {
+    /// Adds an environment; an `https://` address is reached over TLS,
+    /// trusting `ca` (the CA certificate's PEM and the file it came from,
+    /// for errors) or else the system's CAs.
+    pub fn add(
+        &mut self,
+        name: &str,
+        address: &str,
+        description: &str,
+        ca: Option<(&str, &str)>,
+    ) -> Result<(), EnvError> {
         if name.is_empty()
             || !name
                 .chars()
@@ -173,7 +217,21 @@ impl Config {
         if self.all().contains_key(name) {
             return Err(EnvError::Exists(name.to_string()));
         }
-        let proxy_address = normalize_address(address)?;
+        let trimmed = address.trim();
+        let (tls, rest) = match trimmed.strip_prefix("https://") {
+            Some(rest) => (true, rest.strip_suffix('/').unwrap_or(rest)),
+            None => (false, trimmed),
+        };
+        let proxy_address =
+            normalize_address(rest).map_err(|_| EnvError::BadAddress(address.to_string()))?;
+        let ca = match ca {
+            None => String::new(),
+            Some(_) if !tls => return Err(EnvError::CaWithoutTls),
+            Some((pem, file)) => {
+                crate::dial::check_ca(pem).map_err(|_| EnvError::BadCa(file.to_string()))?;
+                pem.to_string()
+            }
+        };
         self.envs.insert(
             name.to_string(),
             Env {
@@ -181,6 +239,8 @@ impl Config {
                 proxy_address,
                 description: description.to_string(),
                 namespace: String::new(),
+                tls,
+                ca,
             },
         );
         Ok(())
@@ -228,8 +288,24 @@ mod tests {
         let path = dir.path().join("config.json");
         let mut cfg = Config::load(&path).unwrap();
         assert_eq!(cfg.current_name(), "local");
-        cfg.add("dev", "10.1.1.1", "").unwrap();
-        assert!(matches!(cfg.add("dev", "x", ""), Err(EnvError::Exists(_))));
+        cfg.add("dev", "10.1.1.1", "", None).unwrap();
+        assert!(matches!(
+            cfg.add("dev", "x", "", None),
+            Err(EnvError::Exists(_))
+        ));
+        cfg.add("sec", "https://node.example/", "", None).unwrap();
+        assert!(matches!(
+            cfg.add("bad", "10.1.1.1", "", Some(("pem", "ca.pem"))),
+            Err(EnvError::CaWithoutTls)
+        ));
+        assert!(matches!(
+            cfg.add("bad", "https://10.1.1.1", "", Some(("pem", "ca.pem"))),
+            Err(EnvError::BadCa(_))
+        ));
+        assert!(matches!(
+            cfg.add("bad", "http://10.1.1.1", "", None),
+            Err(EnvError::BadAddress(_))
+        ));
         cfg.set_current("dev").unwrap();
         assert!(matches!(cfg.delete("dev"), Err(EnvError::DeleteCurrent(_))));
         assert!(matches!(cfg.set_current("nope"), Err(EnvError::Unknown(_))));
@@ -238,5 +314,9 @@ mod tests {
         assert_eq!(again.current_name(), "dev");
         assert_eq!(again.get("dev").unwrap().proxy_address, "10.1.1.1:8081");
         assert_eq!(again.get("local").unwrap().proxy_address, "127.0.0.1:8081");
+        let sec = again.get("sec").unwrap();
+        assert_eq!(sec.address(), "https://node.example:8081");
+        assert_eq!(sec.target().tls, Some(crate::dial::Trust::System));
+        assert_eq!(again.get("dev").unwrap().address(), "10.1.1.1:8081");
     }
 }

@@ -9,6 +9,17 @@ pub fn proxy_address() -> String {
     var("MICRO_PROXY_ADDRESS").unwrap_or_else(|| format!("127.0.0.1:{}", crate::DEFAULT_PROXY_PORT))
 }
 
+/// The CA certificate (PEM) to verify an `https://` `MICRO_PROXY_ADDRESS`
+/// with, read from the file `MICRO_PROXY_CA`; `None` when unset.
+pub fn proxy_ca() -> Result<Option<String>, String> {
+    let Some(path) = var("MICRO_PROXY_CA") else {
+        return Ok(None);
+    };
+    std::fs::read_to_string(&path)
+        .map(Some)
+        .map_err(|e| format!("cannot read MICRO_PROXY_CA {path}: {e}"))
+}
+
 /// The namespace to act in (`MICRO_NAMESPACE`, default `micro`).
 pub fn namespace() -> String {
     var("MICRO_NAMESPACE").unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_string())

@@ -8,7 +8,8 @@
 //! [`config`]); the build-script helper ([`build`], feature `build`).
 //!
 //! The CLI uses the same crate: environments ([`env`]), a connection to a
-//! node ([`client`]) and endpoint schemas ([`schema`]).
+//! node ([`client`], plaintext or TLS through [`dial`]) and endpoint schemas
+//! ([`schema`]).
 //!
 //! Architecture invariant: nothing here knows about terminals or about the
 //! node's internals; it speaks to a node only through its public gRPC API.
@@ -18,6 +19,7 @@ pub mod bearer;
 pub mod build;
 pub mod client;
 pub mod config;
+pub mod dial;
 pub mod dynamic;
 pub mod env;
 pub mod env_vars;

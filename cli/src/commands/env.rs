@@ -14,7 +14,8 @@ pub fn run(mut ctx: Context, args: &EnvArgs) -> Result<(), Failure> {
                 .into_values()
                 .map(|e| {
                     let mark = if e.name == current { "*" } else { " " };
-                    vec![mark.to_string(), e.name, e.proxy_address, e.description]
+                    let address = e.address();
+                    vec![mark.to_string(), e.name, address, e.description]
                 })
                 .collect();
             // "* name" reads as one column: join the mark and the name.
@@ -29,9 +30,23 @@ pub fn run(mut ctx: Context, args: &EnvArgs) -> Result<(), Failure> {
             name,
             address,
             description,
+            ca,
         }) => {
-            ctx.config
-                .add(name, address, description.as_deref().unwrap_or(""))?;
+            let ca = match ca {
+                Some(path) => {
+                    let pem = std::fs::read_to_string(path).map_err(|e| {
+                        Failure::msg(format!("Cannot read the CA file {}: {e}", path.display()))
+                    })?;
+                    Some((pem, path.display().to_string()))
+                }
+                None => None,
+            };
+            ctx.config.add(
+                name,
+                address,
+                description.as_deref().unwrap_or(""),
+                ca.as_ref().map(|(pem, file)| (pem.as_str(), file.as_str())),
+            )?;
             Ok(ctx.config.save()?)
         }
         Some(EnvCommand::Set { name }) => {

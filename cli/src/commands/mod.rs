@@ -108,7 +108,7 @@ impl Context {
     /// Connects acting in `ns` without any token.
     pub async fn connect_anonymous(&self, ns: &str) -> Result<micro::Client, Failure> {
         let env = self.config.get(self.env_name())?;
-        micro::Client::connect(&env.proxy_address, ns)
+        micro::Client::connect_to(&env.target(), ns)
             .await
             .map_err(|e| match e {
                 micro::Error::Connect(a) => {

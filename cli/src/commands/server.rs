@@ -1,8 +1,8 @@
 //! `micro server`: runs a node until SIGINT or SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use micro_node::ServerOptions;
+use micro_node::{ServerOptions, TlsFiles};
 
 use crate::args::ServerArgs;
 use crate::errors::Failure;
@@ -14,7 +14,68 @@ fn default_data_dir() -> PathBuf {
     home.join(".micro").join("server")
 }
 
+/// A secret given as a file (`--token-file`, `--auth-admin-password-file`),
+/// so that it never shows in `ps`: the file's text without its trailing
+/// newline.
+fn read_secret(what: &str, path: &Path) -> Result<String, Failure> {
+    let raw = std::fs::read(path).map_err(|e| {
+        Failure::msg(format!(
+            "micro server: cannot read the {what} file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let text = String::from_utf8(raw).map_err(|_| {
+        Failure::msg(format!(
+            "micro server: the {what} file {} is not valid UTF-8",
+            path.display()
+        ))
+    })?;
+    let secret = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if secret.is_empty() {
+        return Err(Failure::msg(format!(
+            "micro server: the {what} file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(secret.to_string())
+}
+
+/// The flag's value, else the file's.
+fn secret(
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    what: &str,
+) -> Result<Option<String>, Failure> {
+    match (value, file) {
+        (Some(v), _) => Ok(Some(v.clone())),
+        (None, Some(path)) => read_secret(what, path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 pub fn run(args: &ServerArgs) -> Result<(), Failure> {
+    let auth_admin_password = secret(
+        &args.auth_admin_password,
+        &args.auth_admin_password_file,
+        "admin password",
+    )?;
+    let token = secret(&args.token, &args.token_file, "join token")?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => None,
+        // clap requires both; this is for the environment variables' sake.
+        _ => {
+            return Err(Failure::msg(
+                "micro server: --tls-cert and --tls-key go together: give both or neither",
+            ))
+        }
+    };
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG_LEVEL").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("info,openraft=error,sled=warn,h2=warn,tower=warn")
@@ -34,12 +95,13 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         config_secret_key: args.config_secret_key.clone(),
         runtime_target_dir: args.runtime_target_dir.clone(),
         runtime_release: args.runtime_profile == crate::args::Profile::Release,
-        auth_admin_password: args.auth_admin_password.clone(),
+        auth_admin_password,
         auth_token_ttl: args.auth_token_ttl,
         join: args.join.clone(),
-        token: args.token.clone(),
+        token,
         cluster_size: args.cluster_size as usize,
         raft_snapshot_after: args.raft_snapshot_after,
+        tls,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -388,6 +388,59 @@ fn the_first_admin_password_can_be_set_and_the_default_warns() {
 }
 
 #[test]
+fn the_first_admin_password_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-password");
+    // Editors and `echo` leave a newline: it is not part of the password.
+    std::fs::write(&file, "fr0m-a-file\n").unwrap();
+    let s = Server::start_node(
+        "127.0.0.1",
+        &[],
+        &["--auth-admin-password-file", file.to_str().unwrap()],
+    );
+    s.micro(&["login", "--username", "admin", "--password", "micro"])
+        .fails_with("Login failed: invalid username or password");
+    s.micro(&[
+        "login",
+        "--username",
+        "admin",
+        "--password",
+        "fr0m-a-file\n",
+    ])
+    .fails_with("Login failed: invalid username or password");
+    login(&s, "admin", "fr0m-a-file");
+    // The password is nowhere on the node's command line.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let home = crate::harness::Home::new();
+    let run = home.micro(&[
+        "server",
+        "--auth-admin-password-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "micro server: the admin password file {} is empty\n",
+            empty.display()
+        )
+    );
+    let run = home.micro(&[
+        "server",
+        "--auth-admin-password",
+        "x",
+        "--auth-admin-password-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .starts_with("The argument '--auth-admin-password"),
+        "{run:?}"
+    );
+}
+
+#[test]
 fn no_secret_is_stored_in_clear() {
     use std::os::unix::fs::PermissionsExt;
     let s = Server::start_with(&[("MICRO_AUTH_ADMIN_PASSWORD", "Adm1nPassw0rd")]);

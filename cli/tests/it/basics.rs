@@ -30,10 +30,30 @@ fn env_lists_adds_sets_and_deletes() {
     home.micro(&["env", "del", "prod"]).ok();
     assert!(!home.micro(&["env"]).ok().contains("prod"));
     home.micro(&["env", "add", "bad", "host:port"])
-        .fails_with("Invalid address 'host:port': expected HOST or HOST:PORT");
+        .fails_with("Invalid address 'host:port': expected HOST, HOST:PORT or https://HOST:PORT");
     // -e picks an environment for one command
     home.micro(&["-e", "nope", "store", "read", "x"])
         .fails_with("Environment 'nope' does not exist");
+}
+
+#[test]
+fn an_argument_that_is_not_utf8_is_one_clear_line() {
+    use std::os::unix::ffi::OsStrExt;
+    let home = Home::new();
+    let out = std::process::Command::new(crate::harness::MICRO)
+        .args(["store", "write"])
+        .arg(std::ffi::OsStr::from_bytes(b"k\xff"))
+        .arg("v")
+        .env("HOME", home.path())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "Invalid argument 'k\u{fffd}': not valid UTF-8\n"
+    );
+    assert!(out.stdout.is_empty());
 }
 
 #[test]

@@ -477,11 +477,19 @@ fn nodes_beyond_the_cluster_size_stay_learners_and_still_serve() {
     let env = [("MICRO_CLUSTER_SIZE", "1")];
     let first = Server::start_node("127.0.0.1", &env, &[]);
     login(&first);
-    let token = first.micro(&["cluster", "token"]).ok().trim().to_string();
+    let token = first.micro(&["cluster", "token"]).ok().to_string();
+    // The token from a file (with its newline), out of `ps`.
+    let token_file = first.home.path().join("join-token");
+    std::fs::write(&token_file, &token).unwrap();
     let second = Server::start_node(
         "127.0.0.2",
         &env,
-        &["--join", &first.cluster, "--token", &token],
+        &[
+            "--join",
+            &first.cluster,
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
     );
     eventually(60, "a leader and a learner", || {
         let mut roles: Vec<String> = members(&first).into_iter().map(|(_, _, r)| r).collect();

@@ -13,3 +13,4 @@ mod runtime;
 mod security;
 mod services;
 mod store;
+mod tls;

@@ -18,7 +18,6 @@
 //! verification, never accept TLS versions below 1.3, and never let a slow
 //! or broken handshake stall the accept loop.
 
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -36,11 +35,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tonic::transport::server::Connected;
+use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use super::pki::{fingerprint_der, node_id_of, normalize_fingerprint};
@@ -50,17 +46,6 @@ pub const SERVER_NAME: &str = "micro-cluster";
 
 /// The only application protocol spoken on the cluster port.
 const ALPN_H2: &[u8] = b"h2";
-
-/// How long a server-side handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How many server-side handshakes may be in flight at once; beyond that,
-/// new connections wait in the listen backlog.
-const MAX_PENDING_HANDSHAKES: usize = 1024;
-
-/// How long to pause accepting after an error such as running out of file
-/// descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Client-side TCP connect timeout (and the endpoint's connect timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -317,181 +302,25 @@ impl ServerCertVerifier for PinnedCaVerifier {
 
 /// An established server-side TLS connection on the cluster port, ready for
 /// tonic's `serve_with_incoming*`. Its connect info is a [`PeerInfo`].
-pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: PeerInfo,
-}
-
-impl TlsConn {
-    /// Who is on the other end.
-    pub fn peer(&self) -> &PeerInfo {
-        &self.peer
-    }
-}
-
-impl fmt::Debug for TlsConn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsConn")
-            .field("peer", &self.peer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Connected for TlsConn {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The state of the accept loop behind [`incoming`].
-struct Acceptor {
-    listener: TcpListener,
-    tls: TlsAcceptor,
-    handshakes: JoinSet<Option<TlsConn>>,
-    failed: bool,
-}
-
-/// How an `accept` error affects the loop.
-enum AcceptFailure {
-    /// One connection went away before it was accepted; carry on.
-    Connection,
-    /// Probably a resource shortage (file descriptors, memory); pause, then
-    /// carry on.
-    Pause,
-    /// The listening socket itself is unusable.
-    Fatal,
-}
-
-fn classify(e: &io::Error) -> AcceptFailure {
-    use io::ErrorKind::*;
-    match e.kind() {
-        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
-        | TimedOut => AcceptFailure::Connection,
-        _ => match e.raw_os_error() {
-            Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EFAULT) => {
-                AcceptFailure::Fatal
-            }
-            _ => AcceptFailure::Pause,
-        },
-    }
-}
+pub type TlsConn = crate::tls_accept::TlsConn<PeerInfo>;
 
 /// Accepts TCP connections from `listener` (with `TCP_NODELAY`), runs their
-/// TLS handshakes concurrently, and yields the established connections.
-///
-/// Each handshake runs in its own task with a 10 s limit; one that fails or
-/// is too slow is logged at debug level and dropped, without holding up the
-/// others or ending the stream. The stream yields an error, and then ends,
-/// only when the listening socket fails for good. Dropping the stream closes
-/// the listener and abandons handshakes still in flight.
+/// TLS handshakes concurrently, and yields the established connections with
+/// the peer's node id (see [`crate::tls_accept::incoming`]).
 ///
 /// Must be polled inside a tokio runtime.
 pub fn incoming(
     listener: TcpListener,
     cfg: Arc<rustls::ServerConfig>,
 ) -> impl Stream<Item = Result<TlsConn, io::Error>> + Send + 'static {
-    let state = Acceptor {
-        listener,
-        tls: TlsAcceptor::from(cfg),
-        handshakes: JoinSet::new(),
-        failed: false,
-    };
-    futures::stream::unfold(state, |mut st| async move {
-        if st.failed {
-            return None;
-        }
-        loop {
-            let room = st.handshakes.len() < MAX_PENDING_HANDSHAKES;
-            tokio::select! {
-                accepted = st.listener.accept(), if room => match accepted {
-                    Ok((tcp, remote)) => {
-                        st.handshakes.spawn(handshake(st.tls.clone(), tcp, remote));
-                    }
-                    Err(e) => match classify(&e) {
-                        AcceptFailure::Connection => {
-                            tracing::debug!(error = %e, "cluster port: accept failed for one connection");
-                        }
-                        AcceptFailure::Pause => {
-                            tracing::warn!(error = %e, "cluster port: accept failed; pausing");
-                            tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        }
-                        AcceptFailure::Fatal => {
-                            tracing::error!(error = %e, "cluster port: the listener failed");
-                            st.failed = true;
-                            return Some((Err(e), st));
-                        }
-                    },
-                },
-                Some(done) = st.handshakes.join_next() => match done {
-                    Ok(Some(conn)) => return Some((Ok(conn), st)),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cluster port: a handshake task failed");
-                    }
-                },
-            }
-        }
-    })
+    crate::tls_accept::incoming(listener, cfg, "cluster port", peer_info, None)
 }
 
-/// One server-side handshake; `None` if it failed (already logged).
-async fn handshake(tls: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Option<TlsConn> {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(%remote, error = %e, "cluster port: cannot set TCP_NODELAY");
-    }
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(%remote, error = %e, "cluster port: TLS handshake failed");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, "cluster port: TLS handshake timed out");
-            return None;
-        }
-    };
+/// Who the peer of an established connection is; `None` drops it.
+fn peer_info(
+    stream: &tokio_rustls::server::TlsStream<TcpStream>,
+    remote: SocketAddr,
+) -> Option<PeerInfo> {
     let node_id = match stream.get_ref().1.peer_certificates() {
         None | Some([]) => None,
         Some([leaf, ..]) => match node_id_of(leaf) {
@@ -505,10 +334,7 @@ async fn handshake(tls: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Opti
             }
         },
     };
-    Some(TlsConn {
-        inner: stream,
-        peer: PeerInfo { remote, node_id },
-    })
+    Some(PeerInfo { remote, node_id })
 }
 
 /// Dials a peer's cluster port: TCP (nodelay, 3 s limit), then TLS with

@@ -49,6 +49,9 @@ pub struct RuntimeOptions {
     pub target_dir: PathBuf,
     /// `cargo build --release` (true) or a debug build.
     pub release: bool,
+    /// The certificate the gRPC endpoint serves when it serves TLS: services
+    /// get its path as `MICRO_PROXY_CA` and trust exactly it.
+    pub proxy_cert: Option<PathBuf>,
 }
 
 /// What should run, as replicated.
@@ -290,6 +293,9 @@ impl Manager {
             ("MICRO_SERVICE_NAME".to_string(), spec.name.clone()),
             ("MICRO_SERVICE_VERSION".to_string(), spec.version.clone()),
         ];
+        if let Some(cert) = &self.opts.proxy_cert {
+            env.push(("MICRO_PROXY_CA".to_string(), cert.display().to_string()));
+        }
         for kv in &spec.env {
             if let Some((k, v)) = kv.split_once('=') {
                 env.push((k.to_string(), v.to_string()));
