@@ -13,6 +13,7 @@ pub mod auth;
 mod backend;
 pub mod cluster;
 mod grpc;
+pub mod paths;
 pub mod router;
 pub mod runtime;
 pub mod secrets;
