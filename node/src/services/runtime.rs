@@ -127,6 +127,18 @@ fn status_key(ns: &str, name: &str) -> Vec<u8> {
     format!("runtime/{ns}/{name}/status").into_bytes()
 }
 
+/// The account (id, namespace) that ran service `name` in `ns` through the
+/// runtime, if it runs there under an account: the registry lets the
+/// service's own account act for it.
+pub fn runner_of(replica: &Replica, ns: &str, name: &str) -> Option<(String, String)> {
+    let rec = replica
+        .reader()
+        .get(&spec_key(ns, name), now_millis())
+        .ok()??;
+    let spec: Spec = serde_json::from_slice(&rec.value).ok()?;
+    (!spec.issuer.is_empty()).then_some((spec.owner, spec.issuer))
+}
+
 fn is_git(source: &str) -> bool {
     source.contains("://") || source.starts_with("git@")
 }
