@@ -27,8 +27,7 @@ fn in_grammar(s: &str, max: usize) -> bool {
         && s.len() <= max
         && s != "."
         && s != ".."
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
@@ -36,7 +35,9 @@ fn in_grammar(s: &str, max: usize) -> bool {
 /// it in the error ("service name", "namespace", …).
 pub fn check_name(what: &str, name: &str) -> Result<(), Status> {
     if name.is_empty() {
-        return Err(Status::invalid_argument(format!("{what} must not be empty")));
+        return Err(Status::invalid_argument(format!(
+            "{what} must not be empty"
+        )));
     }
     if in_grammar(name, MAX_NAME) {
         return Ok(());

@@ -90,7 +90,12 @@ impl Router {
     /// unless `addr` is a registered instance of the service the call names
     /// (in its namespace) and runs on this node: the registry decides where
     /// calls go, never the caller.
-    pub fn check_local_instance(&self, headers: &HeaderMap, path: &str, addr: &str) -> Result<(), Status> {
+    pub fn check_local_instance(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+        addr: &str,
+    ) -> Result<(), Status> {
         let service = target_service(headers, path)?;
         let namespace = crate::grpc::namespace_of(headers)?;
         if is_instance_on(&self.replica, &namespace, &service, addr, self.cluster.id)? {
@@ -286,13 +291,20 @@ impl Router {
 }
 
 /// The live instances of `service` in `namespace`, as registered.
-fn instances_of(replica: &Replica, namespace: &str, service: &str) -> Result<Vec<Instance>, Status> {
+fn instances_of(
+    replica: &Replica,
+    namespace: &str,
+    service: &str,
+) -> Result<Vec<Instance>, Status> {
     let prefix = format!("registry/{namespace}/{service}/");
     let mut out = Vec::new();
-    for item in replica.reader().scan(prefix.as_bytes(), now_millis(), false) {
+    for item in replica
+        .reader()
+        .scan(prefix.as_bytes(), now_millis(), false)
+    {
         let (_, rec) = item.map_err(crate::grpc::status)?;
-        let reg = NodesOnly::decode(rec.value.as_slice())
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let reg =
+            NodesOnly::decode(rec.value.as_slice()).map_err(|e| Status::internal(e.to_string()))?;
         out.extend(reg.nodes.into_iter().map(|n| Instance {
             node: n.metadata.get("node").and_then(|v| v.parse().ok()),
             address: n.address,
@@ -382,13 +394,15 @@ mod tests {
         crate::services::registry::register(&r, "micro", svc("127.0.0.1:6000", "2"))
             .await
             .unwrap();
-        let on = |ns: &str, service: &str, addr: &str| {
-            is_instance_on(&r, ns, service, addr, 1).unwrap()
-        };
+        let on =
+            |ns: &str, service: &str, addr: &str| is_instance_on(&r, ns, service, addr, 1).unwrap();
         assert!(on("micro", "greeter", "127.0.0.1:5000"));
         assert!(!on("micro", "greeter", "127.0.0.1:6000"), "another node's");
         assert!(!on("micro", "greeter", "127.0.0.1:22"), "not registered");
         assert!(!on("micro", "other", "127.0.0.1:5000"), "another service's");
-        assert!(!on("team", "greeter", "127.0.0.1:5000"), "another namespace's");
+        assert!(
+            !on("team", "greeter", "127.0.0.1:5000"),
+            "another namespace's"
+        );
     }
 }

@@ -427,8 +427,8 @@ pub async fn run(
                 id,
                 vec![proxy_addr, api_addr, web_addr, cluster_addr],
             ))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
             RuntimeServer::new(RuntimeService::new(runtime.clone(), cluster.clone()))

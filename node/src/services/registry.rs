@@ -570,7 +570,13 @@ mod tests {
     async fn instances_must_be_on_this_node() {
         let dir = tempfile::tempdir().unwrap();
         let r = service(dir.path()).await;
-        for ok in ["127.0.0.1:5000", "127.0.0.9:1", "[::1]:80", "localhost:9", "192.0.2.7:1"] {
+        for ok in [
+            "127.0.0.1:5000",
+            "127.0.0.9:1",
+            "[::1]:80",
+            "localhost:9",
+            "192.0.2.7:1",
+        ] {
             assert!(r.check_address(ok).is_ok(), "{ok}");
         }
         for (bad, why) in [
@@ -589,7 +595,9 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
-        assert!(collect(&r.replica, "registry/micro/", false).unwrap().is_empty());
+        assert!(collect(&r.replica, "registry/micro/", false)
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]

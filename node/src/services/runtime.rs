@@ -27,13 +27,13 @@ use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Claims;
 use crate::cluster::peer::HOP_HEADER;
 use crate::cluster::Cluster;
 use crate::grpc::{barrier, check_name, namespace, status};
 use crate::paths;
 use crate::runtime::logs;
 use crate::runtime::supervisor::{self, Build, Spec as ProcSpec, State, Supervisor};
-use crate::auth::Claims;
 use crate::services::auth::{caller, require_account, AuthStore};
 use micro_proto::runtime::runtime_client::RuntimeClient;
 use tonic::metadata::MetadataMap;
