@@ -948,4 +948,56 @@ mod tests {
         );
         assert_eq!(split_ref("https://user@h/x"), ("https://user@h/x", None));
     }
+
+    /// A gzipped tar of one entry, its name written raw (the tar crate's
+    /// own setters refuse `..`).
+    fn tar_of(name: &str, kind: tar::EntryType, link: Option<&str>, body: &[u8]) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(body.len() as u64);
+        if let Some(l) = link {
+            header.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        header.set_cksum();
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        b.append(&header, body).unwrap();
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn uploads_cannot_escape_their_folder() {
+        use tar::EntryType::*;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("svc");
+        let refused = |r: Result<(), Status>| r.unwrap_err().message().to_string();
+        let up = tar_of("../evil", Regular, None, b"x");
+        assert_eq!(
+            refused(Manager::unpack(up, dir.clone()).await),
+            "the upload has a path outside its folder"
+        );
+        let up = tar_of("link", Symlink, Some("/"), b"");
+        assert_eq!(
+            refused(Manager::unpack(up, dir.clone()).await),
+            "the upload holds a link (link): only files and folders are taken"
+        );
+        let up = tar_of("hard", Link, Some("../../auth-signing.key"), b"");
+        assert!(refused(Manager::unpack(up, dir.clone()).await).contains("holds a link"));
+        let up = tar_of("fifo", Fifo, None, b"");
+        assert!(refused(Manager::unpack(up, dir.clone()).await).contains("a special file"));
+        // An absolute path lands inside the folder.
+        let up = tar_of("/abs.txt", Regular, None, b"inside");
+        Manager::unpack(up, dir.clone()).await.unwrap();
+        assert_eq!(std::fs::read(dir.join("abs.txt")).unwrap(), b"inside");
+        let beside: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(beside, ["svc"], "nothing was written beside the folder");
+        assert!(!std::path::Path::new("/abs.txt").exists());
+    }
 }
