@@ -513,6 +513,20 @@ fn only_the_owner_or_an_admin_manages_a_service() {
     s.micro(&["update", dir]).fails_with(not_bobs);
     s.wait_status("alicesvc", 5, |l| l.contains(" running "));
 
+    // A service name alice registered is hers in the runtime too.
+    login(&s, "alice", "Passw0rd-x");
+    s.micro(&[
+        "call",
+        "registry",
+        "Registry.Register",
+        r#"{"name":"taken","version":"1","nodes":[{"id":"taken-1","address":"127.0.0.1:1"}]}"#,
+    ])
+    .ok();
+    login(&s, "bob", "Passw0rd-x");
+    s.micro(&["run", dir, "--name", "taken"]).fails_with(
+        "Service name taken is registered by account alice: run it under another --name",
+    );
+
     login(&s, "admin", "micro");
     wait_logs(&s, "alicesvc", "alice was here");
     assert_eq!(s.micro(&["kill", "alicesvc"]).ok(), "");

@@ -206,6 +206,17 @@ impl RegistryService {
     }
 }
 
+/// The account (id, namespace) that owns service name `name` in `ns`, if
+/// one does.
+pub fn owner_of(replica: &Replica, ns: &str, name: &str) -> Option<(String, String)> {
+    let rec = replica
+        .reader()
+        .get(&owner_key(ns, name), now_millis())
+        .ok()??;
+    let o: Owner = serde_json::from_slice(&rec.value).ok()?;
+    Some((o.account, o.issuer))
+}
+
 /// Whether `ip` is one of this host's addresses: only those can be bound.
 fn is_local_ip(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind((ip, 0)).is_ok()

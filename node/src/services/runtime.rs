@@ -35,6 +35,7 @@ use crate::paths;
 use crate::runtime::logs;
 use crate::runtime::supervisor::{self, Build, Spec as ProcSpec, State, Supervisor};
 use crate::services::auth::{caller, require_account, AuthStore};
+use crate::services::registry;
 use micro_proto::runtime::runtime_client::RuntimeClient;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -669,6 +670,17 @@ impl Runtime for RuntimeService {
             .service
             .ok_or_else(|| Status::invalid_argument("a service is required"))?;
         check_name("service name", &svc.name)?;
+        // A name another account registered would be refused to the
+        // service anyway; say so now rather than run it.
+        if let Some((account, issuer)) = registry::owner_of(&self.manager.replica, &ns, &svc.name) {
+            let own = account == runner.sub && issuer == runner.iss;
+            if !own && !runner.is_admin_in(&ns) {
+                return Err(Status::permission_denied(format!(
+                    "service name {} is registered by account {account}: run it under another --name",
+                    svc.name
+                )));
+            }
+        }
         let opts = req.options.unwrap_or_default();
         for kv in &opts.env {
             let valid = kv.split_once('=').is_some_and(|(k, v)| {
