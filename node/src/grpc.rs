@@ -28,26 +28,9 @@ pub fn namespace_of(headers: &http::HeaderMap) -> Result<String, Status> {
 }
 
 /// Names that become path segments of keys (namespaces, databases, tables,
-/// services, versions, node ids): 1 to 128 characters, no '/', no control
-/// characters.
+/// services, versions, node ids): the one grammar of [`crate::paths`].
 pub fn check_name(what: &str, name: &str) -> Result<(), Status> {
-    if name.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "{what} must not be empty"
-        )));
-    }
-    if name.len() > 128 {
-        return Err(Status::invalid_argument(format!(
-            "{what} is longer than 128 bytes"
-        )));
-    }
-    if name.contains('/') || name.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(format!(
-            "{what} '{}' must not contain '/' or control characters",
-            name.escape_default()
-        )));
-    }
-    Ok(())
+    crate::paths::check_name(what, name)
 }
 
 /// Maps a replicated-state error to the status a caller sees.

@@ -15,6 +15,7 @@ pub mod client_tls;
 pub mod cluster;
 mod grpc;
 mod login_limit;
+pub mod paths;
 pub mod router;
 pub mod runtime;
 pub mod secrets;

@@ -14,10 +14,12 @@
 //! replicated). An instance on another node is reached through that node's
 //! cluster port over mutual TLS, naming the instance in the
 //! `micro-instance` header; instances on nodes gossip holds to be down are
-//! skipped.
+//! skipped. A call another node passes here for a local instance is sent
+//! only to an address registered for that service on this node.
 //!
-//! Must never: decode a user service's messages, or hold a lock across a
-//! forwarded call.
+//! Must never: decode a user service's messages, hold a lock across a
+//! forwarded call, or send a call to an address that is not a registered
+//! instance.
 
 use std::sync::Arc;
 
@@ -81,22 +83,28 @@ impl Router {
     /// The addresses of `service`'s live instances in `namespace` (a local,
     /// possibly stale read: routing tolerates a moment's lag).
     pub fn instances(&self, namespace: &str, service: &str) -> Result<Vec<Instance>, Status> {
-        let prefix = format!("registry/{namespace}/{service}/");
-        let mut out = Vec::new();
-        for item in self
-            .replica
-            .reader()
-            .scan(prefix.as_bytes(), now_millis(), false)
-        {
-            let (_, rec) = item.map_err(crate::grpc::status)?;
-            let reg = NodesOnly::decode(rec.value.as_slice())
-                .map_err(|e| Status::internal(e.to_string()))?;
-            out.extend(reg.nodes.into_iter().map(|n| Instance {
-                node: n.metadata.get("node").and_then(|v| v.parse().ok()),
-                address: n.address,
-            }));
+        instances_of(&self.replica, namespace, service)
+    }
+
+    /// Refuses a call another node passes here for the instance at `addr`
+    /// unless `addr` is a registered instance of the service the call names
+    /// (in its namespace) and runs on this node: the registry decides where
+    /// calls go, never the caller.
+    pub fn check_local_instance(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+        addr: &str,
+    ) -> Result<(), Status> {
+        let service = target_service(headers, path)?;
+        let namespace = crate::grpc::namespace_of(headers)?;
+        if is_instance_on(&self.replica, &namespace, &service, addr, self.cluster.id)? {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "no instance of {service} is registered at {addr} on this node"
+            )))
         }
-        Ok(out)
     }
 
     /// Forwards one gRPC request; every failure becomes a gRPC status.
@@ -282,6 +290,43 @@ impl Router {
     }
 }
 
+/// The live instances of `service` in `namespace`, as registered.
+fn instances_of(
+    replica: &Replica,
+    namespace: &str,
+    service: &str,
+) -> Result<Vec<Instance>, Status> {
+    let prefix = format!("registry/{namespace}/{service}/");
+    let mut out = Vec::new();
+    for item in replica
+        .reader()
+        .scan(prefix.as_bytes(), now_millis(), false)
+    {
+        let (_, rec) = item.map_err(crate::grpc::status)?;
+        let reg =
+            NodesOnly::decode(rec.value.as_slice()).map_err(|e| Status::internal(e.to_string()))?;
+        out.extend(reg.nodes.into_iter().map(|n| Instance {
+            node: n.metadata.get("node").and_then(|v| v.parse().ok()),
+            address: n.address,
+        }));
+    }
+    Ok(out)
+}
+
+/// Whether `addr` is a registered instance of `service` that runs on node
+/// `node`.
+fn is_instance_on(
+    replica: &Replica,
+    namespace: &str,
+    service: &str,
+    addr: &str,
+    node: u64,
+) -> Result<bool, Status> {
+    Ok(instances_of(replica, namespace, service)?
+        .iter()
+        .any(|i| i.address == addr && i.node == Some(node)))
+}
+
 /// The service a call is for: `micro-service` metadata, else the package of
 /// the gRPC path.
 pub(crate) fn target_service(headers: &HeaderMap, path: &str) -> Result<String, Status> {
@@ -322,5 +367,42 @@ mod tests {
             "other"
         );
         assert!(target_service(&HeaderMap::new(), "/").is_err());
+    }
+
+    #[tokio::test]
+    async fn only_registered_instances_of_this_node_are_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replica::open(dir.path(), 1, micro_raft::Options::default())
+            .await
+            .expect("open");
+        r.bootstrap_alone("127.0.0.1:0".into())
+            .await
+            .expect("bootstrap");
+        let svc = |addr: &str, node: &str| micro_proto::registry::Service {
+            name: "greeter".into(),
+            version: "1".into(),
+            nodes: vec![Node {
+                id: format!("g-{node}-{}", addr.replace(['.', ':'], "-")),
+                address: addr.into(),
+                metadata: [("node".to_string(), node.to_string())].into(),
+            }],
+            ..Default::default()
+        };
+        crate::services::registry::register(&r, "micro", svc("127.0.0.1:5000", "1"))
+            .await
+            .unwrap();
+        crate::services::registry::register(&r, "micro", svc("127.0.0.1:6000", "2"))
+            .await
+            .unwrap();
+        let on =
+            |ns: &str, service: &str, addr: &str| is_instance_on(&r, ns, service, addr, 1).unwrap();
+        assert!(on("micro", "greeter", "127.0.0.1:5000"));
+        assert!(!on("micro", "greeter", "127.0.0.1:6000"), "another node's");
+        assert!(!on("micro", "greeter", "127.0.0.1:22"), "not registered");
+        assert!(!on("micro", "other", "127.0.0.1:5000"), "another service's");
+        assert!(
+            !on("team", "greeter", "127.0.0.1:5000"),
+            "another namespace's"
+        );
     }
 }

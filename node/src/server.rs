@@ -453,9 +453,13 @@ pub async fn run(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            RegistryServer::new(registry::RegistryService::new(replica.clone(), id))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+            RegistryServer::new(registry::RegistryService::new(
+                replica.clone(),
+                id,
+                vec![proxy_addr, api_addr, web_addr, cluster_addr],
+            ))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
             RuntimeServer::new(RuntimeService::new(runtime.clone(), cluster.clone()))

@@ -127,10 +127,6 @@ pub async fn run(ctx: Context, a: &RunArgs) -> Result<(), Failure> {
         Source::Folder(dir) => (dir.display().to_string(), pack_async(dir.clone()).await?),
         Source::Git(url) => (url.clone(), Vec::new()),
     };
-    // Until accounts exist, the owner is who ran the CLI.
-    let owner = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".to_string());
     let client = ctx.connect().await?;
     client
         .runtime()
@@ -139,7 +135,8 @@ pub async fn run(ctx: Context, a: &RunArgs) -> Result<(), Failure> {
                 name,
                 version: "latest".into(),
                 source: shown,
-                metadata: HashMap::from([("owner".to_string(), owner)]),
+                // The node records the logged-in account as the owner.
+                metadata: HashMap::new(),
             }),
             options: Some(CreateOptions {
                 env: a.env_vars.clone(),

@@ -201,3 +201,122 @@ async fn grpc_health_reports_serving() {
         );
     }
 }
+
+/// A client of `s` logged in as `id`.
+async fn client_as(s: &Server, id: &str, secret: &str) -> micro::Client {
+    let c = s.client("micro").await;
+    c.login(id, secret).await.expect("login");
+    c
+}
+
+fn one(name: &str, address: &str) -> Service {
+    Service {
+        name: name.into(),
+        version: "1.0".into(),
+        nodes: vec![Node {
+            id: format!("{name}-1"),
+            address: address.into(),
+            metadata: HashMap::new(),
+        }],
+        ..Default::default()
+    }
+}
+
+async fn addresses(client: &micro::Client, name: &str) -> Vec<String> {
+    get(client, name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|s| s.nodes)
+        .map(|n| n.address)
+        .collect()
+}
+
+/// A name belongs to the account that registered it first; nobody else but
+/// an admin may register instances of it, and only on the node itself.
+#[tokio::test]
+async fn registering_another_accounts_service_is_refused() {
+    let s = Server::start();
+    s.micro(&["login", "--username", "admin", "--password", "micro"])
+        .ok();
+    for id in ["alice", "bob"] {
+        s.micro(&["auth", "create", "account", "--secret", "Passw0rd-x", id])
+            .ok();
+    }
+    let alice = client_as(&s, "alice", "Passw0rd-x").await;
+    let bob = client_as(&s, "bob", "Passw0rd-x").await;
+    let anonymous = s.client("micro").await;
+    alice
+        .registry()
+        .register(one("svc-a", "127.0.0.1:1"))
+        .await
+        .expect("the first registrant takes the name");
+
+    let refused = bob
+        .registry()
+        .register(one("svc-a", "127.0.0.1:2"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        refused.message(),
+        "service svc-a belongs to account alice: account bob may not register or deregister it"
+    );
+    let refused = anonymous
+        .registry()
+        .register(one("svc-a", "127.0.0.1:3"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(bob
+        .registry()
+        .deregister(one("svc-a", "127.0.0.1:1"))
+        .await
+        .is_err());
+    assert_eq!(
+        addresses(&anonymous, "svc-a").await,
+        ["127.0.0.1:1"],
+        "the registry is unchanged"
+    );
+
+    let elsewhere = bob
+        .registry()
+        .register(one("svc-b", "10.1.2.3:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        elsewhere.message(),
+        "instance address 10.1.2.3:1 is not on this node: register instances at a loopback address or one of this node's own addresses"
+    );
+    let core = bob
+        .registry()
+        .register(one("store", "127.0.0.1:4"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        core.message(),
+        "store is a core service: only the node registers it"
+    );
+    let own_port = s.proxy.clone();
+    assert!(bob
+        .registry()
+        .register(one("svc-c", &own_port))
+        .await
+        .is_err());
+    assert!(addresses(&anonymous, "svc-b").await.is_empty());
+    assert_eq!(addresses(&anonymous, "store").await, [s.proxy.as_str()]);
+
+    // An admin may; a name nobody owns stays open to anonymous callers.
+    let admin = client_as(&s, "admin", "micro").await;
+    admin
+        .registry()
+        .register(one("svc-a", "127.0.0.1:5"))
+        .await
+        .expect("an admin registers any name");
+    anonymous
+        .registry()
+        .register(one("open-svc", "127.0.0.1:6"))
+        .await
+        .expect("anonymous registration of a new name");
+}

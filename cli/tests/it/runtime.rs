@@ -5,14 +5,32 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{http_get, services_target_dir, Server};
 
+const REFUSED_NAME: &str = "is not allowed: use letters, digits, '-', '_' and '.' (at most 128)";
+
 /// A node whose Cargo builds share one target dir across tests (and CI
-/// runs), in the debug profile to keep builds short.
+/// runs), in the debug profile to keep builds short; the CLI is logged in
+/// as the admin (running code needs an account with the right).
 fn runtime_server() -> Server {
+    runtime_server_with(&[], "micro")
+}
+
+/// The same with extra environment for the node, whose admin password is
+/// `password`.
+fn runtime_server_with(env: &[(&str, &str)], password: &str) -> Server {
     let shared = services_target_dir();
-    Server::start_with(&[
+    let mut all = vec![
         ("MICRO_RUNTIME_TARGET_DIR", shared.to_str().unwrap()),
         ("MICRO_RUNTIME_PROFILE", "dev"),
-    ])
+    ];
+    all.extend_from_slice(env);
+    let s = Server::start_with(&all);
+    login(&s, "admin", password);
+    s
+}
+
+fn login(s: &Server, user: &str, password: &str) {
+    let run = s.micro(&["login", "--username", user, "--password", password]);
+    assert_eq!(run.ok(), "Successfully logged in.\n");
 }
 
 /// A folder with a `micro.toml` that runs `run` (and builds with `build`).
@@ -372,4 +390,221 @@ fn a_node_killed_outright_leaves_no_duplicate_services() {
     }
     s.micro(&["kill", &name]).ok();
     assert!(processes_of(&name).is_empty(), "kill stops it");
+}
+
+/// Names that would climb out of the runtime's folders are refused before
+/// anything touches the disk, even for an admin, and the node keeps its
+/// data and serves on.
+#[test]
+fn traversal_names_are_refused_and_the_data_dir_is_untouched() {
+    let s = runtime_server();
+    let work = tempfile::tempdir().unwrap();
+    let dir = command_service(work.path(), "climber", None, "exec sleep 600");
+    // What an attacker's upload would put in place of the data dir.
+    std::fs::write(dir.join("auth-signing.key"), "not the node's key").unwrap();
+    let dir = dir.to_str().unwrap();
+    let before = std::fs::read(s.data.join("auth-signing.key")).unwrap();
+    s.micro(&["--namespace", "..", "run", dir, "--name", ".."])
+        .fails_with(&format!("Namespace '..' {REFUSED_NAME}"));
+    s.micro(&["run", dir, "--name", ".."])
+        .fails_with(&format!("Service name '..' {REFUSED_NAME}"));
+    s.micro(&["run", dir, "--name", "."])
+        .fails_with(&format!("Service name '.' {REFUSED_NAME}"));
+    s.micro(&["run", dir, "--name", "../x"])
+        .fails_with(&format!("Service name '../x' {REFUSED_NAME}"));
+    s.micro(&["--namespace", "a/..", "run", dir])
+        .fails_with(&format!("Namespace 'a/..' {REFUSED_NAME}"));
+    s.micro(&["logs", ".."])
+        .fails_with(&format!("Service name '..' {REFUSED_NAME}"));
+    s.micro(&["kill", ".."])
+        .fails_with(&format!("Service name '..' {REFUSED_NAME}"));
+    for kept in ["raft", "cluster", "auth-signing.key", "config-secret.key"] {
+        assert!(
+            s.data.join(kept).exists(),
+            "{kept} is gone from the data dir"
+        );
+    }
+    assert_eq!(
+        std::fs::read(s.data.join("auth-signing.key")).unwrap(),
+        before
+    );
+    assert!(
+        !s.data.join("micro.toml").exists(),
+        "the upload landed in the data dir"
+    );
+    assert_eq!(s.micro(&["status"]).ok(), "", "nothing runs");
+    s.micro(&["store", "write", "still", "here"]).ok();
+    assert_eq!(s.micro(&["store", "read", "still"]).ok(), "here\n");
+}
+
+/// Under the bootstrap rules (everything public), running code still needs
+/// an account.
+#[test]
+fn anonymous_callers_cannot_run_kill_update_or_read_logs() {
+    let s = runtime_server();
+    let work = tempfile::tempdir().unwrap();
+    let dir = command_service(work.path(), "held", None, "echo held up; exec sleep 600");
+    let dir = dir.to_str().unwrap();
+    let other = command_service(work.path(), "sneaky", None, "exec sleep 600");
+    s.micro(&["run", dir]).ok();
+    s.wait_status("held", 30, |l| l.contains(" running "));
+    wait_logs(&s, "held", "held up");
+    assert_eq!(s.micro(&["logout"]).ok(), "");
+
+    const REFUSED: &str = "Not authorized to perform this request";
+    s.micro(&["run", other.to_str().unwrap()])
+        .fails_with(REFUSED);
+    s.micro(&["run", other.to_str().unwrap(), "--command", "id"])
+        .fails_with(REFUSED);
+    s.micro(&["kill", "held"]).fails_with(REFUSED);
+    s.micro(&["logs", "held"]).fails_with(REFUSED);
+    s.micro(&["update", dir]).fails_with(REFUSED);
+    let status = s.micro(&["status"]);
+    let names: Vec<&str> = status
+        .ok()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["held"], "nothing else started, held still runs");
+    assert!(status.stdout.contains(" running "), "{status:?}");
+}
+
+/// Inside a namespace, running code is a right of its own, and a service
+/// is managed by the account that ran it or an admin.
+#[test]
+fn only_the_owner_or_an_admin_manages_a_service() {
+    let s = runtime_server();
+    for (id, scopes) in [("alice", "runtime"), ("bob", "runtime"), ("carol", "")] {
+        let mut args = vec!["auth", "create", "account", "--secret", "Passw0rd-x"];
+        let scopes = format!("--scopes={scopes}");
+        if id != "carol" {
+            args.push(&scopes);
+        }
+        args.push(id);
+        s.micro(&args).ok();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dir = command_service(
+        work.path(),
+        "alicesvc",
+        None,
+        "echo alice was here; exec sleep 600",
+    );
+    let dir = dir.to_str().unwrap();
+
+    login(&s, "carol", "Passw0rd-x");
+    s.micro(&["run", dir]).fails_with(
+        "Account carol may not run services in namespace micro: that needs the runtime scope or an admin",
+    );
+    assert_eq!(s.micro(&["status"]).ok(), "", "nothing started");
+
+    login(&s, "alice", "Passw0rd-x");
+    s.micro(&["run", dir]).ok();
+    let line = s.wait_status("alicesvc", 30, |l| l.contains(" running "));
+    assert!(line.contains("owner=alice, group=micro"), "{line}");
+    wait_logs(&s, "alicesvc", "alice was here");
+
+    login(&s, "bob", "Passw0rd-x");
+    let not_bobs =
+        "Service alicesvc belongs to account alice: only it or an admin of namespace micro may do this";
+    s.micro(&["logs", "alicesvc"]).fails_with(not_bobs);
+    s.micro(&["kill", "alicesvc"]).fails_with(not_bobs);
+    s.micro(&["update", dir]).fails_with(not_bobs);
+    s.wait_status("alicesvc", 5, |l| l.contains(" running "));
+
+    // A service name alice registered is hers in the runtime too.
+    login(&s, "alice", "Passw0rd-x");
+    s.micro(&[
+        "call",
+        "registry",
+        "Registry.Register",
+        r#"{"name":"taken","version":"1","nodes":[{"id":"taken-1","address":"127.0.0.1:1"}]}"#,
+    ])
+    .ok();
+    login(&s, "bob", "Passw0rd-x");
+    s.micro(&["run", dir, "--name", "taken"]).fails_with(
+        "Service name taken is registered by account alice: run it under another --name",
+    );
+
+    login(&s, "admin", "micro");
+    wait_logs(&s, "alicesvc", "alice was here");
+    assert_eq!(s.micro(&["kill", "alicesvc"]).ok(), "");
+    assert_eq!(s.micro(&["status"]).ok(), "");
+}
+
+/// A service (and its build) starts from a clean environment: the node's
+/// secrets never reach it, the variables the runtime means to give do.
+#[test]
+fn services_get_no_node_secret_in_their_environment() {
+    const KEY: &str = "Sup3rSecretConfigKey-0123456789";
+    const PASSWORD: &str = "Adm1n-Env-Passw0rd";
+    let s = runtime_server_with(
+        &[
+            ("MICRO_CONFIG_SECRET_KEY", KEY),
+            ("MICRO_AUTH_ADMIN_PASSWORD", PASSWORD),
+            ("MICRO_TOKEN", "node-token-value"),
+            ("SOME_NODE_SETTING", "node-only"),
+        ],
+        PASSWORD,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dir = command_service(
+        work.path(),
+        "envsvc",
+        Some("echo BUILD-ENV; env"),
+        "echo RUN-ENV; env; echo END-ENV; exec sleep 600",
+    );
+    s.micro(&["run", dir.to_str().unwrap(), "--env-var", "GREETING=hi"])
+        .ok();
+    s.wait_status("envsvc", 30, |l| l.contains(" running "));
+    let logs = wait_logs(&s, "envsvc", "END-ENV");
+    for secret in [KEY, PASSWORD, "node-token-value", "node-only"] {
+        assert!(
+            !logs.contains(secret),
+            "{secret} reached the service:\n{logs}"
+        );
+    }
+    let run = logs
+        .split("RUN-ENV\n")
+        .nth(1)
+        .and_then(|r| r.split("END-ENV").next())
+        .unwrap_or_default();
+    let vars: std::collections::BTreeMap<&str, &str> =
+        run.lines().filter_map(|l| l.split_once('=')).collect();
+    let micro: Vec<&str> = vars
+        .keys()
+        .copied()
+        .filter(|k| k.starts_with("MICRO_"))
+        .collect();
+    assert_eq!(
+        micro,
+        [
+            "MICRO_AUTH_ID",
+            "MICRO_AUTH_SECRET",
+            "MICRO_NAMESPACE",
+            "MICRO_PROXY_ADDRESS",
+            "MICRO_SERVICE_NAME",
+            "MICRO_SERVICE_VERSION"
+        ],
+        "{run}"
+    );
+    assert_eq!(vars["MICRO_SERVICE_NAME"], "envsvc");
+    assert_eq!(vars["MICRO_NAMESPACE"], "micro");
+    assert_eq!(vars["MICRO_PROXY_ADDRESS"], s.proxy);
+    assert_eq!(vars["GREETING"], "hi");
+    assert!(
+        vars.contains_key("PATH") && vars.contains_key("HOME"),
+        "{run}"
+    );
+    // What the shell itself sets aside, nothing but the allowed names.
+    let allowed = [
+        "PATH", "HOME", "LANG", "TZ", "GREETING", "PWD", "OLDPWD", "SHLVL", "_",
+    ];
+    for k in vars.keys() {
+        assert!(
+            k.starts_with("MICRO_") || allowed.contains(k),
+            "{k} reached the service: {run}"
+        );
+    }
 }

@@ -9,7 +9,8 @@
 //! Raft group (and not removed).
 //!
 //! Must never: answer anything but `Join` for a caller without a member's
-//! certificate, or forward a proxied call a second time.
+//! certificate, forward a proxied call a second time, or pass one to an
+//! address that is not an instance registered on this node.
 
 use std::sync::Arc;
 
@@ -189,6 +190,14 @@ pub fn routes(cluster: Arc<Cluster>, local: axum::Router, router: Arc<Router>) -
                 let Ok(addr) = addr.to_str().map(str::to_string) else {
                     return Status::invalid_argument("bad instance address").into_http();
                 };
+                // Only to an instance registered on this node, whatever the
+                // caller names.
+                if let Err(status) =
+                    router.check_local_instance(req.headers(), req.uri().path(), &addr)
+                {
+                    tracing::warn!(?node, %addr, "refused a proxied call to an unregistered address");
+                    return status.into_http();
+                }
                 return router.forward_local(&addr, req).await;
             }
             // Whatever this node does with it, it does here.

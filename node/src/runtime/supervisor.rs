@@ -6,14 +6,18 @@
 //! run in a process group of their own, so stopping reaches everything they
 //! started. A process that exits on its own is restarted with exponential
 //! backoff; a build that fails is final. Everything the build and the process
-//! print goes to the service's log file (see [`super::logs`]).
+//! print goes to the service's log file (see [`super::logs`]). Both start
+//! from an empty environment: `PATH`, `HOME`, `LANG`, `TZ` (builds also the
+//! toolchains' variables, see [`tool_env`]) and the spec's own variables.
 //!
-//! Must never: signal any process group but one it created (a group id is
+//! Must never: pass the node's environment (its secrets) to a service or a
+//! build, signal any process group but one it created (a group id is
 //! only signalled while this supervisor owns it, and never 0 or 1, which
 //! would reach the node itself or every process), block the async runtime on
 //! process or disk I/O, or leave the service's processes running once the
 //! handle is stopped or dropped.
 
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -396,28 +400,81 @@ enum Program {
     Exec(PathBuf),
 }
 
+/// What a service's process takes from the node's environment; everything
+/// else it gets is in [`Spec::env`].
+const RUN_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
+
+/// What builds (and fetching sources) take on top: what cargo, rustup and
+/// git need to find toolchains, caches, certificates and proxies.
+const TOOL_ENV: &[&str] = &[
+    "LC_ALL",
+    "USER",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+    "RUSTUP_AUTO_INSTALL",
+    "CARGO_NET_OFFLINE",
+    "CARGO_BUILD_JOBS",
+    "RUSTC_WRAPPER",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+];
+
+fn inherited(names: &'static [&'static str]) -> impl Iterator<Item = (&'static str, OsString)> {
+    names
+        .iter()
+        .filter_map(|k| std::env::var_os(k).map(|v| (*k, v)))
+}
+
+/// The node's variables a service's process keeps.
+pub fn run_env() -> impl Iterator<Item = (&'static str, OsString)> {
+    inherited(RUN_ENV)
+}
+
+/// The node's variables a build or a `git` fetch keeps: [`run_env`] and
+/// the toolchains'. Never the node's secrets (`MICRO_*` is not among them).
+pub fn tool_env() -> impl Iterator<Item = (&'static str, OsString)> {
+    inherited(RUN_ENV).chain(inherited(TOOL_ENV))
+}
+
 impl Program {
-    fn command(&self, spec: &Spec) -> Command {
+    /// The process (a `build` step or the service), in a clean environment:
+    /// the node's own variables never reach either, only what [`run_env`]
+    /// (for builds [`tool_env`]) lets through, then the spec's.
+    fn command(&self, spec: &Spec, build: bool) -> Command {
         let mut cmd = match self {
             Program::Shell(script) => {
                 let mut c = Command::new("sh");
                 c.arg("-c").arg(script);
                 c
             }
-            Program::CargoBuild {
-                target_dir,
-                release,
-            } => {
+            Program::CargoBuild { release, .. } => {
                 let mut c = Command::new("cargo");
                 c.arg("build");
                 if *release {
                     c.arg("--release");
                 }
-                c.env("CARGO_TARGET_DIR", target_dir);
                 c
             }
             Program::Exec(path) => Command::new(path),
         };
+        cmd.env_clear();
+        if build {
+            cmd.envs(tool_env());
+        } else {
+            cmd.envs(run_env());
+        }
+        if let Program::CargoBuild { target_dir, .. } = self {
+            cmd.env("CARGO_TARGET_DIR", target_dir);
+        }
         cmd.current_dir(&spec.dir)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -495,7 +552,7 @@ async fn run(
         }
         reporter.set(State::Building, None);
         sink.note(&format!("building: {}", build.describe())).await;
-        let mut proc = match Proc::spawn(build.command(spec), &sink, shared) {
+        let mut proc = match Proc::spawn(build.command(spec, true), &sink, shared) {
             Ok(p) => p,
             Err(e) => {
                 return Ended::Failed(format!("cannot start build ({}): {e}", build.describe()))
@@ -534,7 +591,7 @@ async fn run(
             return Ended::Stopped;
         }
         let started = Instant::now();
-        let mut proc = match Proc::spawn(program.command(spec), &sink, shared) {
+        let mut proc = match Proc::spawn(program.command(spec, false), &sink, shared) {
             Ok(p) => p,
             Err(e) => return Ended::Failed(format!("cannot start {}: {e}", program.describe())),
         };

@@ -7,8 +7,25 @@
 //! re-registers to stay; one that stops heartbeating drops out of every read
 //! at once and is purged by the leader. Watches stream changes under the
 //! namespace as the replica applies them.
+//!
+//! Who may register what, through the gRPC call (the node registers its own
+//! services directly with [`register`]):
+//! * a service name belongs to the account that first registered it
+//!   (`registry-owners/<namespace>/<service>`, kept when its instances
+//!   expire); after that only that account, a service the runtime runs for
+//!   it (the runtime's service account stands for the account that ran the
+//!   service) or an admin of the namespace may register or deregister it.
+//!   A name nobody owns stays open to anonymous callers, as the rules allow.
+//! * core service names (store, config, …) are the node's alone.
+//! * an instance must be on the registering node: a loopback address or one
+//!   of the node's own IPs, and not one of the node's own ports. Its `node`
+//!   metadata is always the registering node.
+//!
+//! Must never: let a caller name an instance elsewhere than on this node, or
+//! register a name another account owns.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use micro_proto::registry::registry_server::Registry;
@@ -16,40 +33,231 @@ use micro_proto::registry::{
     EmptyResponse, GetRequest, GetResponse, ListRequest, ListResponse, Node, Result as WatchResult,
     Service, WatchRequest,
 };
-use micro_raft::{now_millis, Change, Op, Replica, Txn};
+use micro_raft::{now_millis, Change, Cond, Op, Replica, Txn};
 use prost::Message;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Claims;
 use crate::grpc::{barrier, check_name, namespace, status};
+use crate::services::auth::caller;
 
 /// How long a registration lives without a heartbeat, unless it says.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(90);
 /// The longest TTL a registration may ask for.
 const MAX_TTL_SECS: i64 = 24 * 3600;
 
+/// Names only the node itself registers.
+pub const CORE_NAMES: &[&str] = &[
+    "store", "config", "registry", "auth", "runtime", "cluster", "broker", "events", "network",
+];
+
 /// The Registry service over the replicated state.
 pub struct RegistryService {
     replica: Replica,
     node_id: u64,
+    /// The node's own listening sockets (gRPC, API, dashboard, cluster).
+    listen: Vec<SocketAddr>,
 }
 
 impl RegistryService {
-    /// The registry of node `node_id`: instances registered through it are
-    /// marked as its own (metadata `node`), so other nodes reach them
-    /// through it.
-    pub fn new(replica: Replica, node_id: u64) -> Self {
-        RegistryService { replica, node_id }
+    /// The registry of node `node_id`, which listens on `listen`: instances
+    /// registered through it must be on this host and are marked as its own
+    /// (metadata `node`), so other nodes reach them through it.
+    pub fn new(replica: Replica, node_id: u64, listen: Vec<SocketAddr>) -> Self {
+        RegistryService {
+            replica,
+            node_id,
+            listen,
+        }
     }
+
+    /// Refuses an instance address that is not on this node: not an IP
+    /// and port, not loopback nor one of the node's IPs, or one of the
+    /// node's own ports (calls would loop back into it).
+    fn check_address(&self, addr: &str) -> Result<(), Status> {
+        let sock: SocketAddr = match addr.parse() {
+            Ok(a) => a,
+            Err(_) => match addr.strip_prefix("localhost:").map(str::parse::<u16>) {
+                Some(Ok(port)) => SocketAddr::from(([127, 0, 0, 1], port)),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "instance address '{}' is not an IP address and port",
+                        addr.escape_default()
+                    )))
+                }
+            },
+        };
+        let ip = sock.ip().to_canonical();
+        let own_port = self.listen.iter().any(|l| {
+            l.port() == sock.port()
+                && (l.ip().is_unspecified() || l.ip().to_canonical() == ip || ip.is_loopback())
+        });
+        if own_port {
+            return Err(Status::permission_denied(format!(
+                "instance address {addr} is one of this node's own ports"
+            )));
+        }
+        let listens_everywhere = self.listen.iter().any(|l| l.ip().is_unspecified());
+        let on_this_node = !ip.is_unspecified()
+            && (ip.is_loopback()
+                || self.listen.iter().any(|l| l.ip().to_canonical() == ip)
+                || (listens_everywhere && is_local_ip(ip)));
+        if on_this_node {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "instance address {addr} is not on this node: register instances at a loopback address or one of this node's own addresses"
+            )))
+        }
+    }
+
+    /// Who registers, as far as ownership goes: a service the runtime runs
+    /// stands for the account that ran it; anyone else is their account.
+    fn registrant(&self, c: &Claims) -> Owner {
+        if c.kind == "service" {
+            if let Some((account, issuer)) =
+                crate::services::runtime::runner_of(&self.replica, &c.iss, &c.sub)
+            {
+                return Owner { account, issuer };
+            }
+        }
+        Owner {
+            account: c.sub.clone(),
+            issuer: c.iss.clone(),
+        }
+    }
+
+    /// The conditions (and the claim of the name, for a first registrant
+    /// with an account) under which `claims` may change `name` in `ns`, or
+    /// why not.
+    fn ownership(
+        &self,
+        ns: &str,
+        name: &str,
+        claims: Option<&Claims>,
+        claim: bool,
+    ) -> Result<(Cond, Option<Op>), Status> {
+        let key = owner_key(ns, name);
+        let existing = self
+            .replica
+            .reader()
+            .get(&key, now_millis())
+            .map_err(status)?;
+        let who = claims.map(|c| self.registrant(c));
+        match existing {
+            None => {
+                let op = match (&who, claim) {
+                    (Some(o), true) => Some(Op::Put {
+                        key: key.clone(),
+                        value: serde_json::to_vec(o)
+                            .map_err(|e| Status::internal(e.to_string()))?,
+                        expires_at: None,
+                    }),
+                    _ => None,
+                };
+                Ok((Cond::Absent(key), op))
+            }
+            Some(rec) => {
+                let owner: Owner = serde_json::from_slice(&rec.value)
+                    .map_err(|e| Status::internal(format!("corrupt registry owner: {e}")))?;
+                let admin = claims.is_some_and(|c| c.is_admin_in(ns));
+                if admin || who.as_ref() == Some(&owner) {
+                    return Ok((Cond::ValueEq(key, rec.value), None));
+                }
+                let who = match &who {
+                    Some(o) => format!("account {}", o.account),
+                    None => "an anonymous caller".to_string(),
+                };
+                Err(Status::permission_denied(format!(
+                    "service {name} belongs to account {}: {who} may not register or deregister it",
+                    owner.account
+                )))
+            }
+        }
+    }
+}
+
+impl RegistryService {
+    /// Writes `txn()` if `claims` may change `name` (see [`Self::ownership`]),
+    /// under the condition that the name's owner is still the one checked;
+    /// retried when it changed meanwhile.
+    async fn write_checked(
+        &self,
+        ns: &str,
+        name: &str,
+        claims: Option<&Claims>,
+        claim: bool,
+        txn: impl Fn() -> Result<Txn, Status>,
+    ) -> Result<(), Status> {
+        for _ in 0..3 {
+            let (cond, take) = self.ownership(ns, name, claims, claim)?;
+            let mut t = txn()?.when(cond);
+            t.ops.extend(take);
+            if self.replica.write(t).await.map_err(status)?.succeeded {
+                return Ok(());
+            }
+        }
+        Err(Status::aborted(format!(
+            "the owner of service {name} changed meanwhile; try again"
+        )))
+    }
+}
+
+/// The account (id, namespace) that owns service name `name` in `ns`, if
+/// one does.
+pub fn owner_of(replica: &Replica, ns: &str, name: &str) -> Option<(String, String)> {
+    let rec = replica
+        .reader()
+        .get(&owner_key(ns, name), now_millis())
+        .ok()??;
+    let o: Owner = serde_json::from_slice(&rec.value).ok()?;
+    Some((o.account, o.issuer))
+}
+
+/// Whether `ip` is one of this host's addresses: only those can be bound.
+fn is_local_ip(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+/// The account that owns a service name in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Owner {
+    account: String,
+    issuer: String,
+}
+
+fn owner_key(ns: &str, name: &str) -> Vec<u8> {
+    format!("registry-owners/{ns}/{name}").into_bytes()
+}
+
+fn refuse_core(name: &str) -> Result<(), Status> {
+    if CORE_NAMES.contains(&name) {
+        return Err(Status::permission_denied(format!(
+            "{name} is a core service: only the node registers it"
+        )));
+    }
+    Ok(())
 }
 
 fn service_prefix(ns: &str, name: &str) -> String {
     format!("registry/{ns}/{name}/")
 }
 
-/// Writes one record per node of `svc` in namespace `ns`.
+/// Writes one record per node of `svc` in namespace `ns`, unchecked: for the
+/// node's own services.
 pub async fn register(replica: &Replica, ns: &str, svc: Service) -> Result<(), Status> {
+    replica
+        .write(register_txn(ns, svc)?)
+        .await
+        .map_err(status)?;
+    Ok(())
+}
+
+/// The transaction that writes one record per node of `svc`.
+fn register_txn(ns: &str, svc: Service) -> Result<Txn, Status> {
     check_name("service name", &svc.name)?;
     let version = if svc.version.is_empty() {
         "latest".to_string()
@@ -92,13 +300,20 @@ pub async fn register(replica: &Replica, ns: &str, svc: Service) -> Result<(), S
     }
     let mut txn = Txn::ops(ops);
     txn.now = now;
-    replica.write(txn).await.map_err(status)?;
-    Ok(())
+    Ok(txn)
 }
 
 /// Removes the given nodes of `svc`, or every node of its version when it
-/// names none.
+/// names none; unchecked, for the node's own services.
 pub async fn deregister(replica: &Replica, ns: &str, svc: &Service) -> Result<(), Status> {
+    replica
+        .write(deregister_txn(ns, svc)?)
+        .await
+        .map_err(status)?;
+    Ok(())
+}
+
+fn deregister_txn(ns: &str, svc: &Service) -> Result<Txn, Status> {
     check_name("service name", &svc.name)?;
     let version = if svc.version.is_empty() {
         "latest"
@@ -119,8 +334,7 @@ pub async fn deregister(replica: &Replica, ns: &str, svc: &Service) -> Result<()
             })
             .collect()
     };
-    replica.write(Txn::ops(ops)).await.map_err(status)?;
-    Ok(())
+    Ok(Txn::ops(ops))
 }
 
 /// Every live registration under `prefix`, merged per (name, version).
@@ -183,19 +397,33 @@ impl Registry for RegistryService {
 
     async fn register(&self, req: Request<Service>) -> Result<Response<EmptyResponse>, Status> {
         let ns = namespace(&req)?;
+        let claims = caller(&req);
         let mut svc = req.into_inner();
+        check_name("service name", &svc.name)?;
+        refuse_core(&svc.name)?;
         for node in &mut svc.nodes {
+            self.check_address(&node.address)?;
+            // Where the instance runs is this node's word, not the caller's.
             node.metadata
-                .entry("node".to_string())
-                .or_insert_with(|| self.node_id.to_string());
+                .insert("node".to_string(), self.node_id.to_string());
         }
-        register(&self.replica, &ns, svc).await?;
+        self.write_checked(&ns, &svc.name.clone(), claims.as_ref(), true, || {
+            register_txn(&ns, svc.clone())
+        })
+        .await?;
         Ok(Response::new(EmptyResponse {}))
     }
 
     async fn deregister(&self, req: Request<Service>) -> Result<Response<EmptyResponse>, Status> {
         let ns = namespace(&req)?;
-        deregister(&self.replica, &ns, req.get_ref()).await?;
+        let claims = caller(&req);
+        let svc = req.into_inner();
+        check_name("service name", &svc.name)?;
+        refuse_core(&svc.name)?;
+        self.write_checked(&ns, &svc.name, claims.as_ref(), false, || {
+            deregister_txn(&ns, &svc)
+        })
+        .await?;
         Ok(Response::new(EmptyResponse {}))
     }
 
@@ -292,5 +520,160 @@ impl Registry for RegistryService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn service(dir: &std::path::Path) -> RegistryService {
+        let r = Replica::open(dir, 1, micro_raft::Options::default())
+            .await
+            .expect("open");
+        r.bootstrap_alone("127.0.0.1:0".into())
+            .await
+            .expect("bootstrap");
+        RegistryService::new(
+            r,
+            1,
+            vec![
+                "127.0.0.1:8081".parse().unwrap(),
+                "192.0.2.7:8080".parse().unwrap(),
+            ],
+        )
+    }
+
+    fn account(id: &str, scopes: &[&str]) -> Claims {
+        Claims {
+            sub: id.into(),
+            iss: "micro".into(),
+            kind: "user".into(),
+            name: id.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            iat: 0,
+            exp: u64::MAX,
+        }
+    }
+
+    fn reg(name: &str, addr: &str) -> Service {
+        Service {
+            name: name.into(),
+            version: "1.0".into(),
+            nodes: vec![Node {
+                id: format!("{name}-1"),
+                address: addr.into(),
+                metadata: Default::default(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn request(svc: Service, who: Option<&Claims>) -> Request<Service> {
+        let mut req = Request::new(svc);
+        if let Some(c) = who {
+            req.extensions_mut().insert(c.clone());
+        }
+        req
+    }
+
+    #[tokio::test]
+    async fn instances_must_be_on_this_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = service(dir.path()).await;
+        for ok in [
+            "127.0.0.1:5000",
+            "127.0.0.9:1",
+            "[::1]:80",
+            "localhost:9",
+            "192.0.2.7:1",
+        ] {
+            assert!(r.check_address(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("10.1.2.3:1", "is not on this node"),
+            ("0.0.0.0:5000", "is not on this node"),
+            ("example.com:80", "is not an IP address and port"),
+            ("127.0.0.1", "is not an IP address and port"),
+            ("127.0.0.1:8081", "one of this node's own ports"),
+            ("192.0.2.7:8080", "one of this node's own ports"),
+        ] {
+            let e = r.check_address(bad).unwrap_err();
+            assert!(e.message().contains(why), "{bad}: {}", e.message());
+        }
+        let e = r
+            .register(request(reg("svc", "10.1.2.3:1"), None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(collect(&r.replica, "registry/micro/", false)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_name_belongs_to_its_first_registrant() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = service(dir.path()).await;
+        let (a, b, admin) = (
+            account("alice", &[]),
+            account("bob", &[]),
+            account("root", &["admin"]),
+        );
+        r.register(request(reg("svc-a", "127.0.0.1:5001"), Some(&a)))
+            .await
+            .expect("the first registrant takes the name");
+        r.register(request(reg("svc-a", "127.0.0.1:5001"), Some(&a)))
+            .await
+            .expect("and keeps registering it");
+        let e = r
+            .register(request(reg("svc-a", "127.0.0.1:6666"), Some(&b)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            e.message(),
+            "service svc-a belongs to account alice: account bob may not register or deregister it"
+        );
+        let anon = r
+            .register(request(reg("svc-a", "127.0.0.1:6666"), None))
+            .await
+            .unwrap_err();
+        assert_eq!(anon.code(), tonic::Code::PermissionDenied);
+        assert!(r
+            .deregister(request(reg("svc-a", "127.0.0.1:5001"), Some(&b)))
+            .await
+            .is_err());
+        let nodes: Vec<String> = collect(&r.replica, "registry/micro/svc-a/", false)
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| s.nodes)
+            .map(|n| n.address)
+            .collect();
+        assert_eq!(nodes, ["127.0.0.1:5001"], "the registry is unchanged");
+        r.register(request(reg("svc-a", "127.0.0.1:5002"), Some(&admin)))
+            .await
+            .expect("an admin may");
+
+        // A name nobody owns is open to anonymous callers; the node marks
+        // where its instances run.
+        let mut open = reg("open", "127.0.0.1:5003");
+        open.nodes[0]
+            .metadata
+            .insert("node".to_string(), "7".to_string());
+        r.register(request(open, None)).await.expect("anonymous");
+        let got = collect(&r.replica, "registry/micro/open/", false).unwrap();
+        assert_eq!(got[0].nodes[0].metadata["node"], "1");
+
+        for core in CORE_NAMES {
+            let e = r
+                .register(request(reg(core, "127.0.0.1:5004"), Some(&admin)))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.message(),
+                format!("{core} is a core service: only the node registers it")
+            );
+        }
     }
 }

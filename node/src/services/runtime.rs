@@ -27,15 +27,50 @@ use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Claims;
 use crate::cluster::peer::HOP_HEADER;
 use crate::cluster::Cluster;
 use crate::grpc::{barrier, check_name, namespace, status};
+use crate::paths;
 use crate::runtime::logs;
-use crate::runtime::supervisor::{Build, Spec as ProcSpec, State, Supervisor};
-use crate::services::auth::AuthStore;
+use crate::runtime::supervisor::{self, Build, Spec as ProcSpec, State, Supervisor};
+use crate::services::auth::{caller, require_account, AuthStore};
+use crate::services::registry;
 use micro_proto::runtime::runtime_client::RuntimeClient;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
+
+/// The scope that lets an account that is not an admin run code.
+pub const RUNTIME_SCOPE: &str = "runtime";
+
+/// The caller, who must be logged in and may run code in `ns`: an admin of
+/// it or an account holding the `runtime` scope. The public rules never
+/// suffice: running code is a right of its own.
+fn require_runner<'a>(caller: &'a Option<Claims>, ns: &str) -> Result<&'a Claims, Status> {
+    let c = require_account(caller, ns)?;
+    if c.is_admin_in(ns) || c.scopes.iter().any(|s| s == RUNTIME_SCOPE) {
+        Ok(c)
+    } else {
+        Err(Status::permission_denied(format!(
+            "account {} may not run services in namespace {ns}: that needs the {RUNTIME_SCOPE} scope or an admin",
+            c.sub
+        )))
+    }
+}
+
+/// Only the account that ran a service, or an admin of its namespace, may
+/// update or kill it or read its logs.
+fn require_owner(c: &Claims, ns: &str, spec: &Spec) -> Result<(), Status> {
+    let owns = !spec.issuer.is_empty() && c.sub == spec.owner && c.iss == spec.issuer;
+    if owns || c.is_admin_in(ns) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "service {} belongs to account {}: only it or an admin of namespace {ns} may do this",
+            spec.name, spec.owner
+        )))
+    }
+}
 
 /// Largest unpacked upload.
 const MAX_UNPACKED: u64 = 512 * 1024 * 1024;
@@ -62,7 +97,12 @@ struct Spec {
     source: String,
     env: Vec<String>,
     command: String,
+    /// The id of the account that ran it ...
     owner: String,
+    /// ... and that account's namespace (empty in specs from before
+    /// accounts: those only admins manage).
+    #[serde(default)]
+    issuer: String,
     node: u64,
     build: String,
     updated: u64,
@@ -89,6 +129,18 @@ fn spec_key(ns: &str, name: &str) -> Vec<u8> {
 
 fn status_key(ns: &str, name: &str) -> Vec<u8> {
     format!("runtime/{ns}/{name}/status").into_bytes()
+}
+
+/// The account (id, namespace) that ran service `name` in `ns` through the
+/// runtime, if it runs there under an account: the registry lets the
+/// service's own account act for it.
+pub fn runner_of(replica: &Replica, ns: &str, name: &str) -> Option<(String, String)> {
+    let rec = replica
+        .reader()
+        .get(&spec_key(ns, name), now_millis())
+        .ok()??;
+    let spec: Spec = serde_json::from_slice(&rec.value).ok()?;
+    (!spec.issuer.is_empty()).then_some((spec.owner, spec.issuer))
 }
 
 fn is_git(source: &str) -> bool {
@@ -139,19 +191,19 @@ impl Manager {
         })
     }
 
-    fn src_dir(&self, ns: &str, name: &str) -> PathBuf {
-        self.root.join("src").join(ns).join(name)
+    fn src_dir(&self, ns: &str, name: &str) -> Result<PathBuf, Status> {
+        paths::under(&self.root, &["src", ns, name])
     }
 
     /// Where the pid of a service's running process is noted, so that a
     /// node killed without a chance to stop its services can stop the
     /// leftovers when it starts again.
-    fn pid_file(&self, ns: &str, name: &str) -> PathBuf {
-        self.root.join("pids").join(ns).join(name)
+    fn pid_file(&self, ns: &str, name: &str) -> Result<PathBuf, Status> {
+        paths::under(&self.root, &["pids", ns, name])
     }
 
-    fn log_file(&self, ns: &str, name: &str) -> PathBuf {
-        self.root.join("logs").join(ns).join(format!("{name}.log"))
+    fn log_file(&self, ns: &str, name: &str) -> Result<PathBuf, Status> {
+        paths::under(&self.root, &["logs", ns, &format!("{name}.log")])
     }
 
     fn spec(&self, ns: &str, name: &str) -> Result<Option<(Spec, u64)>, Status> {
@@ -170,8 +222,9 @@ impl Manager {
         }
     }
 
-    /// Unpacks a gzipped tar into `dir` (created afresh), refusing paths
-    /// that would land outside it.
+    /// Unpacks a gzipped tar into `dir` (created afresh). Only files and
+    /// folders are taken; a link, a special file or a path that would land
+    /// outside `dir` (absolute, `..`) refuses the whole upload.
     async fn unpack(upload: Vec<u8>, dir: PathBuf) -> Result<(), Status> {
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             let _ = std::fs::remove_dir_all(&dir);
@@ -187,6 +240,7 @@ impl Manager {
                 if total > MAX_UNPACKED {
                     return Err("the upload unpacks to more than 512 MiB".into());
                 }
+                check_entry(&entry)?;
                 if !entry
                     .unpack_in(&dir)
                     .map_err(|e| format!("cannot unpack: {e}"))?
@@ -204,6 +258,11 @@ impl Manager {
     /// Clones a git source into `dir`; returns the short commit id.
     async fn clone(source: &str, dir: &Path) -> Result<String, Status> {
         let (url, reference) = split_ref(source);
+        if url.starts_with('-') || reference.is_some_and(|r| r.is_empty() || r.starts_with('-')) {
+            return Err(Status::invalid_argument(format!(
+                "{source} is not a git URL with an optional @branch or @commit"
+            )));
+        }
         let _ = tokio::fs::remove_dir_all(dir).await;
         if let Some(parent) = dir.parent() {
             tokio::fs::create_dir_all(parent)
@@ -212,13 +271,16 @@ impl Manager {
         }
         let git = |args: Vec<&str>| {
             let mut cmd = tokio::process::Command::new("git");
-            cmd.args(args)
+            // git gets what fetching needs, not the node's secrets.
+            cmd.env_clear()
+                .envs(supervisor::tool_env())
+                .args(args)
                 .env("GIT_TERMINAL_PROMPT", "0")
                 .kill_on_drop(true);
             cmd
         };
         let dir_s = dir.to_string_lossy().to_string();
-        let out = git(vec!["clone", "--quiet", url, &dir_s])
+        let out = git(vec!["clone", "--quiet", "--", url, &dir_s])
             .output()
             .await
             .map_err(|e| Status::failed_precondition(format!("cannot run git: {e}")))?;
@@ -276,30 +338,36 @@ impl Manager {
 
     /// Starts supervising `spec` (stopping a previous process of it first).
     async fn start(self: &Arc<Self>, ns: &str, spec: &Spec) -> Result<(), Status> {
-        let dir = self.src_dir(ns, &spec.name);
+        let dir = self.src_dir(ns, &spec.name)?;
         let build = self.build_kind(&dir, &spec.command, &spec.name).await?;
-        let log_file = self.log_file(ns, &spec.name);
+        let log_file = self.log_file(ns, &spec.name)?;
+        let pid_file = self.pid_file(ns, &spec.name)?;
         if let Some(parent) = log_file.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         let secret = self.service_account(ns, &spec.name).await?;
-        let mut env = vec![
+        // The supervisor starts from an empty environment: the service gets
+        // what its `--env-var`s name, then what the runtime gives it (last,
+        // so it wins: `MICRO_SERVICE_NAME` is how a leftover process is
+        // recognised after a crash), and nothing of the node's own.
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.extend([
             ("MICRO_AUTH_ID".to_string(), spec.name.clone()),
             ("MICRO_AUTH_SECRET".to_string(), secret),
             ("MICRO_PROXY_ADDRESS".to_string(), self.proxy.clone()),
             ("MICRO_NAMESPACE".to_string(), ns.to_string()),
             ("MICRO_SERVICE_NAME".to_string(), spec.name.clone()),
             ("MICRO_SERVICE_VERSION".to_string(), spec.version.clone()),
-        ];
+        ]);
         if let Some(cert) = &self.opts.proxy_cert {
             env.push(("MICRO_PROXY_CA".to_string(), cert.display().to_string()));
-        }
-        for kv in &spec.env {
-            if let Some((k, v)) = kv.split_once('=') {
-                env.push((k.to_string(), v.to_string()));
-            }
         }
         let sup = Supervisor::start(ProcSpec {
             name: spec.name.clone(),
@@ -341,11 +409,10 @@ impl Manager {
                     }
                 }
                 if let Some(pid) = s.pid {
-                    let file = me.pid_file(&ns, &name);
-                    if let Some(dir) = file.parent() {
+                    if let Some(dir) = pid_file.parent() {
                         let _ = tokio::fs::create_dir_all(dir).await;
                     }
-                    let _ = tokio::fs::write(&file, pid.to_string()).await;
+                    let _ = tokio::fs::write(&pid_file, pid.to_string()).await;
                 }
                 if matches!(s.state, State::Stopped) || watch.changed().await.is_err() {
                     return;
@@ -426,7 +493,13 @@ impl Manager {
             }
         }
         for (ns, spec) in specs {
-            kill_leftover(&self.pid_file(&ns, &spec.name), &spec.name).await;
+            match self.pid_file(&ns, &spec.name) {
+                Ok(file) => kill_leftover(&file, &spec.name).await,
+                Err(e) => {
+                    tracing::warn!("not restarting {}: {}", spec.name, e.message());
+                    continue;
+                }
+            }
             tracing::info!("restarting service {} in {ns}", spec.name);
             if let Err(e) = self.start(&ns, &spec).await {
                 tracing::warn!("cannot restart {}: {}", spec.name, e.message());
@@ -457,7 +530,7 @@ impl Manager {
         source: &str,
         upload: Vec<u8>,
     ) -> Result<String, Status> {
-        let dir = self.src_dir(ns, name);
+        let dir = self.src_dir(ns, name)?;
         if !upload.is_empty() {
             let id = hex8(&Sha256::digest(&upload));
             Self::unpack(upload, dir).await?;
@@ -499,6 +572,30 @@ async fn kill_leftover(pid_file: &Path, name: &str) {
         }
     }
     let _ = tokio::fs::remove_file(pid_file).await;
+}
+
+/// Refuses an upload entry that is not a file or a folder. Links are
+/// refused too: the CLI never packs one, and a link (to `.`, say) that later
+/// entries pass through could place them outside the folder.
+fn check_entry<R: std::io::Read>(entry: &tar::Entry<'_, R>) -> Result<(), String> {
+    use tar::EntryType;
+    match entry.header().entry_type() {
+        EntryType::Regular | EntryType::Continuous | EntryType::Directory => Ok(()),
+        kind => {
+            let path = entry
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let what = if kind.is_symlink() || kind.is_hard_link() {
+                "a link"
+            } else {
+                "a special file"
+            };
+            Err(format!(
+                "the upload holds {what} ({path}): only files and folders are taken"
+            ))
+        }
+    }
 }
 
 fn hex8(bytes: &[u8]) -> String {
@@ -572,17 +669,36 @@ impl Runtime for RuntimeService {
         req: Request<CreateRequest>,
     ) -> Result<Response<CreateResponse>, Status> {
         let ns = namespace(&req)?;
-        let caller = req.extensions().get::<crate::auth::Claims>().cloned();
+        let caller = caller(&req);
+        let runner = require_runner(&caller, &ns)?;
         let req = req.into_inner();
         let svc = req
             .service
             .ok_or_else(|| Status::invalid_argument("a service is required"))?;
         check_name("service name", &svc.name)?;
+        // A name another account registered would be refused to the
+        // service anyway; say so now rather than run it.
+        if let Some((account, issuer)) = registry::owner_of(&self.manager.replica, &ns, &svc.name) {
+            let own = account == runner.sub && issuer == runner.iss;
+            if !own && !runner.is_admin_in(&ns) {
+                return Err(Status::permission_denied(format!(
+                    "service name {} is registered by account {account}: run it under another --name",
+                    svc.name
+                )));
+            }
+        }
         let opts = req.options.unwrap_or_default();
         for kv in &opts.env {
-            if !kv.contains('=') {
+            let valid = kv.split_once('=').is_some_and(|(k, v)| {
+                !k.is_empty()
+                    && !k.starts_with(|c: char| c.is_ascii_digit())
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !v.contains('\0')
+            });
+            if !valid {
                 return Err(Status::invalid_argument(format!(
-                    "--env {kv}: expected KEY=VALUE"
+                    "--env-var {}: expected KEY=VALUE, the key made of letters, digits and '_'",
+                    kv.escape_default()
                 )));
             }
         }
@@ -604,12 +720,9 @@ impl Runtime for RuntimeService {
             source: svc.source,
             env: opts.env,
             command: opts.command,
-            // The caller's account when it has one; an anonymous caller's
-            // own word otherwise (the CLI sends its user's name).
-            owner: caller
-                .map(|c| c.sub)
-                .or_else(|| svc.metadata.get("owner").cloned())
-                .unwrap_or_else(|| "anonymous".into()),
+            // The caller's account, never the client's word.
+            owner: runner.sub.clone(),
+            issuer: runner.iss.clone(),
             node: m.node_id,
             build,
             updated: now_millis(),
@@ -688,6 +801,8 @@ impl Runtime for RuntimeService {
         req: Request<UpdateRequest>,
     ) -> Result<Response<UpdateResponse>, Status> {
         let ns = namespace(&req)?;
+        let caller = caller(&req);
+        let runner = require_runner(&caller, &ns)?;
         let (md, _, req) = req.into_parts();
         let name = req
             .service
@@ -699,6 +814,7 @@ impl Runtime for RuntimeService {
         let (mut spec, version) = m
             .spec(&ns, &name)?
             .ok_or_else(|| Status::not_found("Service not found"))?;
+        require_owner(runner, &ns, &spec)?;
         if spec.node != m.node_id {
             let mut owner = self.owner(spec.node, &md)?;
             return owner
@@ -744,6 +860,8 @@ impl Runtime for RuntimeService {
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let ns = namespace(&req)?;
+        let caller = caller(&req);
+        let account = require_account(&caller, &ns)?;
         let (md, _, req) = req.into_parts();
         let name = req.name.clone();
         check_name("service name", &name)?;
@@ -751,6 +869,7 @@ impl Runtime for RuntimeService {
         let (spec, _) = m
             .spec(&ns, &name)?
             .ok_or_else(|| Status::not_found("Service not found"))?;
+        require_owner(account, &ns, &spec)?;
         if spec.node != m.node_id {
             let mut owner = self.owner(spec.node, &md)?;
             return owner
@@ -764,9 +883,13 @@ impl Runtime for RuntimeService {
             }]))
             .await
             .map_err(status)?;
-        let (src, log) = (m.src_dir(&ns, &name), m.log_file(&ns, &name));
+        let (src, log, pid) = (
+            m.src_dir(&ns, &name)?,
+            m.log_file(&ns, &name)?,
+            m.pid_file(&ns, &name)?,
+        );
         let _ = m.accounts.delete(&ns, &name).await;
-        let _ = tokio::fs::remove_file(m.pid_file(&ns, &name)).await;
+        let _ = tokio::fs::remove_file(pid).await;
         let _ = tokio::fs::remove_dir_all(src).await;
         let _ = tokio::fs::remove_file(&log).await;
         let _ = tokio::fs::remove_file(log.with_extension("log.1")).await;
@@ -778,12 +901,15 @@ impl Runtime for RuntimeService {
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let ns = namespace(&req)?;
+        let caller = caller(&req);
+        let account = require_account(&caller, &ns)?;
         let (md, _, req) = req.into_parts();
         check_name("service name", &req.name)?;
         let m = &self.manager;
         let (spec, _) = m
             .spec(&ns, &req.name)?
             .ok_or_else(|| Status::not_found("Service not found"))?;
+        require_owner(account, &ns, &spec)?;
         if spec.node != m.node_id {
             // The log file is on the owning node: stream it from there.
             let mut owner = self.owner(spec.node, &md)?;
@@ -793,7 +919,7 @@ impl Runtime for RuntimeService {
                 .into_inner();
             return Ok(Response::new(Box::pin(remote)));
         }
-        let file = m.log_file(&ns, &req.name);
+        let file = m.log_file(&ns, &req.name)?;
         let count = if req.count > 0 {
             req.count as usize
         } else {
@@ -839,5 +965,57 @@ mod tests {
             ("file:///tmp/repo", Some("dev"))
         );
         assert_eq!(split_ref("https://user@h/x"), ("https://user@h/x", None));
+    }
+
+    /// A gzipped tar of one entry, its name written raw (the tar crate's
+    /// own setters refuse `..`).
+    fn tar_of(name: &str, kind: tar::EntryType, link: Option<&str>, body: &[u8]) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(body.len() as u64);
+        if let Some(l) = link {
+            header.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        header.set_cksum();
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        b.append(&header, body).unwrap();
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn uploads_cannot_escape_their_folder() {
+        use tar::EntryType::*;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("svc");
+        let refused = |r: Result<(), Status>| r.unwrap_err().message().to_string();
+        let up = tar_of("../evil", Regular, None, b"x");
+        assert_eq!(
+            refused(Manager::unpack(up, dir.clone()).await),
+            "the upload has a path outside its folder"
+        );
+        let up = tar_of("link", Symlink, Some("/"), b"");
+        assert_eq!(
+            refused(Manager::unpack(up, dir.clone()).await),
+            "the upload holds a link (link): only files and folders are taken"
+        );
+        let up = tar_of("hard", Link, Some("../../auth-signing.key"), b"");
+        assert!(refused(Manager::unpack(up, dir.clone()).await).contains("holds a link"));
+        let up = tar_of("fifo", Fifo, None, b"");
+        assert!(refused(Manager::unpack(up, dir.clone()).await).contains("a special file"));
+        // An absolute path lands inside the folder.
+        let up = tar_of("/abs.txt", Regular, None, b"inside");
+        Manager::unpack(up, dir.clone()).await.unwrap();
+        assert_eq!(std::fs::read(dir.join("abs.txt")).unwrap(), b"inside");
+        let beside: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(beside, ["svc"], "nothing was written beside the folder");
+        assert!(!std::path::Path::new("/abs.txt").exists());
     }
 }
