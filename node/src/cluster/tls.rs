@@ -662,6 +662,9 @@ async fn handshake(tls: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Opti
     })
 }
 
+/// One kind of cluster-port connection, for tonic's `serve_with_incoming*`.
+pub type Conns = ReceiverStream<Result<TlsConn, io::Error>>;
+
 /// Splits the connections of [`incoming`] in two: those whose client
 /// presented a (verified) certificate, and those without one (joiners and
 /// strangers), so each kind is served by its own HTTP/2 server with its own
@@ -670,10 +673,7 @@ async fn handshake(tls: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Opti
 /// Must be called inside a tokio runtime (it spawns the task that sorts).
 pub fn split_by_certificate(
     conns: impl Stream<Item = Result<TlsConn, io::Error>> + Send + 'static,
-) -> (
-    ReceiverStream<Result<TlsConn, io::Error>>,
-    ReceiverStream<Result<TlsConn, io::Error>>,
-) {
+) -> (Conns, Conns) {
     use futures::StreamExt;
     let (members_tx, members_rx) = mpsc::channel(64);
     let (anon_tx, anon_rx) = mpsc::channel(64);
