@@ -22,8 +22,9 @@
 //!
 //! This module must never rely on a process-wide rustls crypto provider (it
 //! always uses the ring provider explicitly), never skip certificate
-//! verification, never accept TLS versions below 1.3, and never let a slow
-//! or broken handshake stall the accept loop.
+//! verification (so no session resumption between nodes: a resumed
+//! session is not verified again), never accept TLS versions below 1.3,
+//! and never let a slow or broken handshake stall the accept loop.
 
 use std::fmt;
 use std::future::Future;
@@ -207,6 +208,10 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(MemberClientVerifier { inner, trust }))
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // A resumed session skips the verifier: a removed node could come back
+    // on a ticket from before its removal. Every handshake is a full one.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 
@@ -230,6 +235,9 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(MemberServerVerifier { inner, trust }))
         .with_client_auth_cert(chain, key)?;
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Full handshakes only, so the server's certificate is verified (and
+    // checked against the trust set) on every connection.
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }
 
