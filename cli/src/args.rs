@@ -170,8 +170,15 @@ pub struct ClusterArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Print the token other nodes join with (admins only)
-    Token,
+    /// Issue a token a new node joins with (global admins only)
+    Token {
+        /// How long the token works
+        #[arg(long, value_parser = parse_duration, default_value = "24h", value_name = "DURATION")]
+        ttl: Duration,
+        /// Revoke every token issued so far, then issue a new one
+        #[arg(long)]
+        revoke_all: bool,
+    },
     /// List the nodes: id, addresses, gossip state and Raft role
     Members,
     /// Show each node's Raft state: leader, term, log, commit and applied index

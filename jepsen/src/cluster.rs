@@ -169,7 +169,7 @@ impl Cluster {
                 client.set_token(Some(&token.access_token));
                 let join = client
                     .cluster()
-                    .token(micro_proto::cluster::TokenRequest {})
+                    .token(micro_proto::cluster::TokenRequest::default())
                     .await?
                     .into_inner()
                     .token;

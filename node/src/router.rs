@@ -206,7 +206,7 @@ impl Router {
         let channel = self
             .cluster
             .peers
-            .channel(&peer)
+            .channel_to(node, &peer)
             .map_err(|s| s.message().to_string())?;
         let mut out = Request::builder()
             .method(parts.method.clone())

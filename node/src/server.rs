@@ -36,6 +36,7 @@ use crate::cluster::material::Material;
 use crate::cluster::state::{Cluster, NodeInfo};
 use crate::cluster::tls;
 use crate::cluster::transport::{Forwarder, Peers, RaftNet};
+use crate::cluster::trust::Trust;
 use crate::router::Router;
 use crate::secrets::SecretBox;
 use crate::services::auth::{
@@ -311,6 +312,7 @@ pub async fn run(
     let advertised = reachable(cluster_addr);
 
     let id = node_id(&dir)?;
+    Material::check_raft_state(&dir).map_err(ServerError::Cluster)?;
     let fresh = !dir.join("raft").exists();
     let material = if Material::exists(&dir) {
         if opts.join.is_some() {
@@ -338,8 +340,9 @@ pub async fn run(
         Arc::new(SecretBox::load(&dir, opts.config_secret_key.as_deref()).map_err(data_err(&dir))?);
     let keys = Keys::load(&dir).map_err(data_err(&dir))?;
     let tls_err = |e: crate::cluster::tls::TlsError| ServerError::Cluster(e.to_string());
-    let peers = Peers::new(tls::client_config(&material.identity).map_err(tls_err)?);
-    let server_tls = tls::server_config(&material.identity).map_err(tls_err)?;
+    let trust = Trust::new();
+    let peers = Peers::new(tls::client_config(&material.identity, trust.clone()).map_err(tls_err)?);
+    let server_tls = tls::server_config(&material.identity, trust.clone()).map_err(tls_err)?;
     let gossip_key = material.gossip_key;
     let cluster = Cluster::new(
         id,
@@ -352,6 +355,7 @@ pub async fn run(
             grpc: reachable(proxy_addr),
         },
         (keys.seed(), secrets.key()),
+        trust.clone(),
     );
     let raft_options = RaftOptions {
         snapshot_after: opts.raft_snapshot_after,
@@ -375,6 +379,11 @@ pub async fn run(
         reason: e.to_string(),
     })?;
     cluster.set_replica(replica.clone());
+    if let Err(e) = cluster.check_own_state(&dir) {
+        replica.shutdown().await;
+        return Err(ServerError::Cluster(e));
+    }
+    let trust_watch = trust.spawn_watch(&replica);
     let gossip_at: SocketAddr = advertised.parse().map_err(|_| ServerError::Address {
         what: "cluster",
         addr: advertised.clone(),
@@ -491,18 +500,28 @@ pub async fn run(
 
     // The cluster port serves first: a joiner must answer the leader
     // before it can be admitted, and a restarted node its peers.
+    let (member_conns, joiner_conns) =
+        tls::split_by_certificate(tls::incoming(cluster_l, server_tls));
     let cluster_server = tonic::transport::Server::builder()
         // Raft calls to a frozen peer time out and are cancelled by the
         // dozen; h2's reset-flood guard would take that for abuse and drop
-        // the connection when the peer comes back.
+        // the connection when the peer comes back. Only members (with a
+        // verified certificate) get this server.
         .http2_max_pending_accept_reset_streams(Some(10_000))
         .add_routes(Routes::from(crate::cluster::peer::routes(
             cluster.clone(),
             local_stack.clone(),
             router.clone(),
         )))
-        .serve_with_incoming_shutdown(tls::incoming(cluster_l, server_tls), stopped());
+        .serve_with_incoming_shutdown(member_conns, stopped());
     let cluster_server = tokio::spawn(cluster_server);
+    // Joiners and strangers: h2's default guards, and only Join.
+    let join_server = tonic::transport::Server::builder()
+        .add_routes(Routes::from(crate::cluster::peer::join_routes(
+            cluster.clone(),
+        )))
+        .serve_with_incoming_shutdown(joiner_conns, stopped());
+    let join_server = tokio::spawn(join_server);
     if !cluster.material.joined {
         // The founding node makes a one-voter cluster the first time, and
         // as a lone voter restarting elects itself at once.
@@ -646,6 +665,8 @@ pub async fn run(
     keeper.abort();
     gossip.shutdown().await;
     let _ = cluster_server.await;
+    let _ = join_server.await;
+    trust_watch.abort();
     replica.shutdown().await;
     let _ = std::fs::remove_file(&listen_file);
     match grpc_result {

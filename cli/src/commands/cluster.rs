@@ -1,5 +1,5 @@
-//! `micro cluster`: the join token, the members, each node's Raft status,
-//! and removing a node.
+//! `micro cluster`: issuing (and revoking) join tokens, the members, each
+//! node's Raft status, and removing a node.
 
 use micro_proto::cluster::{MembersRequest, RemoveRequest, StatusRequest, TokenRequest};
 
@@ -11,8 +11,15 @@ pub async fn run(ctx: Context, args: &ClusterArgs) -> Result<(), Failure> {
     let client = ctx.connect().await?;
     let mut cluster = client.cluster();
     match &args.command {
-        ClusterCommand::Token => {
-            let token = cluster.token(TokenRequest {}).await?.into_inner().token;
+        ClusterCommand::Token { ttl, revoke_all } => {
+            let token = cluster
+                .token(TokenRequest {
+                    ttl_seconds: ttl.as_secs().max(1),
+                    revoke_all: *revoke_all,
+                })
+                .await?
+                .into_inner()
+                .token;
             out(format!("{token}\n").as_bytes())
         }
         ClusterCommand::Members => {

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use micro_node::cluster::pki::JoinToken;
 use micro_node::cluster::tls;
+use micro_node::cluster::trust::Trust;
 use micro_proto::cluster::peer_client::PeerClient;
-use micro_proto::cluster::{ProposeRequest, StatusRequest};
+use micro_proto::cluster::{AdmitRequest, ProposeRequest, RaftRequest, StatusRequest};
 use micro_proto::store::{ReadRequest, Record, WriteRequest};
 
 use crate::harness::{http_get, wait_for_nodes, Instance, Run, Server};
@@ -53,7 +54,7 @@ fn cluster(more: usize, env: &[(&str, &str)]) -> Vec<Server> {
     let first = Server::start_node("127.0.0.1", env, &[]);
     login(&first);
     let token = first.micro(&["cluster", "token"]).ok().trim().to_string();
-    assert!(token.starts_with("MICRO1."), "a join token: {token}");
+    assert!(token.starts_with("MICRO2."), "a join token: {token}");
     let mut nodes = vec![first];
     for i in 0..more {
         let ip = format!("127.0.0.{}", i + 2);
@@ -232,17 +233,58 @@ fn three_nodes_serve_everything_fail_over_and_converge() {
 /// returns once it exits (a refused joiner stops).
 fn try_join(home: &crate::harness::Home, name: &str, cluster: &str, token: &str) -> Run {
     let data = home.path().join(name);
-    let mut args = vec!["server", "--data-dir", data.to_str().unwrap()];
+    serve_once(home, &data, &["--join", cluster, "--token", token])
+}
+
+/// Runs `micro server` on 127.0.0.5 with data dir `data` until it exits
+/// (for nodes that must refuse to start); one still running after 60 s is
+/// killed and reported with code -1.
+fn serve_once(home: &crate::harness::Home, data: &std::path::Path, extra: &[&str]) -> Run {
+    let mut cmd = std::process::Command::new(crate::harness::MICRO);
+    cmd.args(["server", "--data-dir", data.to_str().unwrap()]);
     for flag in [
         "--api-address",
         "--proxy-address",
         "--web-address",
         "--cluster-address",
     ] {
-        args.extend([flag, "127.0.0.5:0"]);
+        cmd.args([flag, "127.0.0.5:0"]);
     }
-    args.extend(["--join", cluster, "--token", token]);
-    home.micro(&args)
+    let log = home.path().join("serve-once.log");
+    cmd.args(extra)
+        .env("HOME", home.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MICRO_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().expect("start micro server");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            break -1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Run {
+        stdout: String::new(),
+        stderr: std::fs::read_to_string(&log).unwrap_or_default(),
+        code,
+        server_log: None,
+    }
+}
+
+/// The last line of a run's stderr (a server logs before it fails).
+fn last_line(run: &Run) -> &str {
+    run.stderr.lines().last().unwrap_or("")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,8 +302,8 @@ async fn strangers_cannot_join_or_talk_to_the_cluster_port() {
 
     // A wrong secret: refused, and the joiner stops with one clear line.
     let wrong = JoinToken {
-        ca_fingerprint: good.ca_fingerprint.clone(),
         secret: "x".repeat(32),
+        ..good.clone()
     }
     .to_string();
     let home = crate::harness::Home::new();
@@ -276,7 +318,7 @@ async fn strangers_cannot_join_or_talk_to_the_cluster_port() {
     // the node, so it sends nothing.
     let other = JoinToken {
         ca_fingerprint: "ab".repeat(32),
-        secret: good.secret.clone(),
+        ..good.clone()
     }
     .to_string();
     let run = try_join(&home, "data2", &node.cluster, &other);
@@ -500,4 +542,255 @@ fn nodes_beyond_the_cluster_size_stay_learners_and_still_serve() {
     second.micro(&["store", "write", "from", "learner"]).ok();
     assert_eq!(read(&first, "from").ok(), "learner\n");
     assert_eq!(read(&second, "from").ok(), "learner\n");
+}
+
+#[test]
+fn join_tokens_expire_and_can_all_be_revoked() {
+    let first = Server::start_node("127.0.0.1", &[], &[]);
+    login(&first);
+    let home = crate::harness::Home::new();
+
+    // A token that works for 2 s no longer works after 3 s.
+    let short = first
+        .micro(&["cluster", "token", "--ttl", "2s"])
+        .ok()
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    let run = try_join(&home, "late", &first.cluster, &short);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert_eq!(
+        last_line(&run),
+        format!(
+            "micro server: cannot join through {}: the join token has expired",
+            first.cluster
+        ),
+        "{run:?}"
+    );
+
+    // --revoke-all: a token from before is refused, the new one works.
+    let old = first.micro(&["cluster", "token"]).ok().trim().to_string();
+    let new = first
+        .micro(&["cluster", "token", "--revoke-all"])
+        .ok()
+        .trim()
+        .to_string();
+    assert_ne!(old, new);
+    let run = try_join(&home, "old", &first.cluster, &old);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert_eq!(
+        last_line(&run),
+        format!(
+            "micro server: cannot join through {}: the join token is not valid for this cluster",
+            first.cluster
+        ),
+        "{run:?}"
+    );
+    assert_eq!(members(&first).len(), 1, "nobody joined");
+    let second = Server::start_node(
+        "127.0.0.2",
+        &[],
+        &["--join", &first.cluster, "--token", &new],
+    );
+    // Any member checks a token, not only the one that minted it.
+    let _third = Server::start_node(
+        "127.0.0.3",
+        &[],
+        &["--join", &second.cluster, "--token", &new],
+    );
+    eventually(60, "three members", || {
+        (members(&first).len() == 3).then_some(())
+    });
+}
+
+/// Whether a call failed in the TLS handshake (the server refused the
+/// client's certificate), not with an answer from the server. In TLS 1.3
+/// the client learns it on its first read: the alert, or, when the
+/// connection closes first, only that.
+fn refused_in_handshake(s: &tonic::Status) -> bool {
+    let why = micro_node::cluster::transport::describe(s);
+    why.contains("CertificateRevoked")
+        || (matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ) && (why.contains("connection closed") || why.contains("transport error")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_refused_on_every_cluster_call_and_cannot_rejoin() {
+    let mut nodes = cluster(2, &[]);
+    let gone = nodes[2].node_id;
+    let material = nodes[2].data.join("cluster");
+    let file = |f: &str| std::fs::read_to_string(material.join(f)).unwrap();
+    let identity = tls::Identity {
+        ca_pem: file("ca.crt"),
+        cert_pem: file("node.crt"),
+        key_pem: file("node.key"),
+    };
+    let cfg = || tls::client_config(&identity, Trust::new()).unwrap();
+    // A connection made while it is a member.
+    let mut open = PeerClient::new(tls::channel(&nodes[0].cluster, cfg()).unwrap());
+    open.status(StatusRequest {}).await.unwrap();
+
+    nodes[0]
+        .micro(&["cluster", "remove", &gone.to_string()])
+        .ok();
+
+    // Every member refuses its certificate in the handshake, whatever the
+    // call (the trust set follows the replicated state within moments).
+    for n in &nodes[..2] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut peer = PeerClient::new(tls::channel(&n.cluster, cfg()).unwrap());
+            match peer.status(StatusRequest {}).await {
+                Err(e) if refused_in_handshake(&e) => break,
+                other => {
+                    assert!(Instant::now() < deadline, "still served: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        let mut peer = PeerClient::new(tls::channel(&n.cluster, cfg()).unwrap());
+        let err = peer
+            .admit(AdmitRequest {
+                node_id: gone,
+                address: "127.0.0.9:1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(refused_in_handshake(&err), "{err:?}");
+        let mut peer = PeerClient::new(tls::channel(&n.cluster, cfg()).unwrap());
+        let err = peer
+            .raft(RaftRequest {
+                kind: 1,
+                body: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert!(refused_in_handshake(&err), "{err:?}");
+        let mut store = micro_proto::store::store_client::StoreClient::new(
+            tls::channel(&n.cluster, cfg()).unwrap(),
+        );
+        let err = store
+            .read(ReadRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(refused_in_handshake(&err), "{err:?}");
+    }
+    // The connection it had open is refused call by call.
+    let err = open.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("was removed from this cluster"),
+        "{err:?}"
+    );
+
+    // Restarted on its old material, it does not get back in.
+    let data = nodes[2].data.clone();
+    nodes[2].terminate();
+    let home = crate::harness::Home::new();
+    let run = serve_once(&home, &data, &[]);
+    if run.code != -1 {
+        assert_ne!(run.code, 0, "{run:?}");
+        assert!(
+            last_line(&run).contains(&format!("node {gone} was removed from this cluster")),
+            "{run:?}"
+        );
+    }
+    let left = members(&nodes[0]);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|(id, _, _)| *id != gone), "{left:?}");
+
+    // Nor can anyone join under its id, or under a member's id (which
+    // would hand out a second certificate for it), with a valid token.
+    let token = nodes[0]
+        .micro(&["cluster", "token"])
+        .ok()
+        .trim()
+        .to_string();
+    for (id, why) in [
+        (gone, format!("node {gone} was removed from this cluster")),
+        (
+            nodes[1].node_id,
+            format!(
+                "node id {} is or was a member of this cluster",
+                nodes[1].node_id
+            ),
+        ),
+    ] {
+        let dir = home.path().join(format!("again-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("node-id"), id.to_string()).unwrap();
+        let run = serve_once(
+            &home,
+            &dir,
+            &["--join", &nodes[0].cluster, "--token", &token],
+        );
+        assert_ne!(run.code, 0, "{run:?}");
+        assert!(last_line(&run).contains(&why), "{run:?}");
+    }
+    assert_eq!(members(&nodes[0]).len(), 2);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_node_whose_raft_state_is_lost_or_foreign_refuses_to_start() {
+    let mut a = Server::start_node("127.0.0.1", &[], &[]);
+    let mut b = Server::start_node("127.0.0.2", &[], &[]);
+    login(&a);
+    a.micro(&["store", "write", "k", "kept"]).ok();
+    assert_eq!(a.terminate(), Some(0));
+    assert_eq!(b.terminate(), Some(0));
+    let raft = a.data.join("raft");
+    let mine = a.data.join("raft.mine");
+    std::fs::rename(&raft, &mine).unwrap();
+
+    // raft/ is gone: a founder would found a second cluster. It refuses.
+    let run = serve_once(&a.home, &a.data, &[]);
+    let refusal = format!(
+        "micro server: {} holds this node's cluster material but its Raft state ({}) is missing or empty, so starting would found a second cluster: restore raft/ from a backup, or move the data directory aside and join the cluster again with a fresh --data-dir and a new token (then `micro cluster remove` the old node id)",
+        a.data.display(),
+        raft.display()
+    );
+    assert_ne!(run.code, 0, "{run:?}");
+    assert_eq!(last_line(&run), refusal, "{run:?}");
+    assert!(!raft.exists(), "nothing was made in its place");
+    // An empty raft/ is no better.
+    std::fs::create_dir(&raft).unwrap();
+    let run = serve_once(&a.home, &a.data, &[]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert_eq!(last_line(&run), refusal, "{run:?}");
+    std::fs::remove_dir(&raft).unwrap();
+
+    // Another cluster's raft/: refused too.
+    copy_dir(&b.data.join("raft"), &raft);
+    let run = serve_once(&a.home, &a.data, &[]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        last_line(&run).contains("belongs to another cluster"),
+        "{run:?}"
+    );
+
+    // Its own raft/ restored: it starts and has its data.
+    std::fs::remove_dir_all(&raft).unwrap();
+    std::fs::rename(&mine, &raft).unwrap();
+    a.restart();
+    login(&a);
+    assert_eq!(read(&a, "k").ok(), "kept\n");
 }

@@ -1,9 +1,12 @@
 //! The `Cluster` admin service on every node's gRPC endpoint, behind
-//! `micro cluster token|members|status|remove`. The token and removal need
-//! the `admin` scope; a removal is carried out by the leader (a follower
-//! passes the call on, with the caller's credentials).
+//! `micro cluster token|members|status|remove`. Minting or revoking join
+//! tokens and removing a node need a global admin (an admin of the root
+//! namespace); members and status an account of the root namespace. A
+//! removal is carried out by the leader (a follower passes the call on,
+//! with the caller's credentials).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use micro_proto::cluster::cluster_client::ClusterClient;
 use micro_proto::cluster::cluster_server::Cluster as ClusterApi;
@@ -14,6 +17,7 @@ use micro_proto::cluster::{
 use tonic::{Request, Response, Status};
 
 use super::peer::HOP_HEADER;
+use super::tokens;
 use super::transport::describe;
 use super::Cluster;
 use crate::auth::ROOT_NAMESPACE;
@@ -34,8 +38,25 @@ impl ClusterService {
 impl ClusterApi for ClusterService {
     async fn token(&self, req: Request<TokenRequest>) -> Result<Response<TokenResponse>, Status> {
         require_global_admin(&caller(&req))?;
+        let r = req.into_inner();
+        let ttl = match r.ttl_seconds {
+            0 => tokens::DEFAULT_TTL,
+            secs => Duration::from_secs(secs),
+        };
+        let cluster = &self.cluster;
+        let token = tokens::mint(
+            cluster.replica(),
+            &cluster.material.ca.fingerprint(),
+            ttl,
+            r.revoke_all,
+        )
+        .await?;
+        if r.revoke_all {
+            tracing::info!("every join token issued before was revoked");
+        }
         Ok(Response::new(TokenResponse {
-            token: self.cluster.material.token(),
+            expires_at: token.expires_at,
+            token: token.to_string(),
         }))
     }
 
@@ -72,10 +93,10 @@ impl ClusterApi for ClusterService {
         if req.metadata().contains_key(HOP_HEADER) {
             return Err(Status::unavailable("leadership is changing; try again"));
         }
-        let (_, addr) = cluster.leader().ok_or_else(|| {
+        let (leader, addr) = cluster.leader().ok_or_else(|| {
             Status::unavailable("no leader is elected: the cluster has no quorum")
         })?;
-        let channel = cluster.peers.channel(&addr)?;
+        let channel = cluster.peers.channel_to(leader, &addr)?;
         let (metadata, _, msg) = req.into_parts();
         let forwarded = Request::from_parts(metadata, Default::default(), msg);
         ClusterClient::new(channel)

@@ -3,7 +3,7 @@
 //! * `ca.crt`, `ca.key`     the cluster CA (every node holds it, so any
 //!   node can admit a joiner while the others are down)
 //! * `node.crt`, `node.key` this node's certificate, naming its node id
-//! * `secrets.json`         the join secret and the gossip key
+//! * `secrets.json`         the gossip key
 //! * `joined`               present on nodes that joined (not founded) it
 //!
 //! Keys and secrets are written 0600, atomically (temporary file, fsync,
@@ -12,8 +12,13 @@
 //! ([`Material::join`]), together with the cluster's token-signing and
 //! config-secret keys.
 //!
-//! Must never: write a key with a wider mode than 0600, or accept a joining
-//! reply from a server whose CA does not match the token.
+//! A data dir that holds this material must also hold the node's Raft
+//! state ([`Material::check_raft_state`]): without it a founder would start
+//! a new one-voter group beside the cluster (split brain).
+//!
+//! Must never: write a key with a wider mode than 0600, accept a joining
+//! reply from a server whose CA does not match the token, or let a node
+//! start on material whose Raft state is gone.
 
 use std::path::{Path, PathBuf};
 
@@ -32,16 +37,16 @@ use crate::secrets::write_private;
 pub struct Material {
     pub ca: Ca,
     pub identity: Identity,
-    pub join_secret: String,
     pub gossip_key: [u8; 32],
     /// Whether this node joined (rather than founded) the cluster: only a
     /// founder ever makes a new Raft group.
     pub joined: bool,
 }
 
+/// `secrets.json`. (Files written before join tokens expired also hold a
+/// `join_secret`, which is ignored: it no longer admits anyone.)
 #[derive(Serialize, Deserialize)]
 struct SecretsFile {
-    join_secret: String,
     gossip_key: String,
 }
 
@@ -58,6 +63,27 @@ impl Material {
     /// Whether this data dir already belongs to a cluster.
     pub fn exists(data_dir: &Path) -> bool {
         Self::dir(data_dir).join("node.crt").exists()
+    }
+
+    /// Refuses a data dir that holds cluster material (`cluster/`) but no
+    /// Raft state (`raft/` missing or empty): the node's log, vote and
+    /// membership are gone, and starting would make a new cluster.
+    pub fn check_raft_state(data_dir: &Path) -> Result<(), String> {
+        let has_material = std::fs::read_dir(Self::dir(data_dir))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        let raft = data_dir.join("raft");
+        let has_raft = std::fs::read_dir(&raft)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if has_material && !has_raft {
+            return Err(format!(
+                "{} holds this node's cluster material but its Raft state ({}) is missing or empty, so starting would found a second cluster: restore raft/ from a backup, or move the data directory aside and join the cluster again with a fresh --data-dir and a new token (then `micro cluster remove` the old node id)",
+                data_dir.display(),
+                raft.display()
+            ));
+        }
+        Ok(())
     }
 
     /// Reads the material written earlier.
@@ -80,7 +106,6 @@ impl Material {
         Ok(Material {
             ca,
             identity,
-            join_secret: secrets.join_secret,
             gossip_key,
             joined: dir.join("joined").exists(),
         })
@@ -97,7 +122,6 @@ impl Material {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let secrets = serde_json::to_vec(&SecretsFile {
-            join_secret: self.join_secret.clone(),
             gossip_key: B64.encode(self.gossip_key),
         })
         .map_err(|e| e.to_string())?;
@@ -121,8 +145,8 @@ impl Material {
         Ok(())
     }
 
-    /// Makes a new cluster's material: a CA, this node's certificate, a
-    /// join secret and a gossip key.
+    /// Makes a new cluster's material: a CA, this node's certificate and a
+    /// gossip key.
     pub fn bootstrap(data_dir: &Path, node_id: u64) -> Result<Material, String> {
         let ca = Ca::generate().map_err(|e| format!("cannot make the cluster CA: {e}"))?;
         let (key_pem, csr_pem) = pki::new_csr(node_id).map_err(|e| e.to_string())?;
@@ -136,7 +160,6 @@ impl Material {
                 key_pem,
             },
             ca,
-            join_secret: pki::new_join_secret(),
             gossip_key,
             joined: false,
         };
@@ -145,7 +168,7 @@ impl Material {
     }
 
     /// Joins the cluster a member at `addr` belongs to: pins its CA by the
-    /// token, sends a CSR with the token's secret, and keeps the certificate
+    /// token, sends a CSR with the token, and keeps the certificate
     /// and shared secrets it gets back (the token-signing and config-secret
     /// keys go where the node loads them from).
     pub async fn join(
@@ -160,7 +183,7 @@ impl Material {
         let (key_pem, csr_pem) = pki::new_csr(node_id).map_err(|e| e.to_string())?;
         let reply = PeerClient::new(channel)
             .join(JoinRequest {
-                secret: token.secret.clone(),
+                token: token.to_string(),
                 node_id,
                 csr_pem,
             })
@@ -197,20 +220,10 @@ impl Material {
                 key_pem,
             },
             ca,
-            join_secret: s.join_secret,
             gossip_key,
             joined: true,
         };
         m.save(data_dir)?;
         Ok(m)
-    }
-
-    /// The join token of this cluster.
-    pub fn token(&self) -> String {
-        JoinToken {
-            ca_fingerprint: self.ca.fingerprint(),
-            secret: self.join_secret.clone(),
-        }
-        .to_string()
     }
 }

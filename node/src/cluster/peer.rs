@@ -4,13 +4,16 @@
 //! instances, for calls other nodes proxy here.
 //!
 //! Everything runs over mutual TLS. `Join` is the only call taken without a
-//! client certificate (it checks the join token instead); everything else
-//! needs a certificate from the cluster CA whose node id is a member of the
-//! Raft group (and not removed).
+//! client certificate (it checks the join token instead, and is served by a
+//! server of its own, [`join_routes`]); everything else needs a certificate
+//! from the cluster CA whose node id is a member of the Raft group, not
+//! removed, and the one issued to that id (checked in the handshake too,
+//! see `tls`).
 //!
 //! Must never: answer anything but `Join` for a caller without a member's
-//! certificate, forward a proxied call a second time, or pass one to an
-//! address that is not an instance registered on this node.
+//! certificate, sign a certificate for an id that is or was a member,
+//! forward a proxied call a second time, or pass one to an address that is
+//! not an instance registered on this node.
 
 use std::sync::Arc;
 
@@ -26,8 +29,9 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 use tower::ServiceExt;
 
-use super::pki;
+use super::pki::JoinToken;
 use super::tls::PeerInfo;
+use super::tokens;
 use super::transport::{decode, encode, status_for_peer, MAX_PEER_MESSAGE};
 use super::Cluster;
 use crate::router::Router;
@@ -61,27 +65,31 @@ impl Peer for PeerService {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let remote = req.extensions().get::<PeerInfo>().map(|p| p.remote);
         let r = req.into_inner();
-        if !pki::secrets_equal(&r.secret, &self.cluster.material.join_secret) {
-            tracing::warn!(?remote, "refused a join with a wrong token");
-            return Err(Status::permission_denied(
-                "the join token is not valid for this cluster",
-            ));
-        }
+        let cluster = &self.cluster;
+        let token = JoinToken::parse(&r.token).map_err(|e| {
+            tracing::warn!(?remote, "refused a join with a malformed token");
+            Status::invalid_argument(e.to_string())
+        })?;
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node id 0 is not valid"));
         }
-        if self.cluster.is_removed(r.node_id) {
-            return Err(Status::permission_denied(format!(
-                "node {} was removed from this cluster; start it with a fresh data directory",
-                r.node_id
-            )));
-        }
-        let cert_pem = self
-            .cluster
+        let holds = tokens::check(
+            cluster.replica(),
+            &cluster.material.ca.fingerprint(),
+            &token,
+        )
+        .await
+        .inspect_err(|s| {
+            tracing::warn!(?remote, node = r.node_id, "refused a join: {}", s.message())
+        })?;
+        // After the token check's linearize: the membership is current.
+        cluster.may_join(r.node_id)?;
+        let cert_pem = cluster
             .material
             .ca
             .sign_csr(&r.csr_pem, r.node_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        cluster.record_join(r.node_id, &cert_pem, holds).await?;
         tracing::info!(
             node = r.node_id,
             ?remote,
@@ -89,7 +97,7 @@ impl Peer for PeerService {
         );
         Ok(Response::new(JoinResponse {
             cert_pem,
-            secrets: Some(self.cluster.secrets()),
+            secrets: Some(cluster.secrets()),
         }))
     }
 
@@ -169,6 +177,33 @@ impl Peer for PeerService {
         Ok(Response::new(self.cluster.local_status()))
     }
 }
+
+/// The path of the one call served without a client certificate.
+const JOIN_PATH: &str = "/cluster.Peer/Join";
+
+/// The routes for connections without a client certificate: `Join`, and
+/// for everything else the answer that a certificate is needed.
+pub fn join_routes(cluster: Arc<Cluster>) -> axum::Router {
+    let peer = PeerServer::new(PeerService { cluster })
+        .max_decoding_message_size(MAX_JOIN_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
+    tonic::service::Routes::new(peer)
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(
+            |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                if req.uri().path() != JOIN_PATH {
+                    return Status::unauthenticated(
+                        "a cluster certificate is required on the cluster port",
+                    )
+                    .into_http();
+                }
+                next.run(req).await
+            },
+        ))
+}
+
+/// The largest Join request taken (a token and a CSR are a few KiB).
+const MAX_JOIN_MESSAGE: usize = 64 * 1024;
 
 /// The cluster port's routes: the Peer service, and for any other path
 /// (from a member only) the local instance named by [`INSTANCE_HEADER`] or

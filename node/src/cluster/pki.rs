@@ -7,9 +7,10 @@
 //! name every peer verifies, see `tls::SERVER_NAME`) and
 //! `node-<id>.micro-cluster` (the name [`node_id_of`] reads the id from).
 //!
-//! A join token (`MICRO1.<fingerprint>.<secret>`) carries the SHA-256
-//! fingerprint of the CA certificate, which a joiner pins, and the cluster's
-//! join secret, which it proves it knows.
+//! A join token (`MICRO2.<fingerprint>.<id>.<expiry>.<secret>`) carries the
+//! SHA-256 fingerprint of the CA certificate, which a joiner pins, the
+//! token's id and expiry (unix seconds), and a random secret whose SHA-256
+//! the cluster keeps under the id until the token expires or is revoked.
 //!
 //! This module must never sign anything a CSR asks for beyond its public key:
 //! the issued certificate's names, usages and validity are decided here, and
@@ -49,7 +50,10 @@ const VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60 + 2 * 24 
 const BACKDATE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The version prefix of the join token text form.
-const TOKEN_PREFIX: &str = "MICRO1";
+const TOKEN_PREFIX: &str = "MICRO2";
+
+/// The length of a join token's id.
+const TOKEN_ID_LEN: usize = 16;
 
 /// The shortest join secret a token may carry.
 const MIN_SECRET_LEN: usize = 32;
@@ -81,7 +85,9 @@ pub enum PkiError {
         named: String,
     },
     /// The join token text could not be parsed.
-    #[error("the join token is malformed: expected MICRO1.<fingerprint>.<secret> ({0})")]
+    #[error(
+        "the join token is malformed: expected MICRO2.<fingerprint>.<id>.<expiry>.<secret> ({0})"
+    )]
     MalformedToken(&'static str),
 }
 
@@ -301,16 +307,29 @@ pub fn fingerprint_der(der: &[u8]) -> String {
     to_hex(&Sha256::digest(der))
 }
 
-/// A join token: the CA fingerprint a joiner pins and the cluster's join
-/// secret. Text form: `MICRO1.<64 hex fingerprint>.<secret>`, the secret
-/// being url-safe (letters, digits, `-`, `_`) and at least 32 characters.
+/// SHA-256 of the first certificate in a PEM text, lowercase hex; `None`
+/// if it holds none.
+pub fn fingerprint_pem(pem: &str) -> Option<String> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(fingerprint_der(&der))
+}
+
+/// A join token: the CA fingerprint a joiner pins, the token's id and
+/// expiry, and its secret. Text form:
+/// `MICRO2.<64 hex fingerprint>.<id>.<expiry>.<secret>`, the id being 16
+/// letters and digits, the expiry unix seconds, the secret url-safe
+/// (letters, digits, `-`, `_`) and at least 32 characters.
 ///
 /// Its `Debug` form leaves the secret out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken {
     /// SHA-256 of the cluster CA certificate's DER, lowercase hex.
     pub ca_fingerprint: String,
-    /// The cluster's join secret.
+    /// The token's id: where the cluster keeps its secret's digest.
+    pub id: String,
+    /// When the token stops working, unix seconds.
+    pub expires_at: u64,
+    /// The token's secret.
     pub secret: String,
 }
 
@@ -318,27 +337,57 @@ impl fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JoinToken")
             .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("id", &self.id)
+            .field("expires_at", &self.expires_at)
             .field("secret", &"<redacted>")
             .finish()
     }
 }
 
 impl JoinToken {
+    /// A fresh token for the cluster whose CA has `ca_fingerprint`, with a
+    /// random id and secret, expiring at `expires_at` (unix seconds).
+    pub fn mint(ca_fingerprint: &str, expires_at: u64) -> JoinToken {
+        JoinToken {
+            ca_fingerprint: ca_fingerprint.to_string(),
+            id: random_alphanumeric(TOKEN_ID_LEN),
+            expires_at,
+            secret: new_join_secret(),
+        }
+    }
+
+    /// The SHA-256 of the secret, lowercase hex: what the cluster keeps.
+    pub fn secret_digest(&self) -> String {
+        to_hex(&Sha256::digest(self.secret.as_bytes()))
+    }
+
     /// Parses the text form. Surrounding whitespace is ignored and the
     /// fingerprint may be given in either case (it is stored lowercase).
     pub fn parse(s: &str) -> Result<JoinToken, PkiError> {
         let mut parts = s.trim().split('.');
-        let (Some(prefix), Some(fingerprint), Some(secret), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(PkiError::MalformedToken("it must have exactly three parts"));
+        let (Some(prefix), Some(fingerprint), Some(id), Some(expiry), Some(secret), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(PkiError::MalformedToken("it must have exactly five parts"));
         };
         if prefix != TOKEN_PREFIX {
-            return Err(PkiError::MalformedToken("it does not start with MICRO1"));
+            return Err(PkiError::MalformedToken("it does not start with MICRO2"));
         }
         let ca_fingerprint = normalize_fingerprint(fingerprint).ok_or(PkiError::MalformedToken(
             "the fingerprint is not 64 hexadecimal digits",
         ))?;
+        if id.len() != TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(PkiError::MalformedToken(
+                "the id is not 16 letters and digits",
+            ));
+        }
+        let expires_at =
+            parse_id(expiry).ok_or(PkiError::MalformedToken("the expiry is not a number"))?;
         if secret.len() < MIN_SECRET_LEN {
             return Err(PkiError::MalformedToken("the secret is too short"));
         }
@@ -355,6 +404,8 @@ impl JoinToken {
         }
         Ok(JoinToken {
             ca_fingerprint,
+            id: id.to_string(),
+            expires_at,
             secret: secret.to_string(),
         })
     }
@@ -362,7 +413,11 @@ impl JoinToken {
 
 impl fmt::Display for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{TOKEN_PREFIX}.{}.{}", self.ca_fingerprint, self.secret)
+        write!(
+            f,
+            "{TOKEN_PREFIX}.{}.{}.{}.{}",
+            self.ca_fingerprint, self.id, self.expires_at, self.secret
+        )
     }
 }
 
@@ -377,9 +432,13 @@ impl std::str::FromStr for JoinToken {
 /// A new random join secret: 32 alphanumeric characters from the operating
 /// system's random source (so it never starts with '-').
 pub fn new_join_secret() -> String {
+    random_alphanumeric(NEW_SECRET_LEN)
+}
+
+fn random_alphanumeric(len: usize) -> String {
     OsRng
         .sample_iter(&Alphanumeric)
-        .take(NEW_SECRET_LEN)
+        .take(len)
         .map(char::from)
         .collect()
 }
@@ -411,7 +470,9 @@ fn node_params(node_id: u64) -> Result<CertificateParams, rcgen::Error> {
     Ok(params)
 }
 
-fn node_dns_name(node_id: u64) -> String {
+/// The DNS name that names one node: `node-<id>.micro-cluster`, the
+/// server name a node dials a given peer with.
+pub fn node_dns_name(node_id: u64) -> String {
     format!("node-{node_id}.{CLUSTER_DNS_NAME}")
 }
 
@@ -510,7 +571,8 @@ fn to_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    const MALFORMED: &str = "the join token is malformed: expected MICRO1.<fingerprint>.<secret>";
+    const MALFORMED: &str =
+        "the join token is malformed: expected MICRO2.<fingerprint>.<id>.<expiry>.<secret>";
 
     fn cert_der(pem: &str) -> Vec<u8> {
         CertificateDer::from_pem_slice(pem.as_bytes())
@@ -739,46 +801,80 @@ mod tests {
     #[test]
     fn token_round_trips() {
         let ca = Ca::generate().unwrap();
-        let secret = new_join_secret();
-        let token = JoinToken {
-            ca_fingerprint: ca.fingerprint(),
-            secret: secret.clone(),
-        };
+        let token = JoinToken::mint(&ca.fingerprint(), 1_900_000_000);
         let text = token.to_string();
-        assert_eq!(text, format!("MICRO1.{}.{}", ca.fingerprint(), secret));
+        assert_eq!(
+            text,
+            format!(
+                "MICRO2.{}.{}.1900000000.{}",
+                ca.fingerprint(),
+                token.id,
+                token.secret
+            )
+        );
         assert_eq!(JoinToken::parse(&text).unwrap(), token);
         assert_eq!(text.parse::<JoinToken>().unwrap(), token);
         // Pasted with whitespace and an uppercase fingerprint.
-        let sloppy = format!("  MICRO1.{}.{}\n", ca.fingerprint().to_uppercase(), secret);
+        let sloppy = format!(
+            "  MICRO2.{}.{}.1900000000.{}\n",
+            ca.fingerprint().to_uppercase(),
+            token.id,
+            token.secret
+        );
         assert_eq!(JoinToken::parse(&sloppy).unwrap(), token);
         // Url-safe punctuation in the secret is fine.
-        let dashed = format!("MICRO1.{}.{}", "ab".repeat(32), "-_".repeat(16));
+        let dashed = format!(
+            "MICRO2.{}.{}.5.{}",
+            "ab".repeat(32),
+            "a".repeat(16),
+            "-_".repeat(16)
+        );
         assert_eq!(JoinToken::parse(&dashed).unwrap().secret, "-_".repeat(16));
         // Debug hides the secret.
-        assert!(!format!("{token:?}").contains(&secret));
+        assert!(!format!("{token:?}").contains(&token.secret));
+        // The digest is the secret's SHA-256, not the secret.
+        assert_eq!(token.secret_digest().len(), 64);
+        assert_ne!(token.secret_digest(), token.secret);
+    }
+
+    #[test]
+    fn minted_tokens_are_random() {
+        let a = JoinToken::mint(&"ab".repeat(32), 10);
+        let b = JoinToken::mint(&"ab".repeat(32), 10);
+        assert_ne!(a.id, b.id);
+        assert_ne!(a.secret, b.secret);
+        assert_eq!(a.id.len(), 16);
+        assert_ne!(a.secret_digest(), b.secret_digest());
     }
 
     #[test]
     fn malformed_tokens_are_refused() {
         let fp = "0123456789abcdef".repeat(4);
+        let id = "i".repeat(16);
         let secret = "s".repeat(32);
         let cases = [
             String::new(),
-            "MICRO1".to_string(),
-            format!("MICRO1.{fp}"),
-            format!("MICRO1.{fp}."),
-            format!("MICRO2.{fp}.{secret}"),
-            format!("micro1.{fp}.{secret}"),
-            format!("{fp}.{secret}"),
-            format!("MICRO1.{}.{secret}", "g".repeat(64)),
-            format!("MICRO1.{}.{secret}", &fp[..63]),
-            format!("MICRO1.{fp}0.{secret}"),
-            format!("MICRO1..{secret}"),
-            format!("MICRO1.{fp}.{}", "s".repeat(31)),
-            format!("MICRO1.{fp}.{}!", "s".repeat(32)),
-            format!("MICRO1.{fp}.{} ", "s".repeat(16) + " " + &"s".repeat(16)),
-            format!("MICRO1.{fp}.{secret}.extra"),
-            format!("MICRO1.{fp}.{}", "s".repeat(300)),
+            "MICRO2".to_string(),
+            format!("MICRO2.{fp}"),
+            format!("MICRO2.{fp}.{id}.1."),
+            // The old form, without id and expiry.
+            format!("MICRO1.{fp}.{secret}"),
+            format!("MICRO1.{fp}.{id}.1.{secret}"),
+            format!("micro2.{fp}.{id}.1.{secret}"),
+            format!("{fp}.{id}.1.{secret}"),
+            format!("MICRO2.{}.{id}.1.{secret}", "g".repeat(64)),
+            format!("MICRO2.{}.{id}.1.{secret}", &fp[..63]),
+            format!("MICRO2.{fp}0.{id}.1.{secret}"),
+            format!("MICRO2..{id}.1.{secret}"),
+            format!("MICRO2.{fp}.{}.1.{secret}", "i".repeat(15)),
+            format!("MICRO2.{fp}.{}!.1.{secret}", "i".repeat(15)),
+            format!("MICRO2.{fp}.{id}.x.{secret}"),
+            format!("MICRO2.{fp}.{id}.-1.{secret}"),
+            format!("MICRO2.{fp}.{id}..{secret}"),
+            format!("MICRO2.{fp}.{id}.1.{}", "s".repeat(31)),
+            format!("MICRO2.{fp}.{id}.1.{}!", "s".repeat(32)),
+            format!("MICRO2.{fp}.{id}.1.{secret}.extra"),
+            format!("MICRO2.{fp}.{id}.1.{}", "s".repeat(300)),
         ];
         for case in cases {
             let err = JoinToken::parse(&case).unwrap_err();
@@ -802,11 +898,6 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, b);
-        let token = JoinToken {
-            ca_fingerprint: "ab".repeat(32),
-            secret: a.clone(),
-        };
-        assert_eq!(JoinToken::parse(&token.to_string()).unwrap(), token);
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //!
 //! Membership lives in Raft (voters and learners, with their cluster
 //! addresses); the addresses a node serves clients on live in the
-//! replicated state under `cluster/nodes/<id>`, and removed nodes under
-//! `cluster/removed/<id>`, so a removed node cannot come back by itself.
+//! replicated state under `cluster/nodes/<id>`, removed nodes under
+//! `cluster/removed/<id>` and each node's certificate under
+//! `cluster/certs/<id>` (see [`super::keys`]), so a removed node cannot
+//! come back, nor can a new node join under an id that was ever used.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
@@ -13,13 +15,16 @@ use std::time::Duration;
 
 use micro_gossip::Gossip;
 use micro_proto::cluster::{AdmitRequest, Member, NodeStatus, Secrets};
-use micro_raft::{now_millis, BasicNode, NodeId, Op, Replica, Txn};
+use micro_raft::{now_millis, BasicNode, Cond, NodeId, Op, Replica, Txn};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
+use super::keys;
 use super::material::Material;
+use super::pki::fingerprint_pem;
 use super::transport::{describe, Peers};
+use super::trust::Trust;
 
 /// The addresses a node serves on.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -39,17 +44,13 @@ pub struct Cluster {
     pub me: NodeInfo,
     /// The keys every node shares, sent to joiners: token signing, config secrets.
     pub shared_keys: ([u8; 32], [u8; 32]),
+    /// The certificates the cluster still takes.
+    pub trust: Arc<Trust>,
     replica: OnceLock<Replica>,
     gossip: OnceLock<Gossip>,
 }
 
-fn node_key(id: NodeId) -> Vec<u8> {
-    format!("cluster/nodes/{id}").into_bytes()
-}
-
-fn removed_key(id: NodeId) -> Vec<u8> {
-    format!("cluster/removed/{id}").into_bytes()
-}
+use keys::{node as node_key, removed as removed_key};
 
 fn raft_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("cannot change the membership: {e}"))
@@ -63,6 +64,7 @@ impl Cluster {
         size: usize,
         me: NodeInfo,
         shared_keys: ([u8; 32], [u8; 32]),
+        trust: Arc<Trust>,
     ) -> Arc<Cluster> {
         Arc::new(Cluster {
             id,
@@ -71,6 +73,7 @@ impl Cluster {
             size,
             me,
             shared_keys,
+            trust,
             replica: OnceLock::new(),
             gossip: OnceLock::new(),
         })
@@ -98,7 +101,6 @@ impl Cluster {
         Secrets {
             ca_cert_pem: self.material.ca.cert_pem().to_string(),
             ca_key_pem: self.material.ca.key_pem().to_string(),
-            join_secret: self.material.join_secret.clone(),
             gossip_key: self.material.gossip_key.to_vec(),
             auth_signing_key: self.shared_keys.0.to_vec(),
             config_secret_key: self.shared_keys.1.to_vec(),
@@ -142,16 +144,21 @@ impl Cluster {
         )
     }
 
-    /// Lets a caller through if its certificate names a member. A replica
-    /// that belongs to no cluster yet (a joiner waiting for its first
-    /// append) takes any node the CA certified. (Removing a node takes it
-    /// out of the membership, so a removed node is refused here too; no
-    /// read of the removed list is needed on this path, which every Raft
-    /// RPC and proxied call takes.)
+    /// Lets a caller through if its certificate names a member that was
+    /// not removed. A replica that belongs to no cluster yet (a joiner
+    /// waiting for its first append) takes any node the CA certified. (The
+    /// handshake already refused revoked and foreign certificates; the check
+    /// here, against the in-memory trust set, also stops a connection that
+    /// was open when its node was removed.)
     pub fn check_peer(&self, node: Option<NodeId>) -> Result<NodeId, Status> {
         let id = node.ok_or_else(|| {
             Status::unauthenticated("a cluster certificate is required on the cluster port")
         })?;
+        if self.trust.is_revoked(id) {
+            return Err(Status::permission_denied(format!(
+                "node {id} was removed from this cluster"
+            )));
+        }
         let m = self.membership_config();
         let known = m.membership().get_node(&id).is_some();
         let empty = m.membership().nodes().next().is_none();
@@ -162,6 +169,116 @@ impl Cluster {
                 "node {id} is not a member of this cluster"
             )))
         }
+    }
+
+    /// Whether a new node may join as `id`: never an id that is a member,
+    /// was removed, or already holds a certificate of this cluster (so no
+    /// Join can take over another node's id or address). Call it on a
+    /// linearized state; [`Cluster::record_join`] checks again atomically.
+    pub fn may_join(&self, id: NodeId) -> Result<(), Status> {
+        if self.is_removed(id) {
+            return Err(removed_status(id));
+        }
+        let issued = matches!(
+            self.replica().reader().get(&keys::cert(id), now_millis()),
+            Ok(Some(_))
+        );
+        if issued || self.node_addr(id).is_some() || id == self.id {
+            return Err(taken_status(id));
+        }
+        Ok(())
+    }
+
+    /// Records the certificate issued to a joining node as the one its id
+    /// may use, if the token still holds and the id is still unused.
+    pub async fn record_join(&self, id: NodeId, cert_pem: &str, token: Cond) -> Result<(), Status> {
+        let fp = fingerprint_pem(cert_pem)
+            .ok_or_else(|| Status::internal("the issued certificate cannot be read"))?;
+        let result = self
+            .replica()
+            .write(Txn {
+                conds: vec![
+                    token,
+                    Cond::Absent(removed_key(id)),
+                    Cond::Absent(keys::cert(id)),
+                ],
+                ops: vec![Op::Put {
+                    key: keys::cert(id),
+                    value: fp.into_bytes(),
+                    expires_at: None,
+                }],
+                now: 0,
+            })
+            .await
+            .map_err(crate::grpc::status)?;
+        match result.failed_cond {
+            _ if result.succeeded => Ok(()),
+            Some(0) => Err(super::tokens::not_valid()),
+            Some(1) => Err(removed_status(id)),
+            _ => Err(taken_status(id)),
+        }
+    }
+
+    /// Refuses to run on Raft state that is not this cluster's, or as a
+    /// node the cluster removed. Called once the replica is open, before
+    /// the node serves or votes.
+    pub fn check_own_state(&self, data_dir: &std::path::Path) -> Result<(), String> {
+        let reader = self.replica().reader();
+        let ours = self.material.ca.fingerprint();
+        if let Ok(Some(rec)) = reader.get(keys::CA.as_bytes(), now_millis()) {
+            if rec.value != ours.as_bytes() {
+                return Err(format!(
+                    "the Raft state in {} belongs to another cluster (CA {}), not to the one this node's certificate is from (CA {}): restore this node's own raft/ from a backup, or move the data directory aside and join the cluster again with a fresh --data-dir and a new token",
+                    data_dir.join("raft").display(),
+                    short(&String::from_utf8_lossy(&rec.value)),
+                    short(&ours),
+                ));
+            }
+        }
+        if self.is_removed(self.id) {
+            return Err(format!(
+                "node {} was removed from this cluster: its certificate is revoked; to bring this machine back, move {} aside and join again with a fresh --data-dir and a new token",
+                self.id,
+                data_dir.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes what this node must find in the replicated state: the
+    /// cluster's CA fingerprint and this node's certificate (for state made
+    /// before they were kept; never overwriting either).
+    async fn record_identity(&self) -> Result<(), Status> {
+        let reader = self.replica().reader();
+        let now = now_millis();
+        let fp = fingerprint_pem(&self.material.identity.cert_pem)
+            .ok_or_else(|| Status::internal("this node's certificate cannot be read"))?;
+        let mut puts = Vec::new();
+        match reader.get(&keys::cert(self.id), now) {
+            Ok(None) => puts.push((keys::cert(self.id), fp.into_bytes())),
+            Ok(Some(rec)) if rec.value != fp.as_bytes() => {
+                tracing::warn!("the cluster holds another certificate for this node's id; peers will refuse this one");
+            }
+            _ => {}
+        }
+        if let Ok(None) = reader.get(keys::CA.as_bytes(), now) {
+            let ca = self.material.ca.fingerprint().into_bytes();
+            puts.push((keys::CA.as_bytes().to_vec(), ca));
+        }
+        for (key, value) in puts {
+            self.replica()
+                .write(
+                    Txn::ops(vec![Op::Put {
+                        key: key.clone(),
+                        value,
+                        expires_at: None,
+                    }])
+                    .when(Cond::Absent(key)),
+                )
+                .await
+                .map_err(crate::grpc::status)?;
+        }
+        Ok(())
     }
 
     /// Whether gossip holds `node` to be down (no call should go there).
@@ -187,7 +304,7 @@ impl Cluster {
             }
             let reply = self
                 .peers
-                .client(&addr)?
+                .client_to(leader, &addr)?
                 .admit(r)
                 .await
                 .map_err(|s| Status::unavailable(format!("the leader: {}", describe(&s))))?;
@@ -308,6 +425,7 @@ impl Cluster {
     /// are missing or changed (the founder is never admitted; a node may
     /// restart on other ports).
     pub async fn record_self(&self) -> Result<(), Status> {
+        self.record_identity().await?;
         let current = self
             .replica()
             .reader()
@@ -439,7 +557,7 @@ impl Cluster {
                 error,
                 ..Default::default()
             };
-            let mut client = match self.peers.client(&addr) {
+            let mut client = match self.peers.client_to(id, &addr) {
                 Ok(c) => c,
                 Err(s) => return failed(s.message().to_string()),
             };
@@ -477,20 +595,25 @@ impl Cluster {
                 if !wanted || me.is_removed(me.id) {
                     continue;
                 }
-                let mut targets: Vec<String> = voters
+                // Members are dialled as themselves; a seed is any member.
+                let mut targets: Vec<(Option<NodeId>, String)> = voters
                     .iter()
                     .filter(|v| **v != me.id)
-                    .filter_map(|v| me.node_addr(*v))
+                    .filter_map(|v| Some((Some(*v), me.node_addr(*v)?)))
                     .collect();
-                targets.extend(seeds.iter().cloned());
-                for addr in targets {
+                targets.extend(seeds.iter().map(|s| (None, s.clone())));
+                for (node, addr) in targets {
                     let req = AdmitRequest {
                         node_id: me.id,
                         address: me.me.address.clone(),
                         api_address: me.me.api.clone(),
                         grpc_address: me.me.grpc.clone(),
                     };
-                    let Ok(mut client) = me.peers.client(&addr) else {
+                    let client = match node {
+                        Some(id) => me.peers.client_to(id, &addr),
+                        None => me.peers.client(&addr),
+                    };
+                    let Ok(mut client) = client else {
                         continue;
                     };
                     match client.admit(req).await {
@@ -524,4 +647,21 @@ impl Cluster {
             }
         }
     }
+}
+
+fn removed_status(id: NodeId) -> Status {
+    Status::permission_denied(format!(
+        "node {id} was removed from this cluster; start it with a fresh data directory"
+    ))
+}
+
+fn taken_status(id: NodeId) -> Status {
+    Status::permission_denied(format!(
+        "node id {id} is or was a member of this cluster; a joining node needs a fresh --data-dir"
+    ))
+}
+
+/// The first 12 hex digits of a fingerprint, for messages.
+fn short(fp: &str) -> &str {
+    fp.get(..12).unwrap_or(fp)
 }

@@ -3,11 +3,18 @@
 //! certificate, and the glue that runs tonic over them.
 //!
 //! Every node presents a certificate issued by the cluster CA (see
-//! [`super::pki`]) and verifies its peer against that CA and the shared name
-//! [`SERVER_NAME`]. The server side asks for a client certificate but does not
-//! require one, because a joiner has none yet; the connection's [`PeerInfo`]
-//! tells handlers whether (and as which node) the peer authenticated, and
-//! handlers must refuse everything but Join when `node_id` is `None`.
+//! [`super::pki`]) and verifies its peer against that CA and against the
+//! cluster's [`Trust`]: a removed node's certificate is refused in the
+//! handshake, and so is a certificate for an id that has another one
+//! pinned. A node dialling a given peer verifies that the server's
+//! certificate names that peer (`node-<id>.micro-cluster`,
+//! [`channel_to`]); only a dial by address alone (a `--join` seed) takes
+//! any member ([`SERVER_NAME`]). The server side asks for a client
+//! certificate but does not require one, because a joiner has none yet;
+//! the connection's [`PeerInfo`] tells handlers whether (and as which node)
+//! the peer authenticated, [`split_by_certificate`] separates the two kinds
+//! of connection, and handlers must refuse everything but Join when
+//! `node_id` is `None`.
 //!
 //! A joiner knows only the CA fingerprint from its join token. It accepts a
 //! server whose certificate chain contains a certificate with that fingerprint
@@ -15,8 +22,9 @@
 //!
 //! This module must never rely on a process-wide rustls crypto provider (it
 //! always uses the ring provider explicitly), never skip certificate
-//! verification, never accept TLS versions below 1.3, and never let a slow
-//! or broken handshake stall the accept loop.
+//! verification (so no session resumption between nodes: a resumed
+//! session is not verified again), never accept TLS versions below 1.3,
+//! and never let a slow or broken handshake stall the accept loop.
 
 use std::future::Future;
 use std::io;
@@ -31,15 +39,21 @@ use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::pki::{fingerprint_der, node_id_of, normalize_fingerprint};
+use super::pki::{fingerprint_der, node_dns_name, node_id_of, normalize_fingerprint};
+use super::trust::Trust;
 
 /// The server name every node certificate carries and every client verifies.
 pub const SERVER_NAME: &str = "micro-cluster";
@@ -160,42 +174,187 @@ fn own_chain(
 
 /// The server side of the cluster port: presents this node's certificate
 /// (with the CA appended to the chain), verifies a client certificate
-/// against the cluster CA when one is offered, but lets a client without one
-/// complete the handshake. TLS 1.3 only, ALPN "h2".
-pub fn server_config(id: &Identity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// against the cluster CA and `trust` when one is offered, but lets a
+/// client without one complete the handshake. TLS 1.3 only, ALPN "h2".
+pub fn server_config(
+    id: &Identity,
+    trust: Arc<Trust>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = provider();
     let ca = ca_der(id)?;
     let roots = ca_roots(&ca)?;
     let (chain, key) = own_chain(id, &ca, &roots, &provider)?;
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(client_verifier)
+        .with_client_cert_verifier(Arc::new(MemberClientVerifier { inner, trust }))
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // A resumed session skips the verifier: a removed node could come back
+    // on a ticket from before its removal. Every handshake is a full one.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 
 /// The client side between nodes: presents this node's certificate and
-/// verifies the server's chain against the cluster CA and [`SERVER_NAME`].
-/// TLS 1.3 only, ALPN "h2".
-pub fn client_config(id: &Identity) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+/// verifies the server's chain against the cluster CA, the name dialled
+/// (see [`channel_to`]) and `trust`. TLS 1.3 only, ALPN "h2".
+pub fn client_config(
+    id: &Identity,
+    trust: Arc<Trust>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
     let ca = ca_der(id)?;
     let roots = ca_roots(&ca)?;
     let (chain, key) = own_chain(id, &ca, &roots, &provider)?;
-    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_webpki_verifier(server_verifier)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(MemberServerVerifier { inner, trust }))
         .with_client_auth_cert(chain, key)?;
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Full handshakes only, so the server's certificate is verified (and
+    // checked against the trust set) on every connection.
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
+}
+
+/// The node a verified certificate names, and whether `trust` still takes
+/// it for that node.
+fn trusted_node(trust: &Trust, end_entity: &CertificateDer<'_>) -> Result<u64, rustls::Error> {
+    // Verified by the cluster CA yet naming no node: not something this
+    // cluster issues.
+    let id = node_id_of(end_entity).ok_or(rustls::Error::InvalidCertificate(
+        CertificateError::ApplicationVerificationFailure,
+    ))?;
+    trust
+        .check(id, end_entity)
+        .map_err(rustls::Error::InvalidCertificate)?;
+    Ok(id)
+}
+
+/// Full WebPKI verification of a client's chain under the cluster CA, then
+/// the cluster's trust: a removed node, or a certificate other than the one
+/// pinned for its id, fails the handshake.
+#[derive(Debug)]
+struct MemberClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust: Arc<Trust>,
+}
+
+impl ClientCertVerifier for MemberClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        trusted_node(&self.trust, end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Full WebPKI verification of a server's chain under the cluster CA and
+/// for the name dialled (`node-<id>.micro-cluster` names exactly one node),
+/// then the pinned certificate of the node it names.
+#[derive(Debug)]
+struct MemberServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    trust: Arc<Trust>,
+}
+
+impl ServerCertVerifier for MemberServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        // A removed node is not dialled (it is no member); only the pin
+        // matters here, so that a removal in progress can still reach it.
+        let id = node_id_of(end_entity).ok_or(rustls::Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        ))?;
+        match self.trust.check(id, end_entity) {
+            Ok(()) | Err(CertificateError::Revoked) => Ok(verified),
+            Err(e) => Err(rustls::Error::InvalidCertificate(e)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The client side for joining: presents no certificate, and trusts the
@@ -337,11 +496,61 @@ fn peer_info(
     Some(PeerInfo { remote, node_id })
 }
 
+/// One kind of cluster-port connection, for tonic's `serve_with_incoming*`.
+pub type Conns = ReceiverStream<Result<TlsConn, io::Error>>;
+
+/// Splits the connections of [`incoming`] in two: those whose client
+/// presented a (verified) certificate, and those without one (joiners and
+/// strangers), so each kind is served by its own HTTP/2 server with its own
+/// limits. A failure of the listener ends both.
+///
+/// Must be called inside a tokio runtime (it spawns the task that sorts).
+pub fn split_by_certificate(
+    conns: impl Stream<Item = Result<TlsConn, io::Error>> + Send + 'static,
+) -> (Conns, Conns) {
+    use futures::StreamExt;
+    let (members_tx, members_rx) = mpsc::channel(64);
+    let (anon_tx, anon_rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut conns = std::pin::pin!(conns);
+        loop {
+            let next = tokio::select! {
+                next = conns.next() => next,
+                _ = async { tokio::join!(members_tx.closed(), anon_tx.closed()) } => return,
+            };
+            match next {
+                None => return,
+                Some(Ok(conn)) => {
+                    let tx = if conn.info().node_id.is_some() {
+                        &members_tx
+                    } else {
+                        &anon_tx
+                    };
+                    // A server that stopped serving drops its receiver;
+                    // its connections have nowhere to go.
+                    let _ = tx.send(Ok(conn)).await;
+                }
+                Some(Err(e)) => {
+                    let copy = io::Error::new(e.kind(), e.to_string());
+                    let _ = anon_tx.send(Err(copy)).await;
+                    let _ = members_tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    (
+        ReceiverStream::new(members_rx),
+        ReceiverStream::new(anon_rx),
+    )
+}
+
 /// Dials a peer's cluster port: TCP (nodelay, 3 s limit), then TLS with
-/// server name [`SERVER_NAME`].
+/// the server name given.
 #[derive(Clone)]
 struct Connector {
     addr: Arc<str>,
+    name: ServerName<'static>,
     tls: TlsConnector,
 }
 
@@ -358,6 +567,7 @@ impl tonic::codegen::Service<http::Uri> for Connector {
         // Dial the address as given rather than the URI's host, which keeps
         // IPv6 literals and host names working the same way.
         let addr = self.addr.clone();
+        let name = self.name.clone();
         let tls = self.tls.clone();
         Box::pin(async move {
             let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*addr))
@@ -369,7 +579,7 @@ impl tonic::codegen::Service<http::Uri> for Connector {
                     )
                 })??;
             tcp.set_nodelay(true)?;
-            let stream = tls.connect(server_name(), tcp).await?;
+            let stream = tls.connect(name, tcp).await?;
             Ok(TokioIo::new(stream))
         })
     }
@@ -377,8 +587,29 @@ impl tonic::codegen::Service<http::Uri> for Connector {
 
 /// A lazily connecting tonic channel to a peer's cluster address
 /// (`host:port`) over TLS with `cfg` (one of [`client_config`] or
-/// [`join_client_config`]). Nothing is dialled until the first request.
+/// [`join_client_config`]), taking any member of the cluster there
+/// ([`SERVER_NAME`]). Nothing is dialled until the first request.
 pub fn channel(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Result<Channel, TlsError> {
+    channel_named(addr, server_name(), cfg)
+}
+
+/// Like [`channel`], for a call meant for node `node`: the server's
+/// certificate must name that node (with [`client_config`]).
+pub fn channel_to(
+    addr: &str,
+    node: u64,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<Channel, TlsError> {
+    let name = ServerName::try_from(node_dns_name(node))
+        .map_err(|_| TlsError::BadAddress(addr.to_string()))?;
+    channel_named(addr, name, cfg)
+}
+
+fn channel_named(
+    addr: &str,
+    name: ServerName<'static>,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<Channel, TlsError> {
     let bad = || TlsError::BadAddress(addr.to_string());
     if addr.is_empty() || addr.contains(['/', '?', '#', '@']) || addr.trim() != addr {
         return Err(bad());
@@ -396,6 +627,7 @@ pub fn channel(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Result<Channel, Tl
         .tcp_nodelay(true);
     let connector = Connector {
         addr: Arc::from(addr),
+        name,
         tls: TlsConnector::from(cfg),
     };
     Ok(endpoint.connect_with_connector_lazy(connector))
@@ -405,6 +637,8 @@ pub fn channel(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Result<Channel, Tl
 mod tests {
     use super::*;
     use crate::cluster::pki::{new_csr, Ca};
+    use crate::cluster::trust::TrustSet;
+    use std::collections::{HashMap, HashSet};
     use tokio::io::AsyncWriteExt;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
@@ -440,9 +674,14 @@ mod tests {
 
     /// A health server on 127.0.0.1 behind [`incoming`] with `id`'s identity.
     async fn start_server(id: &Identity) -> SocketAddr {
+        start_server_trusting(id, Trust::new()).await
+    }
+
+    /// A health server with `id`'s identity whose verifier consults `trust`.
+    async fn start_server_trusting(id: &Identity, trust: Arc<Trust>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cfg = server_config(id).unwrap();
+        let cfg = server_config(id, trust).unwrap();
         let (_reporter, health) = tonic_health::server::health_reporter();
         let router = tonic::service::Routes::new(health)
             .into_axum_router()
@@ -459,7 +698,11 @@ mod tests {
 
     /// Calls Check over `cfg`; the node the server saw, or the failure.
     async fn whoami(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Result<String, String> {
-        let channel = channel(&addr.to_string(), cfg).unwrap();
+        check_over(channel(&addr.to_string(), cfg).unwrap()).await
+    }
+
+    /// Calls Check over `channel`; the node the server saw, or the failure.
+    async fn check_over(channel: Channel) -> Result<String, String> {
         let mut client = HealthClient::new(channel);
         let call = client.check(HealthCheckRequest {
             service: String::new(),
@@ -519,11 +762,13 @@ mod tests {
         let a = identity(&ca, 1);
         let b = identity(&ca, 2);
         let addr = start_server(&b).await;
-        let seen = whoami(addr, client_config(&a).unwrap()).await.unwrap();
+        let seen = whoami(addr, client_config(&a, Trust::new()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(seen, "1");
 
         // The raw connection negotiated h2 over TLS 1.3.
-        let tls = raw_handshake(addr, client_config(&a).unwrap())
+        let tls = raw_handshake(addr, client_config(&a, Trust::new()).unwrap())
             .await
             .unwrap();
         let (_, conn) = tls.get_ref();
@@ -611,10 +856,13 @@ mod tests {
         // the server; in TLS 1.3 the client learns it on its first read.
         let stranger = identity(&other, 1);
         assert!(matches!(
-            client_config(&Identity {
-                ca_pem: ca.cert_pem().to_string(),
-                ..stranger.clone()
-            }),
+            client_config(
+                &Identity {
+                    ca_pem: ca.cert_pem().to_string(),
+                    ..stranger.clone()
+                },
+                Trust::new()
+            ),
             Err(TlsError::NodeCert(_))
         ));
         let err = whoami(addr, custom_client(&ca, Some(&stranger)))
@@ -651,7 +899,7 @@ mod tests {
 
         let seen = tokio::time::timeout(
             Duration::from_secs(5),
-            whoami(addr, client_config(&a).unwrap()),
+            whoami(addr, client_config(&a, Trust::new()).unwrap()),
         )
         .await
         .expect("the good client was served promptly")
@@ -659,7 +907,12 @@ mod tests {
         assert_eq!(seen, "1");
         // And again, after the garbage connection has been dropped.
         drop(garbage);
-        assert_eq!(whoami(addr, client_config(&a).unwrap()).await.unwrap(), "1");
+        assert_eq!(
+            whoami(addr, client_config(&a, Trust::new()).unwrap())
+                .await
+                .unwrap(),
+            "1"
+        );
     }
 
     #[tokio::test]
@@ -672,18 +925,154 @@ mod tests {
             key_pem: b.key_pem.clone(),
             ..a.clone()
         };
-        assert!(server_config(&mixed).is_err());
-        assert!(client_config(&mixed).is_err());
+        assert!(server_config(&mixed, Trust::new()).is_err());
+        assert!(client_config(&mixed, Trust::new()).is_err());
         let no_pem = Identity {
             cert_pem: "nope".into(),
             ..a.clone()
         };
-        assert!(matches!(server_config(&no_pem), Err(TlsError::Pem(_))));
+        assert!(matches!(
+            server_config(&no_pem, Trust::new()),
+            Err(TlsError::Pem(_))
+        ));
         let no_ca = Identity {
             ca_pem: String::new(),
             ..a
         };
-        assert!(matches!(client_config(&no_ca), Err(TlsError::Pem(_))));
+        assert!(matches!(
+            client_config(&no_ca, Trust::new()),
+            Err(TlsError::Pem(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_client_refuses_a_server_certificate_naming_another_node() {
+        let ca = Ca::generate().unwrap();
+        let a = identity(&ca, 1);
+        let b = identity(&ca, 2);
+        let addr = start_server(&b).await.to_string();
+        let cfg = client_config(&a, Trust::new()).unwrap();
+        // Dialled as node 2: it is node 2.
+        let seen = check_over(channel_to(&addr, 2, cfg.clone()).unwrap()).await;
+        assert_eq!(seen.unwrap(), "1");
+        // Dialled as node 3, the same server (a valid member certificate,
+        // but for node 2) is refused.
+        let err = check_over(channel_to(&addr, 3, cfg).unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.contains("invalid peer certificate"), "{err}");
+        assert!(err.contains("NotValidForName"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_removed_nodes_certificate_is_refused_in_the_handshake() {
+        let ca = Ca::generate().unwrap();
+        let a = identity(&ca, 1);
+        let b = identity(&ca, 2);
+        let c = identity(&ca, 3);
+        let trust = Trust::new();
+        let addr = start_server_trusting(&b, trust.clone()).await;
+        assert_eq!(
+            whoami(addr, client_config(&a, Trust::new()).unwrap())
+                .await
+                .unwrap(),
+            "1"
+        );
+        // Node 1 is removed: its next handshake fails, node 3 still passes.
+        trust.set(TrustSet {
+            revoked: HashSet::from([1]),
+            pinned: HashMap::new(),
+        });
+        let err = whoami(addr, client_config(&a, Trust::new()).unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.contains("CertificateRevoked"), "{err}");
+        assert_eq!(
+            whoami(addr, client_config(&c, Trust::new()).unwrap())
+                .await
+                .unwrap(),
+            "3"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_certificate_for_a_pinned_id_is_refused_both_ways() {
+        // Every node holds the CA key, so a removed node could sign itself
+        // a certificate for a member's id: the pin refuses it.
+        let ca = Ca::generate().unwrap();
+        let a = identity(&ca, 1);
+        let forged_a = identity(&ca, 1);
+        let b = identity(&ca, 2);
+        let forged_b = identity(&ca, 2);
+        let pins = || TrustSet {
+            revoked: HashSet::new(),
+            pinned: HashMap::from([
+                (1, fingerprint_der(&ca_der_of(&a))),
+                (2, fingerprint_der(&ca_der_of(&b))),
+            ]),
+        };
+        let server_trust = Trust::new();
+        server_trust.set(pins());
+        let addr = start_server_trusting(&b, server_trust).await;
+        assert_eq!(
+            whoami(addr, client_config(&a, Trust::new()).unwrap())
+                .await
+                .unwrap(),
+            "1"
+        );
+        let err = whoami(addr, client_config(&forged_a, Trust::new()).unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.contains("fatal alert"), "{err}");
+
+        // A client that knows the pins refuses a server with a forged
+        // certificate for node 2.
+        let forged_addr = start_server(&forged_b).await.to_string();
+        let client_trust = Trust::new();
+        client_trust.set(pins());
+        let cfg = client_config(&a, client_trust).unwrap();
+        let err = check_over(channel_to(&forged_addr, 2, cfg.clone()).unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.contains("invalid peer certificate"), "{err}");
+        let real = check_over(channel_to(&addr.to_string(), 2, cfg).unwrap()).await;
+        assert_eq!(real.unwrap(), "1");
+    }
+
+    fn ca_der_of(id: &Identity) -> Vec<u8> {
+        CertificateDer::from_pem_slice(id.cert_pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn connections_are_split_by_whether_a_certificate_was_presented() {
+        use futures::StreamExt;
+        let ca = Ca::generate().unwrap();
+        let a = identity(&ca, 1);
+        let b = identity(&ca, 2);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut members, mut anonymous) =
+            split_by_certificate(incoming(listener, server_config(&b, Trust::new()).unwrap()));
+        let _member = raw_handshake(addr, client_config(&a, Trust::new()).unwrap())
+            .await
+            .unwrap();
+        let conn = tokio::time::timeout(Duration::from_secs(5), members.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(conn.info().node_id, Some(1));
+        let _joiner = raw_handshake(addr, join_client_config(&ca.fingerprint()).unwrap())
+            .await
+            .unwrap();
+        let conn = tokio::time::timeout(Duration::from_secs(5), anonymous.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(conn.info().node_id, None);
     }
 
     #[test]

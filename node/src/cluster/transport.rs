@@ -3,7 +3,9 @@
 //! requests a follower forwards to the leader ([`Forwarder`]).
 //!
 //! Raft messages travel as bincode inside the `Peer.Raft` call; their
-//! results (including openraft's own errors) come back the same way.
+//! results (including openraft's own errors) come back the same way. Calls
+//! meant for a given node (Raft's target, the leader) go over a channel that
+//! verifies the server's certificate names that node.
 //!
 //! Must never: hold the channel map's lock across an await, or report a
 //! request whose outcome is unknown as safe to retry.
@@ -34,10 +36,10 @@ use super::tls;
 /// Largest node-to-node message (snapshot chunks and log batches).
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Channels to peers, by cluster address.
+/// Channels to peers, by the node meant (if known) and cluster address.
 pub struct Peers {
     tls: Arc<rustls::ClientConfig>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<(Option<NodeId>, String), Channel>>,
 }
 
 impl Peers {
@@ -48,26 +50,50 @@ impl Peers {
         })
     }
 
-    /// The channel to `addr` (connected lazily, reconnecting by itself).
+    /// The channel to whichever member serves at `addr` (connected lazily,
+    /// reconnecting by itself). Only for addresses whose node is unknown
+    /// (a `--join` seed); otherwise use [`Peers::channel_to`].
     pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        if let Some(c) = self.channels.lock().expect("peers lock").get(addr) {
+        self.cached(None, addr)
+    }
+
+    /// The channel to node `node` at `addr`: the server's certificate must
+    /// name that node.
+    pub fn channel_to(&self, node: NodeId, addr: &str) -> Result<Channel, Status> {
+        self.cached(Some(node), addr)
+    }
+
+    fn cached(&self, node: Option<NodeId>, addr: &str) -> Result<Channel, Status> {
+        let key = (node, addr.to_string());
+        if let Some(c) = self.channels.lock().expect("peers lock").get(&key) {
             return Ok(c.clone());
         }
-        let c = tls::channel(addr, self.tls.clone())
-            .map_err(|e| Status::internal(format!("cannot reach {addr}: {e}")))?;
+        let c = match node {
+            Some(id) => tls::channel_to(addr, id, self.tls.clone()),
+            None => tls::channel(addr, self.tls.clone()),
+        }
+        .map_err(|e| Status::internal(format!("cannot reach {addr}: {e}")))?;
         self.channels
             .lock()
             .expect("peers lock")
-            .entry(addr.to_string())
+            .entry(key)
             .or_insert(c.clone());
         Ok(c)
     }
 
-    /// A Peer client for `addr`.
+    /// A Peer client for whichever member serves at `addr`.
     pub fn client(&self, addr: &str) -> Result<PeerClient<Channel>, Status> {
-        Ok(PeerClient::new(self.channel(addr)?)
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE))
+        Ok(Self::limits(PeerClient::new(self.channel(addr)?)))
+    }
+
+    /// A Peer client for node `node` at `addr`.
+    pub fn client_to(&self, node: NodeId, addr: &str) -> Result<PeerClient<Channel>, Status> {
+        Ok(Self::limits(PeerClient::new(self.channel_to(node, addr)?)))
+    }
+
+    fn limits(c: PeerClient<Channel>) -> PeerClient<Channel> {
+        c.max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE)
     }
 }
 
@@ -175,7 +201,7 @@ impl RaftPeer {
             }
         };
         let body = encode(req).map_err(net)?;
-        let mut client = self.peers.client(&self.addr).map_err(net)?;
+        let mut client = self.peers.client_to(self.target, &self.addr).map_err(net)?;
         let call = client.raft(RaftRequest {
             kind: kind as i32,
             body,
@@ -260,7 +286,7 @@ impl Forward for Forwarder {
         Box::pin(async move {
             let fail = |s| forward_error(leader, &node.addr, s);
             let body = encode(&txn).map_err(fail)?;
-            let mut client = peers.client(&node.addr).map_err(fail)?;
+            let mut client = peers.client_to(leader, &node.addr).map_err(fail)?;
             let reply = client
                 .propose(ProposeRequest { txn: body })
                 .await
@@ -278,7 +304,7 @@ impl Forward for Forwarder {
         let peers = self.peers.clone();
         Box::pin(async move {
             let fail = |s| forward_error(leader, &node.addr, s);
-            let mut client = peers.client(&node.addr).map_err(fail)?;
+            let mut client = peers.client_to(leader, &node.addr).map_err(fail)?;
             let reply = client
                 .read_index(ReadIndexRequest {})
                 .await

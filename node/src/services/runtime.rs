@@ -632,9 +632,11 @@ impl RuntimeService {
                 "the service runs on node {node} ({addr}), which is down"
             )));
         }
-        Ok(RuntimeClient::new(self.cluster.peers.channel(&addr)?)
-            .max_decoding_message_size(crate::server::MAX_MESSAGE)
-            .max_encoding_message_size(crate::server::MAX_MESSAGE))
+        Ok(
+            RuntimeClient::new(self.cluster.peers.channel_to(node, &addr)?)
+                .max_decoding_message_size(crate::server::MAX_MESSAGE)
+                .max_encoding_message_size(crate::server::MAX_MESSAGE),
+        )
     }
 }
 
