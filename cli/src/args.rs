@@ -362,6 +362,19 @@ pub struct ServerArgs {
     /// Compact the Raft log into a snapshot after this many entries
     #[arg(long, env = "MICRO_RAFT_SNAPSHOT_AFTER", default_value_t = 20000, value_parser = clap::value_parser!(u64).range(10..), value_name = "N", hide = true)]
     pub raft_snapshot_after: u64,
+    /// Web origins allowed to call the API from a browser with the user's
+    /// cookie, comma separated (e.g. https://app.example.com); `*` allows any
+    /// origin without credentials. Default: none
+    #[arg(
+        long,
+        env = "MICRO_API_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGINS"
+    )]
+    pub api_cors_origins: Vec<String>,
+    /// How long an HTTP client may take to send a request's headers
+    #[arg(long, env = "MICRO_API_HEADER_TIMEOUT", value_parser = parse_duration, default_value = "10s", value_name = "DURATION", hide = true)]
+    pub api_header_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

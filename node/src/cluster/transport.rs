@@ -120,8 +120,18 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Status> {
     bincode::serialize(v).map_err(|e| Status::internal(format!("cannot encode: {e}")))
 }
 
+/// Decodes a peer message. The format is `bincode::serialize`'s (fixed-size
+/// integers, trailing bytes allowed), with a limit: no length prefix in the
+/// message can make the decoder read or allocate more than
+/// [`MAX_PEER_MESSAGE`] bytes, whatever the bytes say.
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
-    bincode::deserialize(b).map_err(|e| Status::internal(format!("cannot decode: {e}")))
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(MAX_PEER_MESSAGE as u64)
+        .deserialize(b)
+        .map_err(|e| Status::internal(format!("cannot decode: {e}")))
 }
 
 /// openraft's view of the transport.
