@@ -291,7 +291,7 @@ fn pick_namespace<T>(req: &Request<T>, named: &str) -> Result<String, Status> {
 }
 
 /// Parses a value as JSON, falling back to a plain string.
-fn parse_value(data: &str) -> Json {
+pub fn parse_value(data: &str) -> Json {
     serde_json::from_str(data).unwrap_or_else(|_| Json::String(data.to_string()))
 }
 
