@@ -247,6 +247,15 @@ pub fn metadata(service: &str, headers: &HeaderMap) -> Result<Vec<(String, Strin
 /// Handles every request that is not `GET /`.
 pub async fn handle<B: Backend>(State(backend): State<Arc<B>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    if parts.method == axum::http::Method::OPTIONS {
+        // A CORS preflight (answered by the CORS layer when the origin is
+        // allowed) or a question about methods: never a call.
+        return (
+            StatusCode::NO_CONTENT,
+            [(header::ALLOW, "GET, POST, PUT, PATCH, DELETE, OPTIONS")],
+        )
+            .into_response();
+    }
     let Some((service, endpoint)) = route(parts.uri.path()) else {
         return ApiError(micro::errors::not_found(
             "micro.api",
