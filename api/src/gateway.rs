@@ -368,7 +368,7 @@ mod tests {
     fn deep_or_wide_requests_are_refused_before_they_are_built() {
         let h = HeaderMap::new();
         let detail = |q: Option<&str>, h: &HeaderMap, body: &[u8]| {
-            let e = request_json("s", q, h, body).err().expect("refused");
+            let e = request_json("s", q, h, body).expect_err("refused");
             assert_eq!(e.0.code, 400);
             e.0.detail
         };

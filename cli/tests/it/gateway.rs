@@ -234,7 +234,7 @@ fn a_config_path_of_500_segments_is_refused_and_the_config_stays_readable() {
         .fails_with("Invalid path: it is 1102 bytes long; the limit is 1024");
     // A value that would nest too deep under its path is refused as well.
     let deep = format!("{}1{}", "{\"x\":".repeat(60), "}".repeat(60));
-    s.micro(&["config", "set", &vec!["a"; 10].join("."), &deep])
+    s.micro(&["config", "set", &["a"; 10].join("."), &deep])
         .fails_with("The value would nest 70 levels deep in the config; the limit is 64");
     assert_eq!(s.micro(&["config", "get", "hw.greeting"]).ok(), "hello\n");
     s.micro(&["config", "get", "a"]).fails_with("Not found");

@@ -424,7 +424,8 @@ mod tests {
         for _ in 0..40 {
             deep = json!({ "x": deep });
         }
-        let path = split_path(&vec!["a"; 30].join(".")).unwrap();
+        let thirty = vec!["a"; 30].join(".");
+        let path = split_path(&thirty).unwrap();
         let e = set_at(&mut doc, &path, deep.clone()).unwrap_err();
         assert!(e.message().contains("70 levels deep"), "{e}");
         assert!(set_at(&mut doc, &[], json!({ "r": deep.clone() })).is_ok());
