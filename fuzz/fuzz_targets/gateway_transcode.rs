@@ -14,7 +14,9 @@ fn methods() -> &'static [MethodDescriptor] {
     METHODS.get_or_init(|| {
         let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET)
             .expect("the core descriptors decode");
-        pool.services().flat_map(|s| s.methods()).collect()
+        pool.services()
+            .flat_map(|s| s.methods().collect::<Vec<_>>())
+            .collect()
     })
 }
 
