@@ -411,10 +411,10 @@ mod tests {
         (addr, tx)
     }
 
+    /// A short header timeout (the idle timeout stays long).
     fn short() -> Limits {
         Limits {
             header_read_timeout: Duration::from_millis(300),
-            idle_timeout: Duration::from_millis(600),
             ..Limits::default()
         }
     }
@@ -453,6 +453,19 @@ mod tests {
         let (addr, _stop) = server(short()).await;
         let (answer, took) = exchange(&addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn silent_connections_are_closed_when_idle() {
+        let (addr, _stop) = server(Limits {
+            header_read_timeout: Duration::from_secs(3600),
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        let (answer, took) = exchange(&addr, b"").await;
+        assert_eq!(answer, "");
         assert!(took < Duration::from_secs(3), "{took:?}");
     }
 
