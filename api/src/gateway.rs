@@ -6,6 +6,14 @@
 //! nest); other methods send a JSON or form body, merged with the query.
 //! `Micro-Namespace` picks the namespace; other headers travel as metadata.
 //! Errors are `{"id","code","detail","status"}` with the code as HTTP status.
+//!
+//! Everything here runs before the node checks who is calling, so every
+//! input is bounded first: URI length, number of fields, nesting depth
+//! (dotted keys and JSON bodies), body size, and the headers passed on.
+//!
+//! Must never: build a value deeper than [`micro::dynamic::MAX_DEPTH`] or
+//! with more than [`MAX_FIELDS`] fields from a request, or pass on more
+//! metadata than [`MAX_METADATA`] / [`MAX_METADATA_BYTES`].
 
 use std::sync::Arc;
 
@@ -20,6 +28,15 @@ use crate::{Backend, Call};
 
 /// The largest request body the gateway accepts.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The longest request URI (path and query) the gateway accepts.
+pub const MAX_URI: usize = 32 * 1024;
+/// The most query or form fields a request may have.
+pub const MAX_FIELDS: usize = 1000;
+/// The most headers passed on to a service as metadata.
+pub const MAX_METADATA: usize = 64;
+/// The most bytes (names and values) of headers passed on to a service.
+pub const MAX_METADATA_BYTES: usize = 8 * 1024;
 
 /// Headers that describe the HTTP exchange itself, not the caller: they are
 /// not passed to services.
@@ -96,12 +113,43 @@ fn insert_dotted(obj: &mut Map<String, Value>, key: &str, value: String) {
     }
 }
 
-fn pairs_to_object(pairs: Vec<(String, String)>, into: &mut Map<String, Value>) {
+/// Parses a query string or form body (`what` says which) and sets every
+/// dotted key in `into`; first checks that there are not too many fields
+/// (counting `fields` already set) and that none nests too deep.
+fn parse_pairs(
+    service: &str,
+    what: &str,
+    raw: &[u8],
+    fields: &mut usize,
+    into: &mut Map<String, Value>,
+) -> Result<(), ApiError> {
+    // Counted on the raw bytes, before any pair is decoded.
+    *fields += raw.split(|b| *b == b'&').filter(|p| !p.is_empty()).count();
+    if *fields > MAX_FIELDS {
+        return Err(bad_request(
+            service,
+            format!("the request has {fields} fields; the limit is {MAX_FIELDS}"),
+        ));
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(raw)
+        .map_err(|e| bad_request(service, format!("malformed {what}: {e}")))?;
+    let max = micro::dynamic::MAX_DEPTH;
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| k.split('.').nth(max).is_some()) {
+        let shown: String = k.chars().take(40).collect();
+        return Err(bad_request(
+            service,
+            format!(
+                "the field '{shown}…' nests {} levels deep; the limit is {max}",
+                k.split('.').count()
+            ),
+        ));
+    }
     for (k, v) in pairs {
         if !k.is_empty() {
             insert_dotted(into, &k, v);
         }
     }
+    Ok(())
 }
 
 fn bad_request(service: &str, detail: impl Into<String>) -> ApiError {
@@ -109,17 +157,18 @@ fn bad_request(service: &str, detail: impl Into<String>) -> ApiError {
 }
 
 /// The JSON request: query parameters, merged with a JSON or form body.
-fn request_json(
+/// Bounded: at most [`MAX_FIELDS`] query and form fields, nesting at most
+/// [`micro::dynamic::MAX_DEPTH`] levels, checked before anything is built.
+pub fn request_json(
     service: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Value, ApiError> {
     let mut obj = Map::new();
+    let mut fields = 0;
     if let Some(q) = query {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q)
-            .map_err(|e| bad_request(service, format!("malformed query string: {e}")))?;
-        pairs_to_object(pairs, &mut obj);
+        parse_pairs(service, "query string", q.as_bytes(), &mut fields, &mut obj)?;
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(obj));
@@ -129,13 +178,25 @@ fn request_json(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     if content_type.starts_with("application/x-www-form-urlencoded") {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|e| bad_request(service, format!("malformed form body: {e}")))?;
-        pairs_to_object(pairs, &mut obj);
+        parse_pairs(service, "form body", body, &mut fields, &mut obj)?;
         return Ok(Value::Object(obj));
     }
+    // serde_json stops at 128 levels by itself; the depth check below
+    // holds requests to the gateway's own, lower limit.
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(b)) => {
+            let depth = 1 + b
+                .values()
+                .map(micro::dynamic::json_depth)
+                .max()
+                .unwrap_or(0);
+            let max = micro::dynamic::MAX_DEPTH;
+            if depth > max {
+                return Err(bad_request(
+                    service,
+                    format!("the request nests {depth} levels deep; the limit is {max}"),
+                ));
+            }
             // The body wins over the query for the same field.
             for (k, v) in b {
                 obj.insert(k, v);
@@ -146,19 +207,78 @@ fn request_json(
             service,
             "the request body must be a JSON object",
         )),
+        Err(e) if e.to_string().starts_with("recursion limit exceeded") => Err(bad_request(
+            service,
+            format!(
+                "the request nests more than 128 levels deep; the limit is {}",
+                micro::dynamic::MAX_DEPTH
+            ),
+        )),
         Err(e) => Err(bad_request(service, format!("malformed JSON: {e}"))),
     }
+}
+
+/// The headers passed on to the service as metadata: all but the hop
+/// headers, at most [`MAX_METADATA`] of them and [`MAX_METADATA_BYTES`].
+pub fn metadata(service: &str, headers: &HeaderMap) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for (k, v) in headers {
+        let name = k.as_str();
+        if HOP_HEADERS.contains(&name) || name.starts_with("grpc-") {
+            continue;
+        }
+        let Ok(value) = v.to_str() else { continue };
+        bytes += name.len() + value.len();
+        out.push((name.to_string(), value.to_string()));
+        if out.len() > MAX_METADATA || bytes > MAX_METADATA_BYTES {
+            return Err(ApiError(Error::new(
+                service,
+                431,
+                format!(
+                    "too many or too large headers to pass on to the service: at most {MAX_METADATA} headers and {MAX_METADATA_BYTES} bytes"
+                ),
+            )));
+        }
+    }
+    Ok(out)
 }
 
 /// Handles every request that is not `GET /`.
 pub async fn handle<B: Backend>(State(backend): State<Arc<B>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    if parts.method == axum::http::Method::OPTIONS {
+        // A CORS preflight (answered by the CORS layer when the origin is
+        // allowed) or a question about methods: never a call.
+        return (
+            StatusCode::NO_CONTENT,
+            [(header::ALLOW, "GET, POST, PUT, PATCH, DELETE, OPTIONS")],
+        )
+            .into_response();
+    }
     let Some((service, endpoint)) = route(parts.uri.path()) else {
         return ApiError(micro::errors::not_found(
             "micro.api",
             format!("no route for {}", parts.uri.path()),
         ))
         .into_response();
+    };
+    let uri_len = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().len())
+        .unwrap_or(0);
+    if uri_len > MAX_URI {
+        return ApiError(Error::new(
+            &service,
+            414,
+            format!("the request URI is {uri_len} bytes; the limit is {MAX_URI} (32 KiB)"),
+        ))
+        .into_response();
+    }
+    let metadata = match metadata(&service, &parts.headers) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
     };
     let body = match axum::body::to_bytes(Body::new(body), MAX_BODY).await {
         Ok(b) => b,
@@ -182,12 +302,6 @@ pub async fn handle<B: Backend>(State(backend): State<Arc<B>>, req: Request) -> 
         .filter(|v| !v.is_empty())
         .unwrap_or(micro::DEFAULT_NAMESPACE)
         .to_string();
-    let metadata = parts
-        .headers
-        .iter()
-        .filter(|(k, _)| !HOP_HEADERS.contains(&k.as_str()) && !k.as_str().starts_with("grpc-"))
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
     let call = Call {
         namespace,
         service,
@@ -248,5 +362,66 @@ mod tests {
             request_json("s", None, &h, b"[1]").err().unwrap().0.code,
             400
         );
+    }
+
+    #[test]
+    fn deep_or_wide_requests_are_refused_before_they_are_built() {
+        let h = HeaderMap::new();
+        let detail = |q: Option<&str>, h: &HeaderMap, body: &[u8]| {
+            let e = request_json("s", q, h, body).expect_err("refused");
+            assert_eq!(e.0.code, 400);
+            e.0.detail
+        };
+        // the crash the issue found: a 28 KB dotted key
+        let deep = format!("{}=1", vec!["a"; 14_000].join("."));
+        let d = detail(Some(&deep), &h, b"");
+        assert!(
+            d.contains("nests 14000 levels deep; the limit is 32"),
+            "{d}"
+        );
+        let ok = format!("{}=1", vec!["a"; 32].join("."));
+        assert!(request_json("s", Some(&ok), &h, b"").is_ok());
+        let d = detail(Some(&format!("{}=1", vec!["a"; 33].join("."))), &h, b"");
+        assert!(d.contains("limit is 32"), "{d}");
+
+        let wide: String = (0..1001).map(|i| format!("k{i}=1&")).collect();
+        let d = detail(Some(&wide), &h, b"");
+        assert!(d.contains("1001 fields; the limit is 1000"), "{d}");
+        let mut form = HeaderMap::new();
+        form.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        let half: String = (0..600).map(|i| format!("k{i}=1&")).collect();
+        let d = detail(Some(&half), &form, half.as_bytes());
+        assert!(d.contains("1200 fields"), "{d}");
+        let d = detail(None, &form, deep.as_bytes());
+        assert!(d.contains("limit is 32"), "{d}");
+
+        // JSON bodies: past serde_json's own limit, and past ours
+        let body = format!("{}{}", "{\"a\":".repeat(200), "}".repeat(200));
+        let d = detail(None, &h, body.as_bytes());
+        assert!(d.contains("limit is 32"), "{d}");
+        let body = format!("{}1{}", "{\"a\":".repeat(40), "}".repeat(40));
+        let d = detail(None, &h, body.as_bytes());
+        assert!(d.contains("nests 40 levels deep"), "{d}");
+    }
+
+    #[test]
+    fn metadata_is_bounded() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", "1".parse().unwrap());
+        h.insert("cookie", "secret".parse().unwrap());
+        assert_eq!(metadata("s", &h).unwrap(), vec![("x-a".into(), "1".into())]);
+        h.insert("x-big", "v".repeat(MAX_METADATA_BYTES).parse().unwrap());
+        assert_eq!(metadata("s", &h).err().unwrap().0.code, 431);
+        let mut many = HeaderMap::new();
+        for i in 0..=MAX_METADATA {
+            many.insert(
+                header::HeaderName::try_from(format!("x-{i}")).unwrap(),
+                "1".parse().unwrap(),
+            );
+        }
+        assert_eq!(metadata("s", &many).err().unwrap().0.code, 431);
     }
 }

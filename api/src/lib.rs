@@ -4,8 +4,14 @@
 //! Architecture invariant: this crate never imports the node. Everything it
 //! needs from the node comes through the [`Backend`] trait, so the HTTP layer
 //! can be tested against a fake backend and the node can change underneath.
+//! Both are served by [`serve`], which bounds what a connection may send.
 
+pub mod cors;
 pub mod gateway;
+pub mod serve;
+
+pub use cors::Cors;
+pub use serve::{serve, serve_with, Limits};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -72,13 +78,35 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// The API gateway's routes: `GET /` for the version, every other path a
-/// call to a service. CORS is open (any origin, no credentials).
-pub fn gateway<B: Backend>(backend: Arc<B>) -> Router {
-    Router::new()
+/// call to a service. Browsers may call it only from the origins `cors`
+/// allows (by default none).
+pub fn gateway<B: Backend>(backend: Arc<B>, cors: &Cors) -> Router {
+    let router = Router::new()
         .route("/", get(version::<B>))
         .fallback(gateway::handle::<B>)
-        .with_state(backend)
-        .layer(tower_http::cors::CorsLayer::permissive())
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(backend);
+    match cors.layer() {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    gateway::ApiError(micro::errors::Error::new(
+        "micro.api",
+        405,
+        format!("method {method} is not allowed here"),
+    ))
+    .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    gateway::ApiError(micro::errors::not_found(
+        "micro.api",
+        format!("no page at {}", uri.path()),
+    ))
+    .into_response()
 }
 
 async fn version<B: Backend>(State(b): State<Arc<B>>) -> Json<serde_json::Value> {
@@ -90,6 +118,8 @@ pub fn dashboard<B: Backend>(backend: Arc<B>) -> Router {
     Router::new()
         .route("/", get(dashboard_page::<B>))
         .route("/api/services", get(dashboard_services::<B>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(backend)
 }
 
@@ -225,6 +255,10 @@ mod tests {
         }
     }
 
+    fn gw() -> Router {
+        gateway(Arc::new(Fake), &Cors::default())
+    }
+
     async fn body(router: Router, uri: &str) -> (StatusCode, String) {
         send(router, Request::get(uri).body(Body::empty()).unwrap()).await
     }
@@ -240,7 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn root_reports_the_version() {
-        let (status, text) = body(gateway(Arc::new(Fake)), "/").await;
+        let (status, text) = body(gw(), "/").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(text, r#"{"version":"9.9.9"}"#);
     }
@@ -257,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn gateway_calls_route_and_errors_have_the_micro_shape() {
-        let (status, text) = body(gateway(Arc::new(Fake)), "/echo/say-hi?name=Alice").await;
+        let (status, text) = body(gw(), "/echo/say-hi?name=Alice").await;
         assert_eq!(status, StatusCode::OK);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["endpoint"], "Echo.SayHi");
@@ -270,7 +304,7 @@ mod tests {
             .header("content-type", "application/json")
             .body(Body::from(r#"{"name":"Joe"}"#))
             .unwrap();
-        let (status, text) = send(gateway(Arc::new(Fake)), req).await;
+        let (status, text) = send(gw(), req).await;
         assert_eq!(status, StatusCode::OK);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
@@ -282,7 +316,7 @@ mod tests {
             .unwrap()
             .contains(&serde_json::json!("x-trace=t1")));
 
-        let (status, text) = body(gateway(Arc::new(Fake)), "/nope/call").await;
+        let (status, text) = body(gw(), "/nope/call").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(
             text,
@@ -290,27 +324,89 @@ mod tests {
         );
 
         let req = Request::post("/echo").body(Body::from("{bad")).unwrap();
-        let (status, text) = send(gateway(Arc::new(Fake)), req).await;
+        let (status, text) = send(gw(), req).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(text.contains(r#""code":400"#), "{text}");
 
         let big = vec![b' '; gateway::MAX_BODY + 1];
         let req = Request::post("/echo").body(Body::from(big)).unwrap();
-        let (status, _) = send(gateway(Arc::new(Fake)), req).await;
+        let (status, _) = send(gw(), req).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
+    fn from(origin: &str, preflight: bool) -> Request<Body> {
+        let b = Request::builder().uri("/echo").header("origin", origin);
+        let b = if preflight {
+            b.method("OPTIONS")
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "content-type")
+        } else {
+            b.method("GET")
+        };
+        b.body(Body::empty()).unwrap()
+    }
+
     #[tokio::test]
-    async fn cors_preflight_is_answered() {
-        let req = Request::builder()
-            .method("OPTIONS")
-            .uri("/echo")
-            .header("origin", "http://example.com")
-            .header("access-control-request-method", "POST")
-            .body(Body::empty())
+    async fn cors_is_closed_by_default() {
+        for preflight in [true, false] {
+            let resp = gw()
+                .oneshot(from("https://evil.example", preflight))
+                .await
+                .unwrap();
+            let h = resp.headers();
+            assert!(h.get("access-control-allow-origin").is_none(), "{h:?}");
+            assert!(h.get("access-control-allow-credentials").is_none(), "{h:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn named_origins_get_credentials_and_a_wildcard_never_does() {
+        let cors = Cors::new(&["https://app.example", "*"]).unwrap();
+        let router = gateway(Arc::new(Fake), &cors);
+        for preflight in [true, false] {
+            let resp = router
+                .clone()
+                .oneshot(from("https://app.example", preflight))
+                .await
+                .unwrap();
+            let h = resp.headers();
+            assert_eq!(h["access-control-allow-origin"], "https://app.example");
+            assert_eq!(h["access-control-allow-credentials"], "true");
+            if preflight {
+                assert_eq!(h["access-control-allow-methods"], "POST");
+            }
+            let resp = router
+                .clone()
+                .oneshot(from("https://other.example", preflight))
+                .await
+                .unwrap();
+            let h = resp.headers();
+            assert_eq!(h["access-control-allow-origin"], "https://other.example");
+            assert!(h.get("access-control-allow-credentials").is_none(), "{h:?}");
+        }
+        let only = gateway(
+            Arc::new(Fake),
+            &Cors::new(&["https://app.example"]).unwrap(),
+        );
+        let resp = only
+            .oneshot(from("https://evil.example", true))
+            .await
             .unwrap();
-        let resp = gateway(Arc::new(Fake)).oneshot(req).await.unwrap();
-        assert!(resp.status().is_success());
-        assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+        assert!(resp.headers().get("access-control-allow-origin").is_none());
+    }
+
+    #[tokio::test]
+    async fn routing_errors_are_json() {
+        let req = Request::post("/").body(Body::empty()).unwrap();
+        let (status, text) = send(gw(), req).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(text.contains(r#""code":405"#), "{text}");
+        let (status, text) = body(dashboard(Arc::new(Fake)), "/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(text.contains(r#""code":404"#), "{text}");
+        let long = format!("/echo?q={}", "x".repeat(gateway::MAX_URI));
+        let (status, text) = body(gw(), &long).await;
+        assert_eq!(status, StatusCode::URI_TOO_LONG);
+        assert!(text.contains(r#""code":414"#), "{text}");
     }
 }

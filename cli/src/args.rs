@@ -410,6 +410,19 @@ pub struct ServerArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// Web origins allowed to call the API from a browser with the user's
+    /// cookie, comma separated (e.g. https://app.example.com); `*` allows any
+    /// origin without credentials. Default: none
+    #[arg(
+        long,
+        env = "MICRO_API_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGINS"
+    )]
+    pub api_cors_origins: Vec<String>,
+    /// How long an HTTP client may take to send a request's headers
+    #[arg(long, env = "MICRO_API_HEADER_TIMEOUT", value_parser = parse_duration, default_value = "10s", value_name = "DURATION", hide = true)]
+    pub api_header_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

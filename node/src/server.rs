@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use micro_proto::config::config_server::ConfigServer;
 use micro_proto::registry::registry_server::RegistryServer;
 use micro_proto::registry::{Node, Options as RegOptions, Service};
@@ -96,6 +95,12 @@ pub struct ServerOptions {
     /// the certificate and key the client ports serve TLS with; plaintext
     /// when `None`
     pub tls: Option<TlsFiles>,
+    /// web origins allowed to call the API gateway from a browser, with
+    /// credentials (`*`: any origin, without credentials); empty: none
+    pub api_cors_origins: Vec<String>,
+    /// how long an HTTP client may take to send a request head (API and
+    /// dashboard)
+    pub http_header_timeout: Duration,
 }
 
 impl ServerOptions {
@@ -117,6 +122,8 @@ impl ServerOptions {
             cluster_size: 5,
             raft_snapshot_after: RaftOptions::default().snapshot_after,
             tls: None,
+            api_cors_origins: Vec::new(),
+            http_header_timeout: micro_api::serve::HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -149,6 +156,8 @@ pub enum ServerError {
     DefaultPassword { addr: SocketAddr },
     #[error("{0}")]
     Tls(#[from] ClientTlsError),
+    #[error("{0}")]
+    Options(String),
 }
 
 /// Turns `:8080` into `0.0.0.0:8080` and checks the form of `HOST:PORT`.
@@ -271,13 +280,6 @@ async fn wait_until_ready(replica: &Replica) -> Result<(), ServerError> {
     }
 }
 
-/// Replies go out at once (no Nagle delay on small responses).
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!("cannot set TCP_NODELAY: {e}");
-    }
-}
-
 /// `path` made absolute against the working directory, for processes that
 /// run elsewhere.
 fn absolute(path: &Path) -> PathBuf {
@@ -298,6 +300,8 @@ pub async fn run(
         .map_err(data_err(&dir))?;
     let listen_file = dir.join("listen.json");
     let _ = std::fs::remove_file(&listen_file);
+    let cors = micro_api::Cors::new(&opts.api_cors_origins)
+        .map_err(|e| ServerError::Options(format!("--api-cors-origins: {e}")))?;
 
     // Bind first, so a port in use is reported before anything else happens.
     let proxy_l = bind("gRPC endpoint", &opts.proxy_address).await?;
@@ -582,15 +586,31 @@ pub async fn run(
         )),
     };
 
-    // TODO(merge): pass api_tls to micro_api::serve (gateway and dashboard).
-    let _api_tls: Option<Arc<rustls::ServerConfig>> = client_tls.as_ref().map(|t| t.http.clone());
+    // With --tls-cert/--tls-key the HTTP ports serve TLS like the gRPC one.
+    let http_tls: Option<Arc<rustls::ServerConfig>> = client_tls.as_ref().map(|t| t.http.clone());
     let backend = Arc::new(NodeBackend::new(replica.clone(), router, authority.clone()));
-    let api = axum::serve(api_l.tap_io(no_delay), micro_api::gateway(backend.clone()))
-        .with_graceful_shutdown(stopped());
-    let api = tokio::spawn(async move { api.await });
-    let web = axum::serve(web_l.tap_io(no_delay), micro_api::dashboard(backend))
-        .with_graceful_shutdown(stopped());
-    let web = tokio::spawn(async move { web.await });
+    // The HTTP ports bound what a client may send and how slowly (header
+    // timeout, head size, idle connections); TCP_NODELAY is set there.
+    let http_limits = micro_api::Limits {
+        header_read_timeout: opts.http_header_timeout,
+        ..micro_api::Limits::default()
+    };
+    let api = micro_api::serve_with(
+        api_l,
+        micro_api::gateway(backend.clone(), &cors),
+        http_tls.clone(),
+        http_limits.clone(),
+        stopped(),
+    );
+    let api = tokio::spawn(api);
+    let web = micro_api::serve_with(
+        web_l,
+        micro_api::dashboard(backend),
+        http_tls,
+        http_limits,
+        stopped(),
+    );
+    let web = tokio::spawn(web);
 
     let core = core_services(id, &reachable(proxy_addr));
     register_core(&replica, &core).await;

@@ -1,6 +1,10 @@
 //! Calls described at run time: JSON in, JSON out, using a service's
 //! protobuf descriptor (prost-reflect). Used by the gateway and the CLI's
 //! dynamic commands.
+//!
+//! Must never: recurse into a JSON request deeper than [`MAX_DEPTH`]
+//! (requests come from anyone who reaches the gateway; a deep one must be
+//! a 400, not a stack overflow).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
@@ -15,6 +19,38 @@ pub enum Error {
     BadRequest(String),
     #[error("cannot decode the reply: {0}")]
     BadReply(String),
+}
+
+/// How deep a JSON request may nest (objects and arrays).
+pub const MAX_DEPTH: usize = 32;
+
+/// How deep `v` nests: a scalar is 0, `{"a": 1}` is 1, `{"a": [{}]}` is 3.
+/// Counted without recursion, so any value can be measured.
+pub fn json_depth(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    let mut deepest = 0;
+    let mut todo: Vec<(&Value, usize)> = vec![(v, 0)];
+    while let Some((v, depth)) = todo.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Object(m) => Box::new(m.values()),
+            Value::Array(a) => Box::new(a.iter()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        todo.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
+/// Refuses a request that nests deeper than [`MAX_DEPTH`].
+pub fn check_depth(v: &serde_json::Value) -> Result<(), Error> {
+    let depth = json_depth(v);
+    if depth > MAX_DEPTH {
+        return Err(Error::BadRequest(format!(
+            "the request nests {depth} levels deep; the limit is {MAX_DEPTH}"
+        )));
+    }
+    Ok(())
 }
 
 /// Finds the method an endpoint name (`Helloworld.Call`) names: the method
@@ -44,10 +80,21 @@ pub fn path(m: &MethodDescriptor) -> String {
 /// (query strings and form bodies carry only text). Other values are left
 /// alone, so a mismatch is still reported by [`encode_request`].
 pub fn coerce_strings(json: &mut serde_json::Value, msg: &prost_reflect::MessageDescriptor) {
+    coerce_within(json, msg, 0)
+}
+
+fn coerce_within(
+    json: &mut serde_json::Value,
+    msg: &prost_reflect::MessageDescriptor,
+    depth: usize,
+) {
     use prost_reflect::Kind;
     let serde_json::Value::Object(map) = json else {
         return;
     };
+    if depth >= MAX_DEPTH {
+        return; // deeper than any request may be: encode_request refuses it
+    }
     for (key, value) in map.iter_mut() {
         let Some(field) = msg
             .get_field_by_name(key)
@@ -59,10 +106,12 @@ pub fn coerce_strings(json: &mut serde_json::Value, msg: &prost_reflect::Message
         if let (Kind::Message(inner), false) = (&kind, field.is_map()) {
             if field.is_list() {
                 if let serde_json::Value::Array(items) = value {
-                    items.iter_mut().for_each(|i| coerce_strings(i, inner));
+                    items
+                        .iter_mut()
+                        .for_each(|i| coerce_within(i, inner, depth + 1));
                 }
             } else {
-                coerce_strings(value, inner);
+                coerce_within(value, inner, depth + 1);
             }
             continue;
         }
@@ -108,8 +157,10 @@ pub fn coerce_strings(json: &mut serde_json::Value, msg: &prost_reflect::Message
     }
 }
 
-/// Encodes a JSON request as the method's input message.
+/// Encodes a JSON request as the method's input message (refusing one
+/// deeper than [`MAX_DEPTH`]).
 pub fn encode_request(m: &MethodDescriptor, json: &serde_json::Value) -> Result<Bytes, Error> {
+    check_depth(json)?;
     let msg = DynamicMessage::deserialize(m.input(), json)
         .map_err(|e| Error::BadRequest(e.to_string()))?;
     Ok(msg.encode_to_vec().into())
@@ -236,6 +287,24 @@ mod tests {
         ));
         let bad = encode_request(&m, &serde_json::json!({"key": 5}));
         assert!(matches!(bad, Err(Error::BadRequest(_))));
+    }
+
+    #[test]
+    fn deep_requests_are_refused_before_transcoding() {
+        let pool = DescriptorPool::decode(micro_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let m = method(&pool, "store", "Store.Read").unwrap();
+        let mut deep = serde_json::json!("x");
+        for _ in 0..MAX_DEPTH + 1 {
+            deep = serde_json::json!({ "options": deep });
+        }
+        assert_eq!(json_depth(&deep), MAX_DEPTH + 1);
+        coerce_strings(&mut deep, &m.input());
+        match encode_request(&m, &deep) {
+            Err(Error::BadRequest(e)) => assert!(e.contains("limit is 32"), "{e}"),
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+        assert_eq!(json_depth(&serde_json::json!(1)), 0);
+        assert_eq!(json_depth(&serde_json::json!({"a": [{}]})), 3);
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         cluster_size: args.cluster_size as usize,
         raft_snapshot_after: args.raft_snapshot_after,
         tls,
+        api_cors_origins: args.api_cors_origins.clone(),
+        http_header_timeout: args.api_header_timeout,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,6 +8,7 @@ mod basics;
 mod cluster;
 mod config;
 mod durability;
+mod gateway;
 mod registry;
 mod runtime;
 mod security;

@@ -24,6 +24,14 @@ pub const MAX_DOCUMENT: usize = 4 * 1024 * 1024;
 const SECRET_KEY: &str = "__micro_secret__";
 const MASK: &str = "[secret]";
 const CAS_ATTEMPTS: usize = 32;
+/// The most segments a dot path may have.
+pub const MAX_PATH_SEGMENTS: usize = 32;
+/// The longest a dot path may be, in bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// How deep a document may nest (path and value together). serde_json
+/// reads at most 128 levels back, so a deeper document could be stored but
+/// never read again.
+pub const MAX_DEPTH: usize = 64;
 
 /// The Config service over the replicated state.
 pub struct ConfigService {
@@ -41,12 +49,25 @@ fn doc_key(ns: &str) -> Vec<u8> {
     format!("config/{ns}").into_bytes()
 }
 
-/// Splits a dot path; the empty path is the whole document.
-fn split_path(path: &str) -> Result<Vec<&str>, Status> {
+/// Splits a dot path; the empty path is the whole document. At most
+/// [`MAX_PATH_BYTES`] bytes and [`MAX_PATH_SEGMENTS`] segments, none empty.
+pub fn split_path(path: &str) -> Result<Vec<&str>, Status> {
     if path.is_empty() {
         return Ok(Vec::new());
     }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "invalid path: it is {} bytes long; the limit is {MAX_PATH_BYTES}",
+            path.len()
+        )));
+    }
     let parts: Vec<&str> = path.split('.').collect();
+    if parts.len() > MAX_PATH_SEGMENTS {
+        return Err(Status::invalid_argument(format!(
+            "invalid path: it has {} segments; the limit is {MAX_PATH_SEGMENTS}",
+            parts.len()
+        )));
+    }
     if parts.iter().any(|p| p.is_empty()) {
         return Err(Status::invalid_argument(format!(
             "invalid path '{path}': empty segment"
@@ -76,8 +97,15 @@ fn deep_merge(into: &mut Map<String, Json>, from: Map<String, Json>) {
 }
 
 /// Sets `value` at `path` in `doc`, creating maps on the way and turning a
-/// scalar in the way into a map.
-fn set_at(doc: &mut Json, path: &[&str], value: Json) -> Result<(), Status> {
+/// scalar in the way into a map. Refuses (changing nothing) a value that
+/// would nest deeper than [`MAX_DEPTH`] there.
+pub fn set_at(doc: &mut Json, path: &[&str], value: Json) -> Result<(), Status> {
+    let depth = path.len() + micro::dynamic::json_depth(&value);
+    if depth > MAX_DEPTH {
+        return Err(Status::invalid_argument(format!(
+            "the value would nest {depth} levels deep in the config; the limit is {MAX_DEPTH}"
+        )));
+    }
     let Some((last, parents)) = path.split_last() else {
         return match (doc, value) {
             (Json::Object(a), Json::Object(b)) => {
@@ -119,7 +147,8 @@ fn set_at(doc: &mut Json, path: &[&str], value: Json) -> Result<(), Status> {
     Ok(())
 }
 
-fn get_at<'a>(doc: &'a Json, path: &[&str]) -> Option<&'a Json> {
+/// The value at `path` in `doc`, unless a secret or a non-map is in the way.
+pub fn get_at<'a>(doc: &'a Json, path: &[&str]) -> Option<&'a Json> {
     let mut cur = doc;
     for seg in path {
         if is_secret(cur) {
@@ -131,7 +160,7 @@ fn get_at<'a>(doc: &'a Json, path: &[&str]) -> Option<&'a Json> {
 }
 
 /// Removes the value at `path`; reports whether anything was there.
-fn delete_at(doc: &mut Json, path: &[&str]) -> bool {
+pub fn delete_at(doc: &mut Json, path: &[&str]) -> bool {
     let Some((last, parents)) = path.split_last() else {
         let had = doc.as_object().is_some_and(|m| !m.is_empty());
         *doc = Json::Object(Map::new());
@@ -284,7 +313,7 @@ fn may_decrypt<T>(req: &Request<T>, ns: &str, decrypt: bool) -> Result<(), Statu
 }
 
 /// Parses a value as JSON, falling back to a plain string.
-fn parse_value(data: &str) -> Json {
+pub fn parse_value(data: &str) -> Json {
     serde_json::from_str(data).unwrap_or_else(|_| Json::String(data.to_string()))
 }
 
@@ -403,6 +432,31 @@ mod tests {
         assert!(split_path("a..b").is_err());
         assert!(split_path(".a").is_err());
         assert_eq!(split_path("").unwrap(), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn paths_and_values_are_bounded() {
+        let long = vec!["a"; 500].join(".");
+        let e = split_path(&long).unwrap_err();
+        assert!(e.message().contains("500 segments; the limit is 32"), "{e}");
+        let e = split_path(&"a".repeat(MAX_PATH_BYTES + 1)).unwrap_err();
+        assert!(e.message().contains("the limit is 1024"), "{e}");
+        assert_eq!(split_path(&vec!["a"; 32].join(".")).unwrap().len(), 32);
+
+        let mut doc = json!({"keep": 1});
+        let mut deep = json!(1);
+        for _ in 0..40 {
+            deep = json!({ "x": deep });
+        }
+        let thirty = vec!["a"; 30].join(".");
+        let path = split_path(&thirty).unwrap();
+        let e = set_at(&mut doc, &path, deep.clone()).unwrap_err();
+        assert!(e.message().contains("70 levels deep"), "{e}");
+        assert!(set_at(&mut doc, &[], json!({ "r": deep.clone() })).is_ok());
+        assert_eq!(doc["keep"], 1, "nothing else changed");
+        // whatever is stored can be read back
+        let raw = serde_json::to_vec(&doc).unwrap();
+        assert!(serde_json::from_slice::<Json>(&raw).is_ok());
     }
 
     #[test]
