@@ -42,6 +42,40 @@ fn server_cert(ca: &TestCa, dir: &Path) -> (PathBuf, PathBuf) {
     (cert_path, key_path)
 }
 
+/// `GET path` over HTTPS/1.1 to `addr`, trusting only `ca_pem`, as
+/// `localhost`: the status line and body, or why the handshake failed.
+fn https_get(addr: &str, ca_pem: &str, path: &str) -> Result<String, String> {
+    use rustls_pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    match tls.read_to_end(&mut reply) {
+        Ok(_) => {}
+        // the server closed without close_notify after a complete reply
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !reply.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
 fn write(dir: &Path, name: &str, body: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
@@ -78,6 +112,31 @@ fn an_https_env_reaches_a_tls_node_and_nothing_else_does() {
             .any(|l| l.starts_with("  sec ") && l.ends_with(&https)),
         "{listing}"
     );
+    // The API and the dashboard serve TLS with the same certificate, and
+    // nothing in plaintext.
+    for port in [&s.api, &s.web] {
+        let reply = https_get(port, &ours.pem, "/").unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        let wrong = https_get(port, &theirs.pem, "/").unwrap_err();
+        assert!(wrong.contains("UnknownIssuer"), "{wrong}");
+        let plain = {
+            use std::io::{Read, Write};
+            let mut tcp = std::net::TcpStream::connect(port.as_str()).unwrap();
+            tcp.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+                .unwrap();
+            tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            let mut got = Vec::new();
+            let _ = tcp.read_to_end(&mut got);
+            String::from_utf8_lossy(&got).into_owned()
+        };
+        assert!(
+            !plain.contains("version"),
+            "plaintext HTTP on a TLS port: {plain}"
+        );
+    }
+    assert!(https_get(&s.api, &ours.pem, "/")
+        .unwrap()
+        .contains(r#"{"version":"#));
     // The CA is kept in the config, not as a path: the file may go.
     std::fs::remove_file(&ca_file).unwrap();
     assert_eq!(
