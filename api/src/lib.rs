@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -65,11 +65,14 @@ pub trait Backend: Send + Sync + 'static {
     fn version(&self) -> &str;
     /// This node's Raft state.
     fn node(&self) -> NodeSummary;
-    /// The services registered in `namespace`, sorted by name.
+    /// The services registered in `namespace`, sorted by name, if the
+    /// bearer of `token` (or an anonymous caller) may list them: the same
+    /// check as `Registry.ListServices` on the gRPC endpoint.
     fn services(
         &self,
         namespace: &str,
-    ) -> impl Future<Output = Result<Vec<ServiceSummary>, String>> + Send;
+        token: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<ServiceSummary>, micro::errors::Error>> + Send;
     /// Calls a service endpoint with a JSON request, returning its JSON reply.
     fn call(
         &self,
@@ -138,14 +141,12 @@ fn namespace(q: &NsQuery) -> &str {
 async fn dashboard_services<B: Backend>(
     State(b): State<Arc<B>>,
     Query(q): Query<NsQuery>,
+    headers: HeaderMap,
 ) -> Response {
-    match b.services(namespace(&q)).await {
+    let token = micro::bearer::from_headers(&headers);
+    match b.services(namespace(&q), token).await {
         Ok(list) => Json(list).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "error": e })),
-        )
-            .into_response(),
+        Err(e) => gateway::ApiError(e).into_response(),
     }
 }
 
@@ -164,10 +165,15 @@ fn escape(s: &str) -> String {
     out
 }
 
-async fn dashboard_page<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<NsQuery>) -> Response {
+async fn dashboard_page<B: Backend>(
+    State(b): State<Arc<B>>,
+    Query(q): Query<NsQuery>,
+    headers: HeaderMap,
+) -> Response {
     let ns = namespace(&q);
     let node = b.node();
-    let rows = match b.services(ns).await {
+    let mut status = StatusCode::OK;
+    let rows = match b.services(ns, micro::bearer::from_headers(&headers)).await {
         Ok(list) if list.is_empty() => "<tr><td colspan=4>No services</td></tr>".to_string(),
         Ok(list) => list
             .iter()
@@ -181,16 +187,19 @@ async fn dashboard_page<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<NsQ
                 )
             })
             .collect::<String>(),
-        Err(e) => format!(
-            "<tr><td colspan=4>Cannot list services: {}</td></tr>",
-            escape(&e)
-        ),
+        Err(e) => {
+            status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            format!(
+                "<tr><td colspan=4>Cannot list services: {}</td></tr>",
+                escape(&e.detail)
+            )
+        }
     };
     let leader = node
         .leader
         .map(|l| l.to_string())
         .unwrap_or_else(|| "none".into());
-    Html(format!(
+    let page = Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><title>Micro</title>\
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 12px;text-align:left}}</style></head>\
          <body><h1>Micro</h1><p>version {} &middot; node {} ({}) &middot; term {} &middot; applied {} &middot; leader {}</p>\
@@ -204,8 +213,8 @@ async fn dashboard_page<B: Backend>(State(b): State<Arc<B>>, Query(q): Query<NsQ
         leader,
         escape(ns),
         rows
-    ))
-    .into_response()
+    ));
+    (status, page).into_response()
 }
 
 #[cfg(test)]
@@ -230,7 +239,14 @@ mod tests {
                 leader: Some(7),
             }
         }
-        async fn services(&self, namespace: &str) -> Result<Vec<ServiceSummary>, String> {
+        async fn services(
+            &self,
+            namespace: &str,
+            token: Option<&str>,
+        ) -> Result<Vec<ServiceSummary>, micro::errors::Error> {
+            if namespace == "locked" && token != Some("good") {
+                return Err(micro::errors::unauthorized("registry", "log in"));
+            }
             if namespace != "micro" {
                 return Ok(vec![]);
             }
@@ -287,6 +303,31 @@ mod tests {
         assert!(text.contains("Store.Read"));
         let (_, other) = body(dashboard(Arc::new(Fake)), "/?namespace=other").await;
         assert!(other.contains("No services"));
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_lists_only_what_the_caller_may_list() {
+        let (status, text) =
+            body(dashboard(Arc::new(Fake)), "/api/services?namespace=locked").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (v["code"].as_u64(), v["detail"].as_str()),
+            (Some(401), Some("log in"))
+        );
+        let (status, text) = body(dashboard(Arc::new(Fake)), "/?namespace=locked").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(text.contains("Cannot list services: log in"), "{text}");
+        let req = Request::get("/api/services?namespace=locked")
+            .header("cookie", "micro-token=good")
+            .body(Body::empty())
+            .unwrap();
+        let (status, _) = send(dashboard(Arc::new(Fake)), req).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the token in the cookie is the caller's"
+        );
     }
 
     #[tokio::test]

@@ -108,8 +108,18 @@ impl Backend for NodeBackend {
         }
     }
 
-    async fn services(&self, namespace: &str) -> Result<Vec<ServiceSummary>, String> {
-        let list = registry::list(&self.replica, namespace).map_err(|s| s.message().to_string())?;
+    async fn services(
+        &self,
+        namespace: &str,
+        token: Option<&str>,
+    ) -> Result<Vec<ServiceSummary>, Error> {
+        crate::grpc::check_name("namespace", namespace)
+            .map_err(|s| errors::bad_request("registry", s.message()))?;
+        self.authority
+            .authorize(token, namespace, "registry", "Registry.ListServices")
+            .map_err(|status| Error::from_status("registry", &status))?;
+        let list = registry::list(&self.replica, namespace)
+            .map_err(|s| Error::from_status("registry", &s))?;
         Ok(list
             .into_iter()
             .map(|s| ServiceSummary {

@@ -394,3 +394,35 @@ fn client_ports_listen_on_loopback_by_default() {
         );
     }
 }
+
+#[test]
+fn the_dashboard_lists_services_only_to_those_who_may() {
+    let s = Server::start();
+    login(&s, "micro", "admin", "micro");
+    for (id, scope, resource) in [
+        ("onlyloggedin", "--scope=*", "--resource=*:*:*"),
+        ("auth-public", "--scope=", "--resource=service:auth:*"),
+    ] {
+        let mut args = vec!["auth", "create", "rule", "--access=granted", resource, id];
+        if scope != "--scope=" {
+            args.push(scope);
+        }
+        s.micro(&args).ok();
+    }
+    s.micro(&["auth", "delete", "rule", "default"]).ok();
+    let (status, body) = crate::harness::http_get(&s.web, "/api/services");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains(r#""code":401"#), "{body}");
+    let (status, body) = crate::harness::http_get(&s.web, "/api/services?namespace=..");
+    assert_eq!(status, 400, "{body}");
+    let token = token_of(&s, "micro");
+    let (status, body) = crate::harness::http_send(
+        &s.web,
+        "GET",
+        "/api/services",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""name":"store""#), "{body}");
+}
