@@ -54,18 +54,21 @@ pub fn rotated_path(file: &Path) -> PathBuf {
 /// error). A rotation that happens while this reads may make the result
 /// skip or repeat a few lines; it is a view for people, not a cursor.
 pub async fn tail(file: &Path, n: usize) -> io::Result<Vec<String>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
+    Ok(tail_with_end(file, n).await?.0)
+}
+
+/// [`tail`], and how far the current file had been written when it was
+/// read: where [`follow_from`] takes over, so that no line falls between.
+pub async fn tail_with_end(file: &Path, n: usize) -> io::Result<(Vec<String>, u64)> {
     let file = file.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let mut lines = last_lines(&file, n)?;
+        let (mut lines, end) = last_lines(&file, n)?;
         if lines.len() < n {
-            let mut older = last_lines(&rotated_path(&file), n - lines.len())?;
+            let (mut older, _) = last_lines(&rotated_path(&file), n - lines.len())?;
             older.append(&mut lines);
             lines = older;
         }
-        Ok(lines)
+        Ok((lines, end))
     })
     .await
     .map_err(io::Error::other)?
@@ -73,14 +76,17 @@ pub async fn tail(file: &Path, n: usize) -> io::Result<Vec<String>> {
 
 /// The last `n` lines of one file, reading backwards from its end so a large
 /// file costs only what is shown. Blocking.
-fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
+fn last_lines(path: &Path, n: usize) -> io::Result<(Vec<String>, u64)> {
     const CHUNK: u64 = 64 * 1024;
     let mut file = match fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(e),
     };
     let len = file.metadata()?.len();
+    if n == 0 {
+        return Ok((Vec::new(), len));
+    }
     // Chunks read so far, last chunk first.
     let mut chunks: Vec<Vec<u8>> = Vec::new();
     let mut pos = len;
@@ -109,14 +115,15 @@ fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
         bytes.pop();
     }
     if bytes.is_empty() && len == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let pieces: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     let skip = pieces.len().saturating_sub(n);
-    Ok(pieces[skip..]
+    let lines = pieces[skip..]
         .iter()
         .map(|l| String::from_utf8_lossy(l).into_owned())
-        .collect())
+        .collect();
+    Ok((lines, len))
 }
 
 /// Lines appended to the file from now on (follows rotation: when the file is
@@ -128,9 +135,21 @@ fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
 /// appears. Polls every 200 ms. A line still without its newline is held
 /// back until the newline arrives (or the file is rotated away).
 pub fn follow(file: PathBuf) -> mpsc::Receiver<String> {
+    follow_at(file, None)
+}
+
+/// [`follow`], from byte `pos` of the current file (as [`tail_with_end`]
+/// reported it) rather than from its end: the lines written since are not
+/// lost. A file shorter than `pos` (rotated or truncated meanwhile) is read
+/// from its beginning.
+pub fn follow_from(file: PathBuf, pos: u64) -> mpsc::Receiver<String> {
+    follow_at(file, Some(pos))
+}
+
+fn follow_at(file: PathBuf, from: Option<u64>) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel(SINK_QUEUE);
     tokio::spawn(async move {
-        if let Err(e) = follow_file(&file, &tx).await {
+        if let Err(e) = follow_file(&file, from, &tx).await {
             tracing::debug!(file = %file.display(), error = %e, "stopped following a log");
         }
     });
@@ -147,13 +166,15 @@ struct Cursor {
 }
 
 impl Cursor {
-    async fn open(path: &Path, at_end: bool) -> io::Result<Cursor> {
+    /// Opens the log at its end (`None`), or at byte `Some(pos)` when the
+    /// file is that long (else at its beginning).
+    async fn open(path: &Path, at: Option<u64>) -> io::Result<Cursor> {
         let mut file = tokio::fs::File::open(path).await?;
         let meta = file.metadata().await?;
-        let pos = if at_end {
-            file.seek(SeekFrom::End(0)).await?
-        } else {
-            0
+        let pos = match at {
+            None => file.seek(SeekFrom::End(0)).await?,
+            Some(p) if p <= meta.len() => file.seek(SeekFrom::Start(p)).await?,
+            Some(_) => 0,
         };
         Ok(Cursor {
             file,
@@ -202,8 +223,8 @@ impl Cursor {
 /// The receiver of a follow was dropped.
 struct Closed;
 
-async fn follow_file(path: &Path, tx: &mpsc::Sender<String>) -> io::Result<()> {
-    let mut cursor = match Cursor::open(path, true).await {
+async fn follow_file(path: &Path, from: Option<u64>, tx: &mpsc::Sender<String>) -> io::Result<()> {
+    let mut cursor = match Cursor::open(path, from).await {
         Ok(c) => Some(c),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
@@ -230,7 +251,7 @@ async fn follow_file(path: &Path, tx: &mpsc::Sender<String>) -> io::Result<()> {
                             return Ok(());
                         }
                     }
-                    match Cursor::open(path, false).await {
+                    match Cursor::open(path, Some(0)).await {
                         Ok(c) => {
                             cursor = Some(c);
                             // Read the new file now, not a poll later.
@@ -517,6 +538,20 @@ mod tests {
             (first..total).collect::<Vec<_>>(),
             "consecutive across the rotation"
         );
+    }
+
+    #[tokio::test]
+    async fn no_line_falls_between_the_tail_and_the_follow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("svc.log");
+        write(&file, "1\n2\n");
+        let (lines, end) = tail_with_end(&file, 1).await.expect("tail");
+        assert_eq!((lines, end), (vec!["2".to_string()], 4));
+        // written after the tail, before the follower opens the file
+        write(&file, "3\n");
+        let mut rx = follow_from(file.clone(), end);
+        let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
+        assert_eq!(got.expect("a line").as_deref(), Some("3"));
     }
 
     #[tokio::test]

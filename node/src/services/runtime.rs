@@ -927,9 +927,10 @@ impl Runtime for RuntimeService {
         } else {
             DEFAULT_LINES
         };
-        let lines = logs::tail(&file, count).await.unwrap_or_default();
+        let (lines, end) = logs::tail_with_end(&file, count).await.unwrap_or_default();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let follow = req.stream.then(|| logs::follow(file));
+        // Following starts where the tail ended: no line in between is lost.
+        let follow = req.stream.then(|| logs::follow_from(file, end));
         tokio::spawn(async move {
             for line in lines {
                 if tx.send(Ok(LogRecord { message: line })).await.is_err() {
