@@ -8,51 +8,12 @@ use micro_proto::store::{ReadRequest, Record, WriteRequest};
 
 use crate::harness::{http_get, http_send, wait_for_nodes, Instance, Server};
 
-/// Logs in through the CLI.
-fn login(s: &Server, user: &str, password: &str) {
-    let run = s.micro(&["login", "--username", user, "--password", password]);
-    assert_eq!(run.ok(), "Successfully logged in.\n");
-}
-
-/// Only logged-in accounts may call anything but auth.
-fn lock_down(s: &Server) {
-    assert_eq!(
-        s.micro(&[
-            "auth",
-            "create",
-            "rule",
-            "--access=granted",
-            "--scope=*",
-            "--resource=*:*:*",
-            "onlyloggedin"
-        ])
-        .ok(),
-        "Rule created\n"
-    );
-    assert_eq!(
-        s.micro(&[
-            "auth",
-            "create",
-            "rule",
-            "--access=granted",
-            "--resource=service:auth:*",
-            "auth-public"
-        ])
-        .ok(),
-        "Rule created\n"
-    );
-    assert_eq!(
-        s.micro(&["auth", "delete", "rule", "default"]).ok(),
-        "Rule deleted\n"
-    );
-}
-
 #[test]
 fn the_lockdown_scenario() {
     let s = Server::start();
     let _hw = Instance::start(&s, "a");
     wait_for_nodes(&s, "helloworld", 1);
-    login(&s, "admin", "micro");
+    s.login("admin", "micro");
     assert_eq!(s.micro(&["user"]).ok(), "admin\n");
     let token = s.micro(&["user", "token"]).ok().trim().to_string();
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
@@ -82,7 +43,7 @@ fn the_lockdown_scenario() {
 
     // Before the lockdown anyone may call; after it, only accounts.
     assert_eq!(http_get(&s.api, "/helloworld/Call?name=Alice").0, 200);
-    lock_down(&s);
+    s.lock_down();
     assert_eq!(
         s.micro(&["auth", "list", "rules"]).ok(),
         "ID            Scope     Access   Resource        Priority\nauth-public   <public>  GRANTED  service:auth:*  0\nonlyloggedin  *         GRANTED  *:*:*           0\n"
@@ -126,7 +87,7 @@ fn the_lockdown_scenario() {
         .fails_with("Not authorized to perform this request");
     s.micro(&["user"]).fails_with("You are not logged in");
 
-    login(&s, "jane", &secret);
+    s.login("jane", &secret);
     assert_eq!(s.micro(&["user"]).ok(), "jane\n");
     assert!(s
         .micro(&["auth", "list", "rules"])
@@ -139,8 +100,8 @@ fn the_lockdown_scenario() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_expire_refresh_and_cannot_be_forged() {
     let s = Server::start_with(&[("MICRO_AUTH_TOKEN_TTL", "2s")]);
-    login(&s, "admin", "micro");
-    lock_down(&s);
+    s.login("admin", "micro");
+    s.lock_down();
     let token = s.micro(&["user", "token"]).ok().trim().to_string();
     let client = s.client("micro").await;
     client.set_token(Some(&token));
@@ -188,7 +149,7 @@ async fn tokens_expire_refresh_and_cannot_be_forged() {
 
     // A token signed by another cluster.
     let other = Server::start();
-    login(&other, "admin", "micro");
+    other.login("admin", "micro");
     let foreign = other.micro(&["user", "token"]).ok().trim().to_string();
     let (status, _) = http_send(
         &s.api,
@@ -235,7 +196,7 @@ async fn tokens_expire_refresh_and_cannot_be_forged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_act_only_in_their_namespace() {
     let s = Server::start();
-    login(&s, "admin", "micro");
+    s.login("admin", "micro");
     let created = s.micro(&[
         "--namespace",
         "team",
@@ -334,7 +295,7 @@ async fn accounts_act_only_in_their_namespace() {
 #[test]
 fn a_changed_password_replaces_the_old_one() {
     let s = Server::start();
-    login(&s, "admin", "micro");
+    s.login("admin", "micro");
     assert_eq!(
         s.micro(&[
             "user",
@@ -352,7 +313,7 @@ fn a_changed_password_replaces_the_old_one() {
     s.micro(&["login", "--username", "admin", "--password", "micro"])
         .fails_with("Login failed: invalid username or password");
     // A password may start with a dash: it is a value, not a flag.
-    login(&s, "admin", "-n3w-pass");
+    s.login("admin", "-n3w-pass");
     s.micro(&[
         "user",
         "set",
@@ -370,7 +331,7 @@ fn the_first_admin_password_can_be_set_and_the_default_warns() {
     let s = Server::start_with(&[("MICRO_AUTH_ADMIN_PASSWORD", "s3t-at-start")]);
     s.micro(&["login", "--username", "admin", "--password", "micro"])
         .fails_with("Login failed: invalid username or password");
-    login(&s, "admin", "s3t-at-start");
+    s.login("admin", "s3t-at-start");
     let d = Server::start();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !d.log().contains("default password") {
@@ -408,7 +369,7 @@ fn the_first_admin_password_can_come_from_a_file() {
         "fr0m-a-file\n",
     ])
     .fails_with("Login failed: invalid username or password");
-    login(&s, "admin", "fr0m-a-file");
+    s.login("admin", "fr0m-a-file");
     // The password is nowhere on the node's command line.
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "\n").unwrap();
@@ -444,7 +405,7 @@ fn the_first_admin_password_can_come_from_a_file() {
 fn no_secret_is_stored_in_clear() {
     use std::os::unix::fs::PermissionsExt;
     let s = Server::start_with(&[("MICRO_AUTH_ADMIN_PASSWORD", "Adm1nPassw0rd")]);
-    login(&s, "admin", "Adm1nPassw0rd");
+    s.login("admin", "Adm1nPassw0rd");
     s.micro(&[
         "auth",
         "create",
@@ -504,8 +465,8 @@ fn services_the_runtime_starts_have_accounts_of_their_own() {
         ),
         ("MICRO_RUNTIME_PROFILE", "dev"),
     ]);
-    login(&s, "admin", "micro");
-    lock_down(&s);
+    s.login("admin", "micro");
+    s.lock_down();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("idsvc");
     std::fs::create_dir_all(&dir).unwrap();

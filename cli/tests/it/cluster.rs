@@ -25,11 +25,6 @@ fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn login(s: &Server) {
-    s.micro(&["login", "--username", "admin", "--password", "micro"])
-        .ok();
-}
-
 /// The `micro cluster members` table as (id, gossip, role) rows.
 fn members(s: &Server) -> Vec<(u64, String, String)> {
     let run = s.micro(&["cluster", "members"]);
@@ -52,7 +47,7 @@ fn members(s: &Server) -> Vec<(u64, String, String)> {
 /// and each CLI is logged in.
 fn cluster(more: usize, env: &[(&str, &str)]) -> Vec<Server> {
     let first = Server::start_node("127.0.0.1", env, &[]);
-    login(&first);
+    first.login_admin();
     let token = first.micro(&["cluster", "token"]).ok().trim().to_string();
     assert!(token.starts_with("MICRO2."), "a join token: {token}");
     let mut nodes = vec![first];
@@ -60,7 +55,7 @@ fn cluster(more: usize, env: &[(&str, &str)]) -> Vec<Server> {
         let ip = format!("127.0.0.{}", i + 2);
         let join = nodes[0].cluster.clone();
         let n = Server::start_node(&ip, env, &["--join", &join, "--token", &token]);
-        login(&n);
+        n.login_admin();
         nodes.push(n);
     }
     let ids: Vec<u64> = nodes.iter().map(|n| n.node_id).collect();
@@ -290,7 +285,7 @@ fn last_line(run: &Run) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_cannot_join_or_talk_to_the_cluster_port() {
     let node = Server::start_node("127.0.0.1", &[], &[]);
-    login(&node);
+    node.login_admin();
     let token = node.micro(&["cluster", "token"]).ok().trim().to_string();
     let good = JoinToken::parse(&token).unwrap();
     // Only admins see the token.
@@ -518,7 +513,7 @@ fn services_run_on_one_node_are_managed_from_any_other() {
 fn nodes_beyond_the_cluster_size_stay_learners_and_still_serve() {
     let env = [("MICRO_CLUSTER_SIZE", "1")];
     let first = Server::start_node("127.0.0.1", &env, &[]);
-    login(&first);
+    first.login_admin();
     let token = first.micro(&["cluster", "token"]).ok().to_string();
     // The token from a file (with its newline), out of `ps`.
     let token_file = first.home.path().join("join-token");
@@ -547,7 +542,7 @@ fn nodes_beyond_the_cluster_size_stay_learners_and_still_serve() {
 #[test]
 fn join_tokens_expire_and_can_all_be_revoked() {
     let first = Server::start_node("127.0.0.1", &[], &[]);
-    login(&first);
+    first.login_admin();
     let home = crate::harness::Home::new();
 
     // A token that works for 2 s no longer works after 3 s.
@@ -753,7 +748,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 fn a_node_whose_raft_state_is_lost_or_foreign_refuses_to_start() {
     let mut a = Server::start_node("127.0.0.1", &[], &[]);
     let mut b = Server::start_node("127.0.0.2", &[], &[]);
-    login(&a);
+    a.login_admin();
     a.micro(&["store", "write", "k", "kept"]).ok();
     assert_eq!(a.terminate(), Some(0));
     assert_eq!(b.terminate(), Some(0));
@@ -791,6 +786,6 @@ fn a_node_whose_raft_state_is_lost_or_foreign_refuses_to_start() {
     std::fs::remove_dir_all(&raft).unwrap();
     std::fs::rename(&mine, &raft).unwrap();
     a.restart();
-    login(&a);
+    a.login_admin();
     assert_eq!(read(&a, "k").ok(), "kept\n");
 }

@@ -275,10 +275,62 @@ impl Server {
             .expect("connect")
     }
 
+    /// Logs the CLI in as `user` in the current namespace.
+    pub fn login(&self, user: &str, password: &str) {
+        let run = self.micro(&["login", "--username", user, "--password", password]);
+        assert_eq!(run.ok(), "Successfully logged in.\n");
+    }
+
+    /// Logs the CLI in as `user` of namespace `ns`.
+    pub fn login_in(&self, ns: &str, user: &str, password: &str) {
+        let run = self.micro(&[
+            "--namespace",
+            ns,
+            "login",
+            "--username",
+            user,
+            "--password",
+            password,
+        ]);
+        assert_eq!(run.ok(), "Successfully logged in.\n");
+    }
+
+    /// Only logged-in accounts may call anything but auth.
+    pub fn lock_down(&self) {
+        assert_eq!(
+            self.micro(&[
+                "auth",
+                "create",
+                "rule",
+                "--access=granted",
+                "--scope=*",
+                "--resource=*:*:*",
+                "onlyloggedin"
+            ])
+            .ok(),
+            "Rule created\n"
+        );
+        assert_eq!(
+            self.micro(&[
+                "auth",
+                "create",
+                "rule",
+                "--access=granted",
+                "--resource=service:auth:*",
+                "auth-public"
+            ])
+            .ok(),
+            "Rule created\n"
+        );
+        assert_eq!(
+            self.micro(&["auth", "delete", "rule", "default"]).ok(),
+            "Rule deleted\n"
+        );
+    }
+
     /// Logs the CLI in as the default admin (`admin` / `micro`).
     pub fn login_admin(&self) {
-        let run = self.micro(&["login", "--username", "admin", "--password", "micro"]);
-        assert_eq!(run.ok(), "Successfully logged in.\n");
+        self.login("admin", "micro");
     }
 
     /// The server's process id.

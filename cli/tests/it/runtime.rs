@@ -24,13 +24,8 @@ fn runtime_server_with(env: &[(&str, &str)], password: &str) -> Server {
     ];
     all.extend_from_slice(env);
     let s = Server::start_with(&all);
-    login(&s, "admin", password);
+    s.login("admin", password);
     s
-}
-
-fn login(s: &Server, user: &str, password: &str) {
-    let run = s.micro(&["login", "--username", user, "--password", password]);
-    assert_eq!(run.ok(), "Successfully logged in.\n");
 }
 
 /// A folder with a `micro.toml` that runs `run` (and builds with `build`).
@@ -493,19 +488,19 @@ fn only_the_owner_or_an_admin_manages_a_service() {
     );
     let dir = dir.to_str().unwrap();
 
-    login(&s, "carol", "Passw0rd-x");
+    s.login("carol", "Passw0rd-x");
     s.micro(&["run", dir]).fails_with(
         "Account carol may not run services in namespace micro: that needs the runtime scope or an admin",
     );
     assert_eq!(s.micro(&["status"]).ok(), "", "nothing started");
 
-    login(&s, "alice", "Passw0rd-x");
+    s.login("alice", "Passw0rd-x");
     s.micro(&["run", dir]).ok();
     let line = s.wait_status("alicesvc", 30, |l| l.contains(" running "));
     assert!(line.contains("owner=alice, group=micro"), "{line}");
     wait_logs(&s, "alicesvc", "alice was here");
 
-    login(&s, "bob", "Passw0rd-x");
+    s.login("bob", "Passw0rd-x");
     let not_bobs =
         "Service alicesvc belongs to account alice: only it or an admin of namespace micro may do this";
     s.micro(&["logs", "alicesvc"]).fails_with(not_bobs);
@@ -514,7 +509,7 @@ fn only_the_owner_or_an_admin_manages_a_service() {
     s.wait_status("alicesvc", 5, |l| l.contains(" running "));
 
     // A service name alice registered is hers in the runtime too.
-    login(&s, "alice", "Passw0rd-x");
+    s.login("alice", "Passw0rd-x");
     s.micro(&[
         "call",
         "registry",
@@ -522,12 +517,12 @@ fn only_the_owner_or_an_admin_manages_a_service() {
         r#"{"name":"taken","version":"1","nodes":[{"id":"taken-1","address":"127.0.0.1:1"}]}"#,
     ])
     .ok();
-    login(&s, "bob", "Passw0rd-x");
+    s.login("bob", "Passw0rd-x");
     s.micro(&["run", dir, "--name", "taken"]).fails_with(
         "Service name taken is registered by account alice: run it under another --name",
     );
 
-    login(&s, "admin", "micro");
+    s.login("admin", "micro");
     wait_logs(&s, "alicesvc", "alice was here");
     assert_eq!(s.micro(&["kill", "alicesvc"]).ok(), "");
     assert_eq!(s.micro(&["status"]).ok(), "");

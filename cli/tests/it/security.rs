@@ -13,19 +13,6 @@ use micro_proto::config::{GetRequest, Options};
 
 use crate::harness::{Home, Server, MICRO};
 
-fn login(s: &Server, ns: &str, user: &str, password: &str) {
-    let run = s.micro(&[
-        "--namespace",
-        ns,
-        "login",
-        "--username",
-        user,
-        "--password",
-        password,
-    ]);
-    assert_eq!(run.ok(), "Successfully logged in.\n");
-}
-
 fn create_account(s: &Server, ns: &str, id: &str, secret: &str, scopes: &str) {
     let scopes = format!("--scopes={scopes}");
     let mut args = vec![
@@ -54,10 +41,10 @@ fn token_of(s: &Server, ns: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_of_another_namespace_is_no_admin_here() {
     let s = Server::start();
-    login(&s, "micro", "admin", "micro");
+    s.login_in("micro", "admin", "micro");
     s.micro(&["store", "write", "k", "root-value"]).ok();
     create_account(&s, "team", "tadmin", "tpass", "admin");
-    login(&s, "team", "tadmin", "tpass");
+    s.login_in("team", "tadmin", "tpass");
 
     // An admin in its own namespace...
     create_account(&s, "team", "carol", "cpass", "");
@@ -125,7 +112,7 @@ async fn an_admin_of_another_namespace_is_no_admin_here() {
 #[test]
 fn a_deny_rule_for_accounts_applies_to_anonymous_callers() {
     let s = Server::start();
-    login(&s, "micro", "admin", "micro");
+    s.login_in("micro", "admin", "micro");
     s.micro(&["store", "write", "k", "v"]).ok();
     assert_eq!(
         s.micro(&[
@@ -155,7 +142,7 @@ fn a_deny_rule_for_accounts_applies_to_anonymous_callers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_service_cannot_be_renamed_by_metadata() {
     let s = Server::start();
-    login(&s, "micro", "admin", "micro");
+    s.login_in("micro", "admin", "micro");
     // Nobody, not even an admin, may reach the cluster service...
     s.micro(&[
         "auth",
@@ -185,12 +172,12 @@ async fn a_node_service_cannot_be_renamed_by_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_namespaces_config_and_secrets_stay_closed() {
     let s = Server::start();
-    login(&s, "micro", "admin", "micro");
+    s.login_in("micro", "admin", "micro");
     s.micro(&["config", "set", "--secret", "app.key", "s3cret"])
         .ok();
     s.micro(&["config", "set", "app.colour", "blue"]).ok();
     create_account(&s, "team", "bob", "bobpass", "");
-    login(&s, "team", "bob", "bobpass");
+    s.login_in("team", "bob", "bobpass");
     let client = s.client("team").await;
     client.set_token(Some(&token_of(&s, "team")));
     // bob's call is authorized for `team` (the metadata) but names `micro`
@@ -237,7 +224,7 @@ async fn another_namespaces_config_and_secrets_stay_closed() {
     assert_eq!(s.micro(&["config", "get", "app.key"]).ok(), "[secret]\n");
     s.micro(&["config", "get", "--secret", "app.key"])
         .fails_with("Not authorized to perform this request");
-    login(&s, "micro", "admin", "micro");
+    s.login_in("micro", "admin", "micro");
     assert_eq!(
         s.micro(&["config", "get", "--secret", "app.key"]).ok(),
         "s3cret\n"
@@ -257,7 +244,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_guessing_is_rate_limited_with_memory_bounded() {
     let s = Server::start();
-    login(&s, "micro", "admin", "micro");
+    s.login_in("micro", "admin", "micro");
     create_account(&s, "micro", "jane", "janepass", "");
     s.micro(&["logout"]).ok();
     let before = peak_rss_kib(s.pid());
@@ -317,7 +304,7 @@ async fn password_guessing_is_rate_limited_with_memory_bounded() {
     eprintln!("the server grew by {grown} KiB");
     assert!(grown < 400 * 1024, "the server grew by {grown} KiB");
     // Another account is not held up by guesses at admin's.
-    login(&s, "micro", "jane", "janepass");
+    s.login_in("micro", "jane", "janepass");
     assert!(took < Duration::from_secs(120), "{took:?}");
 }
 
@@ -401,18 +388,8 @@ fn client_ports_listen_on_loopback_by_default() {
 #[test]
 fn the_dashboard_lists_services_only_to_those_who_may() {
     let s = Server::start();
-    login(&s, "micro", "admin", "micro");
-    for (id, scope, resource) in [
-        ("onlyloggedin", "--scope=*", "--resource=*:*:*"),
-        ("auth-public", "--scope=", "--resource=service:auth:*"),
-    ] {
-        let mut args = vec!["auth", "create", "rule", "--access=granted", resource, id];
-        if scope != "--scope=" {
-            args.push(scope);
-        }
-        s.micro(&args).ok();
-    }
-    s.micro(&["auth", "delete", "rule", "default"]).ok();
+    s.login_in("micro", "admin", "micro");
+    s.lock_down();
     let (status, body) = crate::harness::http_get(&s.web, "/api/services");
     assert_eq!(status, 401, "{body}");
     assert!(body.contains(r#""code":401"#), "{body}");

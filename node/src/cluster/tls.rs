@@ -701,6 +701,11 @@ mod tests {
         check_over(channel(&addr.to_string(), cfg).unwrap()).await
     }
 
+    /// [`whoami`] as the member `id`, trusting every member.
+    async fn whoami_as(addr: SocketAddr, id: &Identity) -> Result<String, String> {
+        whoami(addr, client_config(id, Trust::new()).unwrap()).await
+    }
+
     /// Calls Check over `channel`; the node the server saw, or the failure.
     async fn check_over(channel: Channel) -> Result<String, String> {
         let mut client = HealthClient::new(channel);
@@ -762,9 +767,7 @@ mod tests {
         let a = identity(&ca, 1);
         let b = identity(&ca, 2);
         let addr = start_server(&b).await;
-        let seen = whoami(addr, client_config(&a, Trust::new()).unwrap())
-            .await
-            .unwrap();
+        let seen = whoami_as(addr, &a).await.unwrap();
         assert_eq!(seen, "1");
 
         // The raw connection negotiated h2 over TLS 1.3.
@@ -897,22 +900,14 @@ mod tests {
             s
         };
 
-        let seen = tokio::time::timeout(
-            Duration::from_secs(5),
-            whoami(addr, client_config(&a, Trust::new()).unwrap()),
-        )
-        .await
-        .expect("the good client was served promptly")
-        .unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(5), whoami_as(addr, &a))
+            .await
+            .expect("the good client was served promptly")
+            .unwrap();
         assert_eq!(seen, "1");
         // And again, after the garbage connection has been dropped.
         drop(garbage);
-        assert_eq!(
-            whoami(addr, client_config(&a, Trust::new()).unwrap())
-                .await
-                .unwrap(),
-            "1"
-        );
+        assert_eq!(whoami_as(addr, &a).await.unwrap(), "1");
     }
 
     #[tokio::test]
@@ -972,27 +967,15 @@ mod tests {
         let c = identity(&ca, 3);
         let trust = Trust::new();
         let addr = start_server_trusting(&b, trust.clone()).await;
-        assert_eq!(
-            whoami(addr, client_config(&a, Trust::new()).unwrap())
-                .await
-                .unwrap(),
-            "1"
-        );
+        assert_eq!(whoami_as(addr, &a).await.unwrap(), "1");
         // Node 1 is removed: its next handshake fails, node 3 still passes.
         trust.set(TrustSet {
             revoked: HashSet::from([1]),
             pinned: HashMap::new(),
         });
-        let err = whoami(addr, client_config(&a, Trust::new()).unwrap())
-            .await
-            .unwrap_err();
+        let err = whoami_as(addr, &a).await.unwrap_err();
         assert!(err.contains("CertificateRevoked"), "{err}");
-        assert_eq!(
-            whoami(addr, client_config(&c, Trust::new()).unwrap())
-                .await
-                .unwrap(),
-            "3"
-        );
+        assert_eq!(whoami_as(addr, &c).await.unwrap(), "3");
     }
 
     #[tokio::test]
@@ -1014,15 +997,8 @@ mod tests {
         let server_trust = Trust::new();
         server_trust.set(pins());
         let addr = start_server_trusting(&b, server_trust).await;
-        assert_eq!(
-            whoami(addr, client_config(&a, Trust::new()).unwrap())
-                .await
-                .unwrap(),
-            "1"
-        );
-        let err = whoami(addr, client_config(&forged_a, Trust::new()).unwrap())
-            .await
-            .unwrap_err();
+        assert_eq!(whoami_as(addr, &a).await.unwrap(), "1");
+        let err = whoami_as(addr, &forged_a).await.unwrap_err();
         assert!(err.contains("fatal alert"), "{err}");
 
         // A client that knows the pins refuses a server with a forged
