@@ -129,8 +129,7 @@ async fn oversized_values_are_refused_and_change_nothing() {
         record: Some(Record {
             key: "big".into(),
             value,
-            expiry: 0,
-            metadata: Default::default(),
+            ..Default::default()
         }),
         options: Some(WriteOptions::default()),
     };
@@ -189,6 +188,7 @@ async fn metadata_round_trips() {
                 value: b"v".to_vec(),
                 expiry: 60,
                 metadata,
+                ..Default::default()
             }),
             options: None,
         })

@@ -79,6 +79,7 @@ fn decode(key: &[u8], rec: micro_raft::Record, now: u64) -> Result<Record, Statu
         value: stored.value,
         expiry: seconds_left(rec.expires_at, now),
         metadata: stored.metadata,
+        version: rec.version,
     })
 }
 
@@ -212,11 +213,12 @@ impl Store for StoreService {
             value: record.value,
             expiry: 0,
             metadata: record.metadata,
+            version: 0,
         };
         let mut txn = Txn::put(key, stored.encode_to_vec(), expires_at);
         txn.now = now;
         self.replica.write(txn).await.map_err(status)?;
-        Ok(Response::new(WriteResponse {}))
+        Ok(Response::new(WriteResponse::default()))
     }
 
     async fn delete(
