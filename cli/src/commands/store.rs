@@ -129,14 +129,13 @@ pub async fn run(ctx: Context, args: &StoreArgs) -> Result<(), Failure> {
                     record: Some(Record {
                         key: key.clone(),
                         value: value.clone().into_bytes(),
-                        expiry: 0,
-                        metadata: Default::default(),
+                        ..Default::default()
                     }),
                     options: Some(WriteOptions {
                         database,
                         table,
-                        expiry: 0,
                         ttl,
+                        ..Default::default()
                     }),
                 })
                 .await?;
@@ -174,7 +173,11 @@ pub async fn run(ctx: Context, args: &StoreArgs) -> Result<(), Failure> {
             store
                 .delete(DeleteRequest {
                     key: key.clone(),
-                    options: Some(DeleteOptions { database, table }),
+                    options: Some(DeleteOptions {
+                        database,
+                        table,
+                        ..Default::default()
+                    }),
                 })
                 .await?;
             Ok(())
