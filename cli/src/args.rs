@@ -551,7 +551,7 @@ pub enum StoreCommand {
         #[arg(long, conflicts_with = "if_version")]
         if_absent: bool,
         /// Write only if the record is at this version (see read -v)
-        #[arg(long, value_name = "VERSION", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "VERSION", value_parser = parse_version)]
         if_version: Option<u64>,
         #[command(flatten)]
         table: Table,
@@ -573,7 +573,7 @@ pub enum StoreCommand {
     Delete {
         key: String,
         /// Delete only if the record is at this version (see read -v)
-        #[arg(long, value_name = "VERSION", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "VERSION", value_parser = parse_version)]
         if_version: Option<u64>,
         #[command(flatten)]
         table: Table,
@@ -617,6 +617,15 @@ pub enum ConfigCommand {
 }
 
 /// Parses `10s`, `1m30s`, `500ms`, `2h`, `1d`; a bare number is seconds.
+/// A record version for `--if-version`: a log index, so at least 1 (the
+/// wire's 0 means "no condition", which the flag must never send).
+pub fn parse_version(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err("a version is a whole number from 1 up, as micro store read KEY -v shows".into()),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {
         format!(

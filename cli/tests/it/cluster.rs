@@ -45,7 +45,7 @@ fn members(s: &Server) -> Vec<(u64, String, String)> {
 /// Starts a founder on 127.0.0.1 and `more` nodes joining it on 127.0.0.2,
 /// .3, …; waits until all are voters, every node sees every other alive,
 /// and each CLI is logged in.
-fn cluster(more: usize, env: &[(&str, &str)]) -> Vec<Server> {
+pub(crate) fn cluster(more: usize, env: &[(&str, &str)]) -> Vec<Server> {
     let first = Server::start_node("127.0.0.1", env, &[]);
     first.login_admin();
     let token = first.micro(&["cluster", "token"]).ok().trim().to_string();
@@ -73,7 +73,7 @@ fn cluster(more: usize, env: &[(&str, &str)]) -> Vec<Server> {
 }
 
 /// The id of the node every member names as leader.
-fn leader(s: &Server) -> u64 {
+pub(crate) fn leader(s: &Server) -> u64 {
     eventually(30, "a leader", || {
         members(s)
             .into_iter()

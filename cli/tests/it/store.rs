@@ -350,8 +350,10 @@ fn compare_and_set_through_the_cli() {
         both.stderr.contains("--if-absent") && both.stderr.lines().count() == 1,
         "{both:?}"
     );
-    let zero = s.micro(&["store", "write", "counter", "b", "--if-version", "0"]);
-    assert_eq!(zero.code, 1, "{zero:?}");
+    s.micro(&["store", "write", "counter", "b", "--if-version", "0"])
+        .fails_with(
+            "Invalid value '0' for '--if-version <VERSION>': a version is a whole number from 1 up, as micro store read KEY -v shows. Please refer to 'micro store write --help'",
+        );
     assert_eq!(s.micro(&["store", "read", "counter"]).ok(), "a\n");
 }
 
@@ -524,4 +526,46 @@ fn a_compare_and_set_conflict_over_http_is_a_409() {
     );
     assert_eq!(s.micro(&["store", "read", "g"]).ok(), "1\n");
     assert_eq!(version_of(&s, "g"), version);
+}
+
+#[test]
+fn compare_and_set_on_followers_names_the_version_the_leader_wrote() {
+    let nodes = crate::cluster::cluster(2, &[]);
+    let leader = crate::cluster::leader(&nodes[0]);
+    let followers: Vec<&Server> = nodes.iter().filter(|n| n.node_id != leader).collect();
+    assert_eq!(followers.len(), 2);
+    let (a, b) = (followers[0], followers[1]);
+    assert_eq!(
+        a.micro(&["store", "write", "counter", "1", "--if-absent"])
+            .ok(),
+        "Created\n"
+    );
+    let v1 = version_of(a, "counter");
+    // The second claim is forwarded to the leader and fails there; the
+    // follower that took it reports the version once it has caught up.
+    b.micro(&["store", "write", "counter", "2", "--if-absent"])
+        .fails_with(&format!("Already exists: counter is at version {v1}"));
+    b.micro(&[
+        "store",
+        "write",
+        "counter",
+        "2",
+        "--if-version",
+        &v1.to_string(),
+    ])
+    .ok();
+    let v2 = version_of(b, "counter");
+    assert!(v2 > v1);
+    a.micro(&[
+        "store",
+        "write",
+        "counter",
+        "3",
+        "--if-version",
+        &v1.to_string(),
+    ])
+    .fails_with(&format!("Version mismatch: counter is at version {v2}"));
+    for n in &nodes {
+        assert_eq!(n.micro(&["store", "read", "counter"]).ok(), "2\n");
+    }
 }
