@@ -16,10 +16,10 @@
 //! record's current version. A record's version is the log index of its
 //! last write.
 
-use micro_proto::store::store_server::Store;
-use micro_proto::store::*;
 use std::time::Duration;
 
+use micro_proto::store::store_server::Store;
+use micro_proto::store::*;
 use micro_raft::{now_millis, Cond, Replica, Txn};
 use prost::Message;
 use tonic::{Request, Response, Status};
