@@ -110,7 +110,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -480,7 +480,7 @@ fn plot(history: &[Op], faults: &[FaultSpan], workload_end_us: u64) -> String {
         let colour = match o.outcome {
             Outcome::Ok => {
                 seen_ok += 1;
-                if seen_ok % every != 0 {
+                if !seen_ok.is_multiple_of(every) {
                     continue;
                 }
                 "#2ca02c"
