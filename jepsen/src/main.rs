@@ -15,6 +15,7 @@ mod checker;
 mod cluster;
 mod history;
 mod nemesis;
+mod report;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -164,9 +165,15 @@ async fn run(args: Args) -> Result<bool> {
     let clock = Clock::start();
     let outcome = run_in(&args, &micro, &root, seed, nodes, clients, clock).await;
     let passed = matches!(outcome, Ok(true));
-    if args.keep || !passed {
-        let kept = dir.keep();
-        println!("kept the run's directory: {}", kept.display());
+    let kept = dir.keep();
+    if passed && !args.keep {
+        // The report, history and logs stay; the nodes' data goes.
+        forget_data(&kept);
+    } else {
+        println!(
+            "kept the run's directory with the nodes' data: {}",
+            kept.display()
+        );
     }
     println!("total time {:.1}s", wall.elapsed().as_secs_f64());
     outcome
@@ -266,6 +273,7 @@ async fn exercise(
         timer.await.ok();
         injected
     };
+    let workload_end_us = clock.now();
     println!("{} workload over; healing every node", clock.stamp());
     if let Err(e) = cluster.heal_all().await {
         println!("{} {e:#}", clock.stamp());
@@ -344,7 +352,59 @@ async fn exercise(
     save(root, &history, &injected)?;
     let passed = violations.is_empty();
     report(&history, &injected, &violations, &notes, &scans, cluster);
+    let spans: Vec<report::FaultSpan> = injected
+        .iter()
+        .map(|i| report::FaultSpan {
+            name: i.fault.name().to_string(),
+            targets: i
+                .nodes
+                .iter()
+                .map(|n| format!("n{n}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            start_us: i.start_us,
+            end_us: i.healed_us,
+            recovered_s: i.recovered_s,
+        })
+        .collect();
+    let info = report::RunInfo {
+        nodes,
+        clients,
+        seconds: args.seconds,
+        seed,
+        nemeses: if args.no_faults {
+            "none".into()
+        } else {
+            Fault::ALL
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        workloads: "unique,register".into(),
+        network: "loopback (127.0.0.x)".into(),
+        workload_end_us,
+    };
+    let written = report::write(root, &info, &history, &spans, &violations)?;
+    println!(
+        "{}  · results in {}",
+        report::summary_line(&history, spans.len(), violations.len()),
+        written.display()
+    );
     Ok(passed)
+}
+
+/// Removes the nodes' data directories (`n*/data`) of a passed run.
+fn forget_data(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let data = e.path().join("data");
+        if data.is_dir() {
+            let _ = std::fs::remove_dir_all(&data);
+        }
+    }
 }
 
 /// Writes the history and the faults into the run's directory.
