@@ -1,9 +1,11 @@
-//! The cluster under test: real `micro server` processes, node `i` on the
-//! loopback address `127.0.0.{i+1}`, each with its own data directory,
-//! HOME and log file under the run's directory.
+//! The cluster under test: real `micro server` processes, node `i` on its
+//! own address (`127.0.0.{i+1}`, or in its own network namespace: see
+//! `net`), each with its own data directory, HOME and log file under the
+//! run's directory.
 //!
 //! Node 0 founds the cluster; the others join it with the join token,
-//! which the harness obtains over gRPC as the default admin (the same
+//! which the harness obtains over gRPC as the admin (whose password, one
+//! per run, it sets with `MICRO_AUTH_ADMIN_PASSWORD`; the same
 //! `Cluster.Token` call `micro cluster token` makes). Membership and roles
 //! come from `Cluster.Members` (what `micro cluster members` prints), asked
 //! of one node at a time with a timeout so a frozen node cannot stall the
@@ -12,8 +14,10 @@
 //! Faults are carried out on the processes: SIGKILL (then a restart on the
 //! same data directory and the same cluster address, which is how the
 //! peers know the node), and SIGSTOP/SIGCONT, which freeze and thaw a node
-//! (to its peers and clients it looks cut off). Clients find a node's
-//! current gRPC address in [`Addrs`], which changes when it restarts.
+//! (to its peers and clients it looks cut off), and in netns mode network
+//! partitions between nodes (nftables rules in their namespaces; clients
+//! still reach every node). Clients find a node's current gRPC address in
+//! [`Addrs`], which changes when it restarts.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,9 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use micro_proto::auth::TokenRequest;
 use micro_proto::cluster::{Member, MembersRequest};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::history::Clock;
+use crate::net::Net;
 
 /// How long a node may take to write its `listen.json`.
 const READY_WAIT: Duration = Duration::from_secs(60);
@@ -79,9 +84,16 @@ pub struct Cluster {
     pub addrs: Arc<Addrs>,
     pub pids: Pids,
     token: String,
-    /// an access token of the default admin: membership is for accounts
+    /// an access token of the admin: membership is for accounts
     admin: String,
+    /// the admin's password, set at the first start (a node refuses to
+    /// listen beyond loopback with the default one)
+    password: String,
     clock: Clock,
+    /// nodes with partition rules in place
+    cut: std::collections::BTreeSet<usize>,
+    /// declared last: dropped (torn down) after the node processes
+    pub net: Net,
 }
 
 impl Cluster {
@@ -94,6 +106,7 @@ impl Cluster {
         n: usize,
         clock: Clock,
         pids: Pids,
+        net: Net,
     ) -> Result<Cluster> {
         let mut nodes = Vec::new();
         for idx in 0..n {
@@ -103,7 +116,7 @@ impl Cluster {
                 .with_context(|| format!("cannot create {}", home.display()))?;
             nodes.push(Node {
                 idx,
-                ip: format!("127.0.0.{}", idx + 1),
+                ip: net.node_ip(idx),
                 data: dir.join("data"),
                 home,
                 log: dir.join("server.log"),
@@ -123,7 +136,10 @@ impl Cluster {
             pids,
             token: String::new(),
             admin: String::new(),
+            password: format!("jepsen-{:016x}", rand::random::<u64>()),
             clock,
+            cut: Default::default(),
+            net,
         };
         cluster.spawn(0).await?;
         (cluster.token, cluster.admin) = cluster.join_token().await?;
@@ -146,7 +162,7 @@ impl Cluster {
         self.nodes.len()
     }
 
-    /// The join token, asked of node 0 as the default admin, and that
+    /// The join token, asked of node 0 as the admin, and that
     /// admin's access token (valid on every node, for a day).
     async fn join_token(&self) -> Result<(String, String)> {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -158,7 +174,7 @@ impl Cluster {
                     .auth()
                     .token(TokenRequest {
                         id: "admin".into(),
-                        secret: "micro".into(),
+                        secret: self.password.clone(),
                         token_expiry: 86_400,
                         ..Default::default()
                     })
@@ -219,7 +235,7 @@ impl Cluster {
             )?;
         }
         let log = std::fs::OpenOptions::new().append(true).open(&node.log)?;
-        let mut cmd = Command::new(&self.micro);
+        let mut cmd = self.net.command(idx, &self.micro);
         cmd.arg("server")
             .arg("--data-dir")
             .arg(&node.data)
@@ -237,6 +253,7 @@ impl Cluster {
         }
         cmd.env("HOME", &node.home)
             .env("MICRO_LOG_LEVEL", "warn")
+            .env("MICRO_AUTH_ADMIN_PASSWORD", &self.password)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -265,6 +282,9 @@ impl Cluster {
                         bail!("node {idx} came back as {id}, not {}", node.node_id);
                     }
                     node.node_id = id;
+                    if let Some(pid) = node.child.as_ref().and_then(Child::id) {
+                        check_exe(pid, &self.micro)?;
+                    }
                     if node.cluster_addr.is_none() {
                         node.cluster_addr = Some(cluster);
                     }
@@ -365,8 +385,36 @@ impl Cluster {
         self.nodes[idx].frozen = false;
     }
 
-    /// Thaws every frozen node and restarts every killed one.
+    /// Cuts the network: each `(node, from, to)` makes `node` drop every
+    /// packet from the nodes in `from` and every packet to those in `to`
+    /// (replacing any cut it had). Clients still reach every node.
+    pub async fn partition(&mut self, grudges: &[(usize, Vec<usize>, Vec<usize>)]) -> Result<()> {
+        for (node, from, to) in grudges {
+            if from.is_empty() && to.is_empty() {
+                continue;
+            }
+            self.cut.insert(*node);
+            self.net.cut(*node, from, to).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every partition rule.
+    pub async fn heal_network(&mut self) -> Result<()> {
+        let mut first_error = None;
+        for node in std::mem::take(&mut self.cut) {
+            if let Err(e) = self.net.heal(node).await {
+                self.cut.insert(node);
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Heals the network, thaws every frozen node and restarts every
+    /// killed one.
     pub async fn heal_all(&mut self) -> Result<()> {
+        self.heal_network().await?;
         for idx in 0..self.len() {
             if self.nodes[idx].frozen {
                 self.thaw(idx);
@@ -526,6 +574,24 @@ impl Cluster {
         }
         self.pids.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+}
+
+/// Checks that process `pid` runs `micro` (in netns mode the child is `ip
+/// netns exec`, which must have exec'd the server: the signals of the
+/// faults go to this pid).
+fn check_exe(pid: u32, micro: &Path) -> Result<()> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .with_context(|| format!("cannot read /proc/{pid}/exe"))?;
+    let want = std::fs::canonicalize(micro).unwrap_or_else(|_| micro.to_path_buf());
+    // A rebuilt binary shows as "… (deleted)".
+    let shown = exe.to_string_lossy();
+    if !shown.starts_with(&*want.to_string_lossy()) {
+        bail!(
+            "process {pid} runs {shown}, not {}: signals would miss the node",
+            want.display()
+        );
+    }
+    Ok(())
 }
 
 /// The last `n` lines of a file.

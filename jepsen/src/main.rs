@@ -15,6 +15,8 @@ mod checker;
 mod cluster;
 mod history;
 mod nemesis;
+mod net;
+mod selftest;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -33,7 +35,8 @@ use rand::SeedableRng;
 use crate::checker::{Check, NodeScan, Violation};
 use crate::cluster::Cluster;
 use crate::history::{Clock, Kind, Op, Outcome};
-use crate::nemesis::{Fault, Injected};
+use crate::nemesis::{Family, Fault, Injected};
+use crate::net::{Net, NetMode};
 use crate::workload::{ClientConfig, Shared, REGISTERS};
 
 #[derive(Parser, Debug)]
@@ -78,6 +81,21 @@ struct Args {
     /// find stale reads and FAIL. The final reads stay linearizable.
     #[arg(long)]
     stale_reads: bool,
+    /// The faults to inject, a comma list of: kill (kill -9 a node or the
+    /// leader), pause (SIGSTOP a node, a majority or the leader), partition
+    /// (network partitions; needs netns)
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause", value_parser = nemesis::parse_family)]
+    nemesis: Vec<Family>,
+    /// The network: netns (a namespace per node on a bridge of the run's
+    /// own; needs root, ip and nft), loopback (127.0.0.x), or auto (netns
+    /// when it can)
+    #[arg(long, value_enum, default_value_t = NetMode::Auto)]
+    net: NetMode,
+    /// Instead of a run: the partition test (3 nodes in namespaces; the
+    /// isolated leader must refuse writes, the majority accept them, and
+    /// after healing every acknowledged write is on every node)
+    #[arg(long)]
+    partition_test: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -115,20 +133,53 @@ fn micro_path(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Kills the nodes if the harness is interrupted.
-fn on_interrupt(pids: cluster::Pids) {
+/// Kills the nodes and tears the network down if the harness is
+/// interrupted (Ctrl-C or SIGTERM).
+pub fn on_interrupt(pids: cluster::Pids, net: Option<Arc<net::Teardown>>) {
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let interrupted = tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok(),
+            _ = term => true,
+        };
+        if interrupted {
             for pid in pids.lock().unwrap_or_else(|e| e.into_inner()).values() {
                 // SAFETY: kill(2) on the pids of our own unreaped children.
                 unsafe {
                     libc::kill(*pid as libc::pid_t, libc::SIGKILL);
                 }
             }
-            eprintln!("micro-jepsen: interrupted; nodes killed");
+            if let Some(t) = net {
+                // A moment for the killed processes to go.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                t.run();
+                eprintln!("micro-jepsen: interrupted; nodes killed, network torn down");
+            } else {
+                eprintln!("micro-jepsen: interrupted; nodes killed");
+            }
             std::process::exit(130);
         }
     });
+}
+
+/// The network `--net` asks for, set up for `nodes` nodes.
+pub fn make_net(mode: NetMode, nodes: usize) -> Result<Net> {
+    match (mode, net::unavailable()) {
+        (NetMode::Loopback, _) => Ok(Net::loopback()),
+        (NetMode::Netns, Some(why)) => bail!("--net netns cannot run here: {why}"),
+        (NetMode::Auto, Some(why)) => {
+            println!("network: {why}, so loopback");
+            Ok(Net::loopback())
+        }
+        (_, None) => Net::netns(nodes),
+    }
 }
 
 /// Returns whether every check passed.
@@ -143,6 +194,15 @@ async fn run(args: Args) -> Result<bool> {
     });
     let nodes = args.nodes as usize;
     let clients = args.clients as usize;
+    if args.partition_test {
+        if args.net == NetMode::Loopback {
+            bail!("--partition-test needs network namespaces, not --net loopback");
+        }
+        if let Some(why) = net::unavailable() {
+            bail!("--partition-test needs network namespaces: {why}");
+        }
+        return selftest::partition_test(&micro, Some(on_interrupt)).await;
+    }
     let dir = tempfile::Builder::new()
         .prefix("micro-jepsen-")
         .tempdir()
@@ -151,7 +211,15 @@ async fn run(args: Args) -> Result<bool> {
     println!(
         "micro-jepsen: {nodes} nodes, {clients} clients, {}s, seed {seed}, faults {}{}",
         args.seconds,
-        if args.no_faults { "off" } else { "on" },
+        if args.no_faults {
+            "off".to_string()
+        } else {
+            args.nemesis
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
         if args.stale_reads {
             ", STALE (local replica) reads: a self-test expected to FAIL"
         } else {
@@ -181,10 +249,15 @@ async fn run_in(
     clients: usize,
     clock: Clock,
 ) -> Result<bool> {
+    let net = make_net(args.net, nodes)?;
+    println!("network: {}", net.describe());
+    if !args.no_faults && args.nemesis.contains(&Family::Partition) && !net.is_netns() {
+        bail!("--nemesis partition needs network namespaces: run as root with ip and nft installed (or leave partition out)");
+    }
     println!("{} starting the cluster", clock.stamp());
     let pids = cluster::Pids::default();
-    on_interrupt(pids.clone());
-    let mut cluster = Cluster::start(micro, root, nodes, clock, pids).await?;
+    on_interrupt(pids.clone(), net.teardown());
+    let mut cluster = Cluster::start(micro, root, nodes, clock, pids, net).await?;
     let result = exercise(args, &mut cluster, root, seed, clients, clock).await;
     println!("{} stopping the cluster", clock.stamp());
     cluster.shutdown().await;
@@ -259,7 +332,8 @@ async fn exercise(
         timer.await.ok();
         Vec::new()
     } else {
-        let (injected, failure) = nemesis::run(cluster, &mut rng, clock, stop.clone()).await;
+        let (injected, failure) =
+            nemesis::run(cluster, &args.nemesis, &mut rng, clock, stop.clone()).await;
         // Without a failure the nemesis stops when the timer raises `stop`;
         // after one, the workload goes on to its end without faults.
         recovery.extend(failure);
@@ -472,6 +546,9 @@ fn report(
                 .map(|l| format!("n{l}"))
                 .unwrap_or_else(|| "-".into())
         );
+        if !i.detail.is_empty() {
+            println!("             ({})", i.detail);
+        }
     }
     println!("{CHECKED}");
     println!("violations: {}", violations.len());

@@ -12,6 +12,20 @@
 //!   must refuse writes and linearizable reads
 //! * `freeze-leader`: SIGSTOP the current leader
 //!
+//! With `partition` (netns mode only), network partitions between the
+//! nodes (clients still reach every node), healed by removing the rules:
+//!
+//! * `partition-halves`: a random minority and the majority cut apart
+//! * `partition-leader`: the leader cut off from every other node
+//! * `partition-ring`: the Jepsen "majorities ring": the nodes in a random
+//!   ring, each accepting packets only from the majority of the ring
+//!   centred on it (so every node sees a majority, no two the same one)
+//! * `partition-one-way`: node A's packets to node B dropped, B's to A
+//!   delivered (A is the leader half the time)
+//!
+//! `--nemesis` names the families to draw from; each round picks a family,
+//! then a fault of it, at random.
+//!
 //! The leader is found by asking a node that is up for the member list. If
 //! none names a leader (say, mid-election), a random node is hit instead
 //! and the log says so.
@@ -35,15 +49,72 @@ pub enum Fault {
     FreezeMinority,
     FreezeMajority,
     FreezeLeader,
+    PartitionHalves,
+    PartitionLeader,
+    PartitionRing,
+    PartitionOneWay,
+}
+
+/// A `--nemesis` name: a family of faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Kill,
+    Pause,
+    Partition,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Kill => "kill",
+            Family::Pause => "pause",
+            Family::Partition => "partition",
+        }
+    }
+
+    pub fn faults(self) -> &'static [Fault] {
+        match self {
+            Family::Kill => &[Fault::Kill, Fault::KillLeader],
+            Family::Pause => &[
+                Fault::FreezeMinority,
+                Fault::FreezeMajority,
+                Fault::FreezeLeader,
+            ],
+            Family::Partition => &[
+                Fault::PartitionHalves,
+                Fault::PartitionLeader,
+                Fault::PartitionRing,
+                Fault::PartitionOneWay,
+            ],
+        }
+    }
+}
+
+/// Parses one `--nemesis` name.
+pub fn parse_family(word: &str) -> Result<Family, String> {
+    const KNOWN: [Family; 3] = [Family::Kill, Family::Pause, Family::Partition];
+    KNOWN
+        .into_iter()
+        .find(|f| f.name() == word.trim())
+        .ok_or_else(|| {
+            format!(
+                "unknown nemesis {word:?} (known: {})",
+                KNOWN.map(Family::name).join(", ")
+            )
+        })
 }
 
 impl Fault {
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 9] = [
         Fault::Kill,
         Fault::KillLeader,
         Fault::FreezeMinority,
         Fault::FreezeMajority,
         Fault::FreezeLeader,
+        Fault::PartitionHalves,
+        Fault::PartitionLeader,
+        Fault::PartitionRing,
+        Fault::PartitionOneWay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,18 +124,91 @@ impl Fault {
             Fault::FreezeMinority => "freeze-minority",
             Fault::FreezeMajority => "freeze-majority",
             Fault::FreezeLeader => "freeze-leader",
+            Fault::PartitionHalves => "partition-halves",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::PartitionRing => "partition-ring",
+            Fault::PartitionOneWay => "partition-one-way",
         }
     }
 
     fn kills(self) -> bool {
         matches!(self, Fault::Kill | Fault::KillLeader)
     }
+
+    fn partitions(self) -> bool {
+        matches!(
+            self,
+            Fault::PartitionHalves
+                | Fault::PartitionLeader
+                | Fault::PartitionRing
+                | Fault::PartitionOneWay
+        )
+    }
+}
+
+/// Who drops whose packets: `(node, from, to)` as `Cluster::partition`
+/// takes them.
+pub type Grudges = Vec<(usize, Vec<usize>, Vec<usize>)>;
+
+/// Two groups cut apart, both ways.
+pub fn split(a: &[usize], b: &[usize]) -> Grudges {
+    let mut g: Grudges = a.iter().map(|&x| (x, b.to_vec(), b.to_vec())).collect();
+    g.extend(b.iter().map(|&y| (y, a.to_vec(), a.to_vec())));
+    g
+}
+
+/// The majorities ring over `ring` (in ring order): each node accepts
+/// packets only from the majority window of the ring centred on it.
+pub fn majorities_ring(ring: &[usize]) -> Grudges {
+    let n = ring.len();
+    let m = n / 2 + 1;
+    let back = (m - 1) / 2;
+    (0..n)
+        .map(|p| {
+            let window: Vec<usize> = (0..m).map(|k| ring[(p + n - back + k) % n]).collect();
+            let from: Vec<usize> = ring
+                .iter()
+                .copied()
+                .filter(|x| !window.contains(x))
+                .collect();
+            (ring[p], from, Vec::new())
+        })
+        .collect()
+}
+
+/// A readable summary of grudges: `n0 drops n1,n2; …`.
+fn describe_grudges(g: &Grudges) -> String {
+    let names = |v: &[usize]| {
+        v.iter()
+            .map(|n| format!("n{n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    g.iter()
+        .filter(|(_, f, t)| !f.is_empty() || !t.is_empty())
+        .map(|(n, f, t)| match (f.is_empty(), t.is_empty()) {
+            (false, false) if f == t => format!("n{n} cut from {}", names(f)),
+            _ => {
+                let mut parts = Vec::new();
+                if !f.is_empty() {
+                    parts.push(format!("drops from {}", names(f)));
+                }
+                if !t.is_empty() {
+                    parts.push(format!("drops to {}", names(t)));
+                }
+                format!("n{n} {}", parts.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// One injected fault.
 #[derive(Clone, Debug, Serialize)]
 pub struct Injected {
     pub fault: Fault,
+    /// what was cut, for partitions
+    pub detail: String,
     pub nodes: Vec<usize>,
     pub start_us: u64,
     /// when it was healed (`None`: healed by the final heal)
@@ -93,6 +237,7 @@ async fn nap(d: Duration, stop: &AtomicBool) -> bool {
 /// stopped early if a killed node would not start again.
 pub async fn run(
     cluster: &mut Cluster,
+    families: &[Family],
     rng: &mut StdRng,
     clock: Clock,
     stop: Arc<AtomicBool>,
@@ -103,34 +248,75 @@ pub async fn run(
         if nap(Duration::from_millis(rng.gen_range(1000..3000)), &stop).await {
             break;
         }
-        let fault = *Fault::ALL.choose(rng).expect("faults");
+        let family = *families.choose(rng).expect("at least one family");
+        let fault = *family.faults().choose(rng).expect("faults");
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(rng);
-        let targets: Vec<usize> = match fault {
-            Fault::Kill | Fault::FreezeMinority => vec![order[0]],
-            Fault::FreezeMajority => order[..n / 2 + 1].to_vec(),
-            Fault::KillLeader | Fault::FreezeLeader => match cluster.leader(&order).await {
-                Some(l) => vec![l],
-                None => {
+        let leader = match fault {
+            Fault::KillLeader
+            | Fault::FreezeLeader
+            | Fault::PartitionLeader
+            | Fault::PartitionOneWay => {
+                let l = cluster.leader(&order).await;
+                if l.is_none() {
                     println!(
                         "{} nemesis: no node names a leader; hitting a random node",
                         clock.stamp()
                     );
-                    vec![order[0]]
                 }
-            },
+                l
+            }
+            _ => None,
+        };
+        let mut detail = String::new();
+        let targets: Vec<usize> = match fault {
+            Fault::Kill | Fault::FreezeMinority => vec![order[0]],
+            Fault::FreezeMajority => order[..n / 2 + 1].to_vec(),
+            Fault::KillLeader | Fault::FreezeLeader => vec![leader.unwrap_or(order[0])],
+            // The partition arms: `targets` are the nodes whose rules change.
+            Fault::PartitionHalves
+            | Fault::PartitionLeader
+            | Fault::PartitionRing
+            | Fault::PartitionOneWay => order.clone(),
         };
         let start_us = clock.now();
-        for &t in &targets {
-            if fault.kills() {
-                cluster.kill(t).await;
-            } else {
-                cluster.freeze(t);
+        if fault.partitions() {
+            let grudges = match fault {
+                Fault::PartitionHalves => split(&order[..n / 2], &order[n / 2..]),
+                Fault::PartitionLeader => {
+                    let l = leader.unwrap_or(order[0]);
+                    let rest: Vec<usize> = order.iter().copied().filter(|&x| x != l).collect();
+                    split(&[l], &rest)
+                }
+                Fault::PartitionRing => majorities_ring(&order),
+                _ => {
+                    // one-way: A's packets to B are dropped (by B)
+                    let a = match leader {
+                        Some(l) if rng.gen_bool(0.5) => l,
+                        _ => order[0],
+                    };
+                    let b = *order.iter().find(|&&x| x != a).expect("two nodes");
+                    vec![(b, vec![a], vec![])]
+                }
+            };
+            detail = describe_grudges(&grudges);
+            if let Err(e) = cluster.partition(&grudges).await {
+                let why = format!("cannot cut the network: {e:#}");
+                println!("{} nemesis: {why}; no more faults", clock.stamp());
+                return (done, Some(why));
+            }
+        } else {
+            for &t in &targets {
+                if fault.kills() {
+                    cluster.kill(t).await;
+                } else {
+                    cluster.freeze(t);
+                }
             }
         }
         let hold = Duration::from_millis(rng.gen_range(2000..6000));
         println!(
-            "{} nemesis: {} {:?} (node ids {:?}); healing in {:.1}s",
+            "{} nemesis: {} {:?} (node ids {:?}){}; healing in {:.1}s",
             clock.stamp(),
             fault.name(),
             targets.iter().map(|t| format!("n{t}")).collect::<Vec<_>>(),
@@ -138,10 +324,16 @@ pub async fn run(
                 .iter()
                 .map(|&t| cluster.nodes[t].node_id)
                 .collect::<Vec<_>>(),
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            },
             hold.as_secs_f64()
         );
         let mut record = Injected {
             fault,
+            detail,
             nodes: targets.clone(),
             start_us,
             healed_us: None,
@@ -154,7 +346,15 @@ pub async fn run(
             done.push(record);
             break;
         }
-        for &t in &targets {
+        if fault.partitions() {
+            if let Err(e) = cluster.heal_network().await {
+                let why = format!("cannot heal the network: {e:#}");
+                println!("{} nemesis: {why}; no more faults", clock.stamp());
+                done.push(record);
+                return (done, Some(why));
+            }
+        }
+        for &t in targets.iter().filter(|_| !fault.partitions()) {
             if !fault.kills() {
                 cluster.thaw(t);
             } else if let Err(e) = cluster.restart(t).await {
@@ -165,7 +365,13 @@ pub async fn run(
             }
         }
         record.healed_us = Some(clock.now());
-        let how = if fault.kills() { "restarted" } else { "thawed" };
+        let how = if fault.partitions() {
+            "healed the network of"
+        } else if fault.kills() {
+            "restarted"
+        } else {
+            "thawed"
+        };
         println!(
             "{} nemesis: {how} {:?}",
             clock.stamp(),

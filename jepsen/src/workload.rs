@@ -88,7 +88,7 @@ fn write_error(s: &tonic::Status) -> Outcome {
 }
 
 /// Writes `key = value` through `client`.
-async fn write(
+pub async fn write(
     client: &micro::Client,
     key: &str,
     value: &str,
@@ -114,7 +114,7 @@ async fn write(
 
 /// A linearizable read of `key`: `Ok` with the value (`None` if not
 /// found), or `Fail`.
-async fn read(
+pub async fn read(
     client: &micro::Client,
     key: &str,
     limit: Duration,
@@ -163,7 +163,7 @@ async fn read(
 }
 
 /// Connects to `addr`, giving up after a few seconds.
-async fn connect(addr: &str) -> Option<micro::Client> {
+pub async fn connect(addr: &str) -> Option<micro::Client> {
     tokio::time::timeout(
         Duration::from_secs(5),
         micro::Client::connect(addr, NAMESPACE),
