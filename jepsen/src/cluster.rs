@@ -22,12 +22,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use micro_proto::auth::TokenRequest;
-use micro_proto::cluster::{Member, MembersRequest};
+use micro_proto::cluster::{Member, MembersRequest, RemoveRequest};
 use tokio::process::Child;
 
 use crate::history::Clock;
@@ -38,14 +39,45 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 /// How long one admin call (connect and ask) may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The current gRPC (proxy) address of every node; `None` while the node
-/// is down. Shared with the clients.
+/// The current gRPC (proxy) address of every node slot; `None` while the
+/// node is down. Whether a slot holds a member (spare slots and removed
+/// nodes do not). Shared with the clients.
 #[derive(Default)]
 pub struct Addrs {
     proxy: Vec<RwLock<Option<String>>>,
+    member: Vec<AtomicBool>,
 }
 
 impl Addrs {
+    fn new(slots: usize) -> Addrs {
+        Addrs {
+            proxy: (0..slots).map(|_| RwLock::new(None)).collect(),
+            member: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    pub fn is_member(&self, node: usize) -> bool {
+        self.member[node].load(Ordering::SeqCst)
+    }
+
+    fn set_member(&self, node: usize, member: bool) {
+        self.member[node].store(member, Ordering::SeqCst);
+    }
+
+    /// Where a client that prefers slot `pref` should go: `pref` while it
+    /// is a member (`None` while it is down: wait for it), else the next
+    /// member slot that is up.
+    pub fn route(&self, pref: usize) -> Option<(usize, String)> {
+        if self.is_member(pref) {
+            return self.get(pref).map(|a| (pref, a));
+        }
+        let n = self.proxy.len();
+        (1..n)
+            .map(|k| (pref + k) % n)
+            .filter(|&s| self.is_member(s))
+            .find_map(|s| self.get(s).map(|a| (s, a)))
+    }
+
     pub fn get(&self, node: usize) -> Option<String> {
         self.proxy[node]
             .read()
@@ -73,8 +105,10 @@ pub struct Node {
     pub node_id: u64,
     child: Option<Child>,
     pub frozen: bool,
-    /// how many times it was started
+    /// how many times it was started (since it last joined)
     starts: u32,
+    /// a member of the cluster (not a spare slot, not removed)
+    pub member: bool,
 }
 
 /// The running cluster.
@@ -98,18 +132,20 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `n` nodes under `root` and waits until every node reports all
-    /// of them as alive voters. The running nodes' process ids are kept in
-    /// `pids` (for the interrupt handler).
+    /// of them as alive voters; `slots - n` more slots stay spare (for the
+    /// membership nemesis to grow into). The running nodes' process ids are
+    /// kept in `pids` (for the interrupt handler).
     pub async fn start(
         micro: &Path,
         root: &Path,
         n: usize,
+        slots: usize,
         clock: Clock,
         pids: Pids,
         net: Net,
     ) -> Result<Cluster> {
         let mut nodes = Vec::new();
-        for idx in 0..n {
+        for idx in 0..slots.max(n) {
             let dir = root.join(format!("n{idx}"));
             let home = dir.join("home");
             std::fs::create_dir_all(&home)
@@ -125,14 +161,13 @@ impl Cluster {
                 child: None,
                 frozen: false,
                 starts: 0,
+                member: false,
             });
         }
         let mut cluster = Cluster {
             micro: micro.to_path_buf(),
             nodes,
-            addrs: Arc::new(Addrs {
-                proxy: (0..n).map(|_| RwLock::new(None)).collect(),
-            }),
+            addrs: Arc::new(Addrs::new(slots.max(n))),
             pids,
             token: String::new(),
             admin: String::new(),
@@ -141,9 +176,11 @@ impl Cluster {
             cut: Default::default(),
             net,
         };
+        cluster.set_member(0, true);
         cluster.spawn(0).await?;
         (cluster.token, cluster.admin) = cluster.join_token().await?;
         for idx in 1..n {
+            cluster.set_member(idx, true);
             cluster.spawn(idx).await?;
         }
         let (took, leader) = cluster
@@ -158,8 +195,19 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// How many node slots there are (members or not).
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The slots that hold members, in order.
+    pub fn members_idx(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| self.nodes[i].member).collect()
+    }
+
+    fn set_member(&mut self, idx: usize, member: bool) {
+        self.nodes[idx].member = member;
+        self.addrs.set_member(idx, member);
     }
 
     /// The join token, asked of node 0 as the admin, and that
@@ -208,13 +256,15 @@ impl Cluster {
     /// data directory and cluster address) and waits for its
     /// `listen.json`.
     async fn spawn(&mut self, idx: usize) -> Result<()> {
-        let join = (idx > 0 && self.nodes[idx].starts == 0).then(|| {
-            (
-                self.nodes[0].cluster_addr.clone().unwrap_or_default(),
-                self.token.clone(),
-            )
-        });
+        // A node's first start (but the founder's) joins through another
+        // member that is up.
+        let seed = (0..self.len())
+            .filter(|&i| i != idx && self.nodes[i].member && self.is_up(i))
+            .find_map(|i| self.nodes[i].cluster_addr.clone());
+        let join = (self.nodes[idx].starts == 0 && !(idx == 0 && self.token.is_empty()))
+            .then(|| (seed.unwrap_or_default(), self.token.clone()));
         let stamp = self.clock.stamp();
+        let slots = self.len();
         let node = &mut self.nodes[idx];
         let listen = node.data.join("listen.json");
         let _ = std::fs::remove_file(&listen);
@@ -243,6 +293,10 @@ impl Cluster {
             .args(["--proxy-address", &any])
             .args(["--web-address", &any])
             .args(["--cluster-address", &cluster_addr]);
+        if slots > 5 {
+            // The default keeps 5 voters; the others would stay learners.
+            cmd.args(["--cluster-size", &slots.min(9).to_string()]);
+        }
         if let Some((seed, token)) = &join {
             cmd.args(["--join", seed, "--token", token]);
         }
@@ -316,6 +370,127 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// An admin client of some member that is up other than `not`.
+    async fn admin_client(&self, not: usize) -> Result<(usize, micro::Client)> {
+        let mut last = anyhow!("no other member is up");
+        for idx in self.members_idx() {
+            if idx == not || !self.is_up(idx) {
+                continue;
+            }
+            let Some(addr) = self.addrs.get(idx) else {
+                continue;
+            };
+            match tokio::time::timeout(ADMIN_TIMEOUT, micro::Client::connect(&addr, "micro")).await
+            {
+                Ok(Ok(c)) => {
+                    c.set_token(Some(&self.admin));
+                    return Ok((idx, c));
+                }
+                Ok(Err(e)) => last = anyhow!("cannot connect to n{idx}: {e}"),
+                Err(_) => last = anyhow!("n{idx} did not answer"),
+            }
+        }
+        Err(last)
+    }
+
+    /// Takes member `idx` out of the cluster (`Cluster.Remove`, as the
+    /// admin, through another member), kills it and wipes its data
+    /// directory. Its id can never come back; the slot can, as a new node
+    /// ([`Cluster::add_member`]).
+    pub async fn remove_member(&mut self, idx: usize) -> Result<()> {
+        let id = self.nodes[idx].node_id;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let attempt = async {
+                let (via, client) = self.admin_client(idx).await?;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    client.cluster().remove(RemoveRequest { id }),
+                )
+                .await
+                .map_err(|_| anyhow!("n{via} did not answer the removal within 20s"))?;
+                match r {
+                    Ok(_) => Ok(()),
+                    // A retry after a removal that went through.
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                    Err(s) => Err(anyhow!("n{via}: {:?}: {}", s.code(), s.message())),
+                }
+            };
+            match attempt.await {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => {
+                    bail!("cannot remove n{idx} (node id {id}): {e:#}")
+                }
+                Err(e) => {
+                    println!(
+                        "{} removing n{idx}: {e:#}; trying again",
+                        self.clock.stamp()
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        self.set_member(idx, false);
+        self.kill(idx).await;
+        let node = &mut self.nodes[idx];
+        if node.data.exists() {
+            std::fs::remove_dir_all(&node.data)
+                .with_context(|| format!("cannot wipe {}", node.data.display()))?;
+        }
+        node.node_id = 0;
+        node.cluster_addr = None;
+        node.starts = 0;
+        Ok(())
+    }
+
+    /// Starts slot `idx` as a fresh node (empty data directory) that joins
+    /// the cluster with a fresh join token, under a new id.
+    pub async fn add_member(&mut self, idx: usize) -> Result<()> {
+        let node = &self.nodes[idx];
+        if node.data.exists() {
+            std::fs::remove_dir_all(&node.data)
+                .with_context(|| format!("cannot wipe {}", node.data.display()))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let token = loop {
+            let attempt = async {
+                let (via, client) = self.admin_client(idx).await?;
+                let t = tokio::time::timeout(
+                    Duration::from_secs(15),
+                    client
+                        .cluster()
+                        .token(micro_proto::cluster::TokenRequest::default()),
+                )
+                .await
+                .map_err(|_| anyhow!("n{via} did not answer within 15s"))?
+                .map_err(|s| anyhow!("n{via}: {:?}: {}", s.code(), s.message()))?
+                .into_inner()
+                .token;
+                anyhow::Ok(t)
+            };
+            match attempt.await {
+                Ok(t) if !t.is_empty() => break t,
+                Ok(_) => bail!("an empty join token"),
+                Err(e) if Instant::now() > deadline => {
+                    bail!("cannot get a join token for n{idx}: {e:#}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        self.token = token;
+        let node = &mut self.nodes[idx];
+        node.node_id = 0;
+        node.cluster_addr = None;
+        node.starts = 0;
+        self.set_member(idx, true);
+        if let Err(e) = self.spawn(idx).await {
+            self.set_member(idx, false);
+            self.kill(idx).await;
+            return Err(e.context(format!("n{idx} did not join")));
+        }
+        Ok(())
     }
 
     /// Restarts a killed node, trying a few times.
@@ -420,7 +595,7 @@ impl Cluster {
                 self.thaw(idx);
             }
         }
-        for idx in 0..self.len() {
+        for idx in self.members_idx() {
             if !self.is_running(idx) {
                 self.restart(idx).await?;
             }
@@ -492,7 +667,7 @@ impl Cluster {
             Err(e) => return Err(format!("{e:#}")),
         };
         let mut problems = Vec::new();
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| n.member) {
             match members.iter().find(|m| m.id == node.node_id) {
                 None => problems.push(format!("n{} not listed", node.idx)),
                 Some(m) => {
@@ -505,7 +680,7 @@ impl Cluster {
                 }
             }
         }
-        if members.len() != self.len() {
+        if members.len() != self.members_idx().len() {
             problems.push(format!("{} members listed", members.len()));
         }
         let leaders: Vec<u64> = members
@@ -530,7 +705,7 @@ impl Cluster {
         loop {
             let mut complaint = None;
             let mut leader = None;
-            for idx in 0..self.len() {
+            for idx in self.members_idx() {
                 match self.view_of(idx).await {
                     Err(why) => complaint = Some(why),
                     Ok(l) if leader.is_some_and(|first| first != l) => {

@@ -249,7 +249,15 @@ async fn run_in(
     clients: usize,
     clock: Clock,
 ) -> Result<bool> {
-    let net = make_net(args.net, nodes)?;
+    // The membership nemesis grows a cluster of fewer than 5 by two spare
+    // slots (started only when used), and shrinks larger ones by two.
+    let membership = !args.no_faults && args.nemesis.contains(&Family::Membership);
+    let slots = if membership && nodes < 5 {
+        nodes + 2
+    } else {
+        nodes
+    };
+    let net = make_net(args.net, slots)?;
     println!("network: {}", net.describe());
     if !args.no_faults && args.nemesis.contains(&Family::Partition) && !net.is_netns() {
         bail!("--nemesis partition needs network namespaces: run as root with ip and nft installed (or leave partition out)");
@@ -257,7 +265,7 @@ async fn run_in(
     println!("{} starting the cluster", clock.stamp());
     let pids = cluster::Pids::default();
     on_interrupt(pids.clone(), net.teardown());
-    let mut cluster = Cluster::start(micro, root, nodes, clock, pids, net).await?;
+    let mut cluster = Cluster::start(micro, root, nodes, slots, clock, pids, net).await?;
     let result = exercise(args, &mut cluster, root, seed, clients, clock).await;
     println!("{} stopping the cluster", clock.stamp());
     cluster.shutdown().await;
@@ -274,14 +282,14 @@ async fn exercise(
     clients: usize,
     clock: Clock,
 ) -> Result<bool> {
-    let nodes = cluster.len();
+    let slots = cluster.len();
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared::default());
     let mut tasks = Vec::new();
     for c in 0..clients {
         let cfg = ClientConfig {
             id: c,
-            node: c % nodes,
+            node: c % slots,
             seed: seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(c as u64 + 1)),
             op_timeout: Duration::from_secs(args.op_timeout.max(1)),
             stale_reads: args.stale_reads,
@@ -366,7 +374,9 @@ async fn exercise(
             recovery.push(format!("the cluster did not recover after healing: {e}"));
         }
     }
-    if let Err(e) = workload::barrier(&cluster.addrs, nodes, clock).await {
+    // The members now (the membership nemesis may have changed them).
+    let nodes = cluster.members_idx();
+    if let Err(e) = workload::barrier(&cluster.addrs, &nodes, clock).await {
         println!("{} barrier: {e}", clock.stamp());
         recovery.push(format!("the healed cluster refused writes: {e}"));
     }
@@ -375,7 +385,7 @@ async fn exercise(
     // acknowledged unique key, on every node.
     println!("{} reading the final state from every node", clock.stamp());
     let mut scans = Vec::new();
-    for node in 0..nodes {
+    for &node in &nodes {
         let mut by_prefix = BTreeMap::new();
         for prefix in ["w/", "r/"] {
             by_prefix.insert(
@@ -403,11 +413,11 @@ async fn exercise(
         );
     }
     keys.extend(acked.into_iter().map(|k| (Kind::ReadUnique, k)));
-    let finals = workload::final_reads(cluster.addrs.clone(), nodes, keys, clock).await;
+    let finals = workload::final_reads(cluster.addrs.clone(), &nodes, keys, clock).await;
     history::append(&mut history, finals);
     println!("{} checking {} ops", clock.stamp(), history.len());
 
-    let (mut violations, notes) = checker::check(&history, &scans, nodes);
+    let (mut violations, notes) = checker::check(&history, &scans, &nodes);
     for f in &recovery {
         violations.push(Violation {
             check: Check::Recovery,
@@ -567,7 +577,7 @@ fn report(
     }
     if !violations.is_empty() {
         println!("server logs:");
-        for n in &cluster.nodes {
+        for n in cluster.nodes.iter().filter(|n| n.log.exists()) {
             println!("  n{} (node id {}): {}", n.idx, n.node_id, n.log.display());
         }
     }

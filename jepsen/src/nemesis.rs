@@ -53,6 +53,9 @@ pub enum Fault {
     PartitionLeader,
     PartitionRing,
     PartitionOneWay,
+    MemberReplace,
+    MemberGrow,
+    MemberShrink,
 }
 
 /// A `--nemesis` name: a family of faults.
@@ -61,6 +64,7 @@ pub enum Family {
     Kill,
     Pause,
     Partition,
+    Membership,
 }
 
 impl Family {
@@ -69,6 +73,7 @@ impl Family {
             Family::Kill => "kill",
             Family::Pause => "pause",
             Family::Partition => "partition",
+            Family::Membership => "membership",
         }
     }
 
@@ -86,13 +91,19 @@ impl Family {
                 Fault::PartitionRing,
                 Fault::PartitionOneWay,
             ],
+            Family::Membership => &[Fault::MemberReplace, Fault::MemberGrow, Fault::MemberShrink],
         }
     }
 }
 
 /// Parses one `--nemesis` name.
 pub fn parse_family(word: &str) -> Result<Family, String> {
-    const KNOWN: [Family; 3] = [Family::Kill, Family::Pause, Family::Partition];
+    const KNOWN: [Family; 4] = [
+        Family::Kill,
+        Family::Pause,
+        Family::Partition,
+        Family::Membership,
+    ];
     KNOWN
         .into_iter()
         .find(|f| f.name() == word.trim())
@@ -105,7 +116,7 @@ pub fn parse_family(word: &str) -> Result<Family, String> {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 12] = [
         Fault::Kill,
         Fault::KillLeader,
         Fault::FreezeMinority,
@@ -115,6 +126,9 @@ impl Fault {
         Fault::PartitionLeader,
         Fault::PartitionRing,
         Fault::PartitionOneWay,
+        Fault::MemberReplace,
+        Fault::MemberGrow,
+        Fault::MemberShrink,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,21 +142,10 @@ impl Fault {
             Fault::PartitionLeader => "partition-leader",
             Fault::PartitionRing => "partition-ring",
             Fault::PartitionOneWay => "partition-one-way",
+            Fault::MemberReplace => "member-replace",
+            Fault::MemberGrow => "member-grow",
+            Fault::MemberShrink => "member-shrink",
         }
-    }
-
-    fn kills(self) -> bool {
-        matches!(self, Fault::Kill | Fault::KillLeader)
-    }
-
-    fn partitions(self) -> bool {
-        matches!(
-            self,
-            Fault::PartitionHalves
-                | Fault::PartitionLeader
-                | Fault::PartitionRing
-                | Fault::PartitionOneWay
-        )
     }
 }
 
@@ -234,7 +237,9 @@ async fn nap(d: Duration, stop: &AtomicBool) -> bool {
 
 /// Injects faults until `stop` is raised; leaves the cluster as it is (the
 /// caller heals everything). Returns the faults injected, and why it
-/// stopped early if a killed node would not start again.
+/// stopped early if a fault could not be carried out or healed (a killed
+/// node that would not start again, a cut that could not be made, a node
+/// that could not be removed or would not join).
 pub async fn run(
     cluster: &mut Cluster,
     families: &[Family],
@@ -243,15 +248,26 @@ pub async fn run(
     stop: Arc<AtomicBool>,
 ) -> (Vec<Injected>, Option<String>) {
     let mut done = Vec::new();
-    let n = cluster.len();
+    let slots = cluster.len();
     loop {
         if nap(Duration::from_millis(rng.gen_range(1000..3000)), &stop).await {
             break;
         }
         let family = *families.choose(rng).expect("at least one family");
-        let fault = *family.faults().choose(rng).expect("faults");
-        let mut order: Vec<usize> = (0..n).collect();
+        let mut fault = *family.faults().choose(rng).expect("faults");
+        let mut order = cluster.members_idx();
         order.shuffle(rng);
+        let n = order.len();
+        // The membership arms: grow by two when there is room, else shrink
+        // by two (never below three members).
+        if fault == Fault::MemberShrink && n + 2 <= slots {
+            fault = Fault::MemberGrow;
+        } else if fault == Fault::MemberGrow && n + 2 > slots {
+            fault = Fault::MemberShrink;
+        }
+        if fault == Fault::MemberShrink && n < 5 {
+            fault = Fault::MemberReplace;
+        }
         let leader = match fault {
             Fault::KillLeader
             | Fault::FreezeLeader
@@ -268,61 +284,30 @@ pub async fn run(
             }
             _ => None,
         };
-        let mut detail = String::new();
-        let targets: Vec<usize> = match fault {
-            Fault::Kill | Fault::FreezeMinority => vec![order[0]],
-            Fault::FreezeMajority => order[..n / 2 + 1].to_vec(),
-            Fault::KillLeader | Fault::FreezeLeader => vec![leader.unwrap_or(order[0])],
-            // The partition arms: `targets` are the nodes whose rules change.
-            Fault::PartitionHalves
-            | Fault::PartitionLeader
-            | Fault::PartitionRing
-            | Fault::PartitionOneWay => order.clone(),
-        };
         let start_us = clock.now();
-        if fault.partitions() {
-            let grudges = match fault {
-                Fault::PartitionHalves => split(&order[..n / 2], &order[n / 2..]),
-                Fault::PartitionLeader => {
-                    let l = leader.unwrap_or(order[0]);
-                    let rest: Vec<usize> = order.iter().copied().filter(|&x| x != l).collect();
-                    split(&[l], &rest)
-                }
-                Fault::PartitionRing => majorities_ring(&order),
-                _ => {
-                    // one-way: A's packets to B are dropped (by B)
-                    let a = match leader {
-                        Some(l) if rng.gen_bool(0.5) => l,
-                        _ => order[0],
-                    };
-                    let b = *order.iter().find(|&&x| x != a).expect("two nodes");
-                    vec![(b, vec![a], vec![])]
-                }
-            };
-            detail = describe_grudges(&grudges);
-            if let Err(e) = cluster.partition(&grudges).await {
-                let why = format!("cannot cut the network: {e:#}");
+        let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.node_id).collect();
+        let (targets, detail) = match inject(cluster, fault, &order, leader, rng).await {
+            Ok(t) => t,
+            Err(e) => {
+                let why = format!("{} could not be carried out: {e:#}", fault.name());
                 println!("{} nemesis: {why}; no more faults", clock.stamp());
                 return (done, Some(why));
             }
-        } else {
-            for &t in &targets {
-                if fault.kills() {
-                    cluster.kill(t).await;
-                } else {
-                    cluster.freeze(t);
-                }
-            }
-        }
+        };
         let hold = Duration::from_millis(rng.gen_range(2000..6000));
         println!(
             "{} nemesis: {} {:?} (node ids {:?}){}; healing in {:.1}s",
             clock.stamp(),
             fault.name(),
             targets.iter().map(|t| format!("n{t}")).collect::<Vec<_>>(),
+            // (as they were: a removed node has none now, a new one its own)
             targets
                 .iter()
-                .map(|&t| cluster.nodes[t].node_id)
+                .map(|&t| if ids[t] != 0 {
+                    ids[t]
+                } else {
+                    cluster.nodes[t].node_id
+                })
                 .collect::<Vec<_>>(),
             if detail.is_empty() {
                 String::new()
@@ -341,41 +326,37 @@ pub async fn run(
             leader_after: None,
         };
         let stopped = nap(hold, &stop).await;
-        if stopped {
-            // The final heal takes it from here.
+        if stopped && fault != Fault::MemberReplace {
+            // The final heal takes it from here (it does not add removed
+            // nodes back: a replacement is finished here).
             done.push(record);
             break;
         }
-        if fault.partitions() {
-            if let Err(e) = cluster.heal_network().await {
-                let why = format!("cannot heal the network: {e:#}");
+        let how = match heal(cluster, fault, &targets).await {
+            Ok(how) => how,
+            Err(e) => {
+                let why = format!("healing {} failed: {e:#}", fault.name());
                 println!("{} nemesis: {why}; no more faults", clock.stamp());
                 done.push(record);
                 return (done, Some(why));
             }
-        }
-        for &t in targets.iter().filter(|_| !fault.partitions()) {
-            if !fault.kills() {
-                cluster.thaw(t);
-            } else if let Err(e) = cluster.restart(t).await {
-                let why = format!("node n{t} did not start again after kill -9: {e:#}");
-                println!("{} nemesis: {why}; no more faults", clock.stamp());
-                done.push(record);
-                return (done, Some(why));
-            }
-        }
-        record.healed_us = Some(clock.now());
-        let how = if fault.partitions() {
-            "healed the network of"
-        } else if fault.kills() {
-            "restarted"
-        } else {
-            "thawed"
         };
+        record.healed_us = Some(clock.now());
         println!(
-            "{} nemesis: {how} {:?}",
+            "{} nemesis: {how} {:?}{}",
             clock.stamp(),
-            targets.iter().map(|t| format!("n{t}")).collect::<Vec<_>>()
+            targets.iter().map(|t| format!("n{t}")).collect::<Vec<_>>(),
+            if fault == Fault::MemberReplace {
+                format!(
+                    " (now node ids {:?})",
+                    targets
+                        .iter()
+                        .map(|&t| cluster.nodes[t].node_id)
+                        .collect::<Vec<_>>()
+                )
+            } else {
+                String::new()
+            }
         );
         // Cut short when the workload ends: the final heal waits anyway.
         let healthy = tokio::select! {
@@ -400,4 +381,120 @@ pub async fn run(
         }
     }
     (done, None)
+}
+
+/// Carries out `fault` on the members in `order` (shuffled); returns the
+/// nodes it hit and, for partitions, what was cut.
+async fn inject(
+    cluster: &mut Cluster,
+    fault: Fault,
+    order: &[usize],
+    leader: Option<usize>,
+    rng: &mut StdRng,
+) -> anyhow::Result<(Vec<usize>, String)> {
+    let n = order.len();
+    let leader_or_any = leader.unwrap_or(order[0]);
+    let targets = match fault {
+        Fault::Kill | Fault::FreezeMinority => vec![order[0]],
+        Fault::FreezeMajority => order[..n / 2 + 1].to_vec(),
+        Fault::KillLeader | Fault::FreezeLeader => vec![leader_or_any],
+        Fault::PartitionHalves => order[..n / 2].to_vec(),
+        Fault::PartitionLeader => vec![leader_or_any],
+        Fault::PartitionRing => order.to_vec(),
+        Fault::PartitionOneWay => {
+            // A's packets to B are dropped (by B); B's reach A.
+            let a = match leader {
+                Some(l) if rng.gen_bool(0.5) => l,
+                _ => order[0],
+            };
+            let b = *order.iter().find(|&&x| x != a).expect("two nodes");
+            vec![a, b]
+        }
+        Fault::MemberReplace => vec![order[0]],
+        Fault::MemberShrink => order[..2].to_vec(),
+        Fault::MemberGrow => (0..cluster.len())
+            .filter(|i| !order.contains(i))
+            .take(2)
+            .collect(),
+    };
+    let mut detail = String::new();
+    match fault {
+        Fault::Kill | Fault::KillLeader => {
+            for &t in &targets {
+                cluster.kill(t).await;
+            }
+        }
+        Fault::FreezeMinority | Fault::FreezeMajority | Fault::FreezeLeader => {
+            for &t in &targets {
+                cluster.freeze(t);
+            }
+        }
+        Fault::PartitionHalves
+        | Fault::PartitionLeader
+        | Fault::PartitionRing
+        | Fault::PartitionOneWay => {
+            let rest = |cut: &[usize]| -> Vec<usize> {
+                order.iter().copied().filter(|x| !cut.contains(x)).collect()
+            };
+            let grudges = match fault {
+                Fault::PartitionHalves | Fault::PartitionLeader => split(&targets, &rest(&targets)),
+                Fault::PartitionRing => majorities_ring(order),
+                _ => vec![(targets[1], vec![targets[0]], vec![])],
+            };
+            detail = describe_grudges(&grudges);
+            cluster.partition(&grudges).await?;
+        }
+        Fault::MemberReplace | Fault::MemberShrink => {
+            for &t in &targets {
+                cluster.remove_member(t).await?;
+            }
+            detail = format!("removed, data wiped; {} members left", n - targets.len());
+        }
+        Fault::MemberGrow => {
+            for &t in &targets {
+                cluster.add_member(t).await?;
+            }
+            detail = format!("joined as new nodes; {} members", n + targets.len());
+        }
+    }
+    Ok((targets, detail))
+}
+
+/// Heals `fault`; says what it did.
+async fn heal(
+    cluster: &mut Cluster,
+    fault: Fault,
+    targets: &[usize],
+) -> anyhow::Result<&'static str> {
+    match fault {
+        Fault::Kill | Fault::KillLeader => {
+            for &t in targets {
+                cluster.restart(t).await.map_err(|e| {
+                    anyhow::anyhow!("n{t} did not start again after kill -9: {e:#}")
+                })?;
+            }
+            Ok("restarted")
+        }
+        Fault::FreezeMinority | Fault::FreezeMajority | Fault::FreezeLeader => {
+            for &t in targets {
+                cluster.thaw(t);
+            }
+            Ok("thawed")
+        }
+        Fault::PartitionHalves
+        | Fault::PartitionLeader
+        | Fault::PartitionRing
+        | Fault::PartitionOneWay => {
+            cluster.heal_network().await?;
+            Ok("healed the network around")
+        }
+        Fault::MemberReplace => {
+            for &t in targets {
+                cluster.add_member(t).await?;
+            }
+            Ok("added back as new nodes")
+        }
+        // The new size stays.
+        Fault::MemberGrow | Fault::MemberShrink => Ok("kept the new membership:"),
+    }
 }

@@ -28,13 +28,13 @@ const MINORITY_WRITES: usize = 3;
 /// Writes acknowledged through the majority.
 const MAJORITY_WRITES: usize = 10;
 
+/// What to call with the pids and the network's teardown once they exist.
+pub type OnStart = fn(Pids, Option<Arc<Teardown>>);
+
 /// Runs the test; `on_start` gets the pids and the network's teardown
 /// (for an interrupt handler). Prints what it checks; returns whether it
 /// passed.
-pub async fn partition_test(
-    micro: &Path,
-    on_start: Option<fn(Pids, Option<Arc<Teardown>>)>,
-) -> Result<bool> {
+pub async fn partition_test(micro: &Path, on_start: Option<OnStart>) -> Result<bool> {
     let wall = Instant::now();
     let dir = tempfile::Builder::new()
         .prefix("micro-jepsen-partition-")
@@ -48,7 +48,7 @@ pub async fn partition_test(
     if let Some(f) = on_start {
         f(pids.clone(), net.teardown());
     }
-    let mut cluster = Cluster::start(micro, dir.path(), 3, clock, pids, net).await?;
+    let mut cluster = Cluster::start(micro, dir.path(), 3, 3, clock, pids, net).await?;
     let outcome = exercise(&mut cluster, clock).await;
     cluster.shutdown().await;
     drop(cluster);
@@ -188,7 +188,7 @@ async fn exercise(cluster: &mut Cluster, clock: Clock) -> Result<bool> {
         clock.stamp(),
         took.as_secs_f64()
     );
-    barrier(&cluster.addrs, cluster.len(), clock)
+    barrier(&cluster.addrs, &cluster.members_idx(), clock)
         .await
         .map_err(|e| anyhow!("the healed cluster refused writes: {e}"))?;
 
