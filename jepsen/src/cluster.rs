@@ -306,7 +306,8 @@ impl Cluster {
             }
         }
         cmd.env("HOME", &node.home)
-            .env("MICRO_LOG_LEVEL", "warn")
+            // gossip state changes are few and tell what a node saw
+            .env("MICRO_LOG_LEVEL", "warn,micro_gossip=info")
             .env("MICRO_AUTH_ADMIN_PASSWORD", &self.password)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -728,6 +729,34 @@ impl Cluster {
                 Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
         }
+    }
+
+    /// Every member's view of the cluster and, in netns mode, the rules in
+    /// its namespace: printed when the cluster does not recover.
+    pub async fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for idx in self.members_idx() {
+            let view = match self.members(idx).await {
+                Ok(ms) => ms
+                    .iter()
+                    .map(|m| {
+                        let who = self
+                            .index_of(m.id)
+                            .map(|i| format!("n{i}"))
+                            .unwrap_or_else(|| m.id.to_string());
+                        format!("{who} {} {}", m.role, m.gossip)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Err(e) => format!("{e:#}"),
+            };
+            out += &format!("  n{idx} sees: {view}\n");
+            let rules = self.net.rules(idx).await;
+            if !rules.is_empty() {
+                out += &format!("  n{idx} nft rules: {}\n", rules.replace('\n', " "));
+            }
+        }
+        out
     }
 
     /// Stops every node (SIGCONT, SIGTERM, then SIGKILL after 10 s).

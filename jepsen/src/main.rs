@@ -1,9 +1,11 @@
 //! `micro-jepsen`: a fault-injection test of a real Micro cluster.
 //!
-//! It starts `--nodes` `micro server` processes on 127.0.0.1, .2, … as one
-//! Raft cluster, runs `--clients` concurrent store clients against them for
-//! `--seconds` while a nemesis kills, restarts, freezes and thaws nodes,
-//! then heals everything, reads the final state from every node and checks
+//! It starts `--nodes` `micro server` processes as one Raft cluster (each
+//! in a network namespace of its own when run as root, else on 127.0.0.1,
+//! .2, …: `net`), runs `--clients` concurrent store clients against them
+//! for `--seconds` while a nemesis (`--nemesis`) kills, restarts, freezes
+//! and thaws nodes, cuts the network between them, and removes and adds
+//! members, then heals everything, reads the final state from every node and checks
 //! the recorded history (see `checker` for exactly what is checked; it is
 //! not a full linearizability check). Exit status: 0 when every check
 //! passes, 1 on any violation, 2 when the harness itself could not run.
@@ -371,6 +373,7 @@ async fn exercise(
         ),
         Err(e) => {
             println!("{} {e}", clock.stamp());
+            print!("{}", cluster.diagnose().await);
             recovery.push(format!("the cluster did not recover after healing: {e}"));
         }
     }

@@ -23,6 +23,14 @@
 //! * `partition-one-way`: node A's packets to node B dropped, B's to A
 //!   delivered (A is the leader half the time)
 //!
+//! With `membership`:
+//!
+//! * `member-replace`: remove a random member (`Cluster.Remove`), kill it,
+//!   wipe its data; the heal starts it fresh, joining under a new id
+//! * `member-grow`: two spare slots join as new nodes
+//! * `member-shrink`: two random members removed, killed, wiped (never
+//!   below three members; it grows when there is room, else shrinks)
+//!
 //! `--nemesis` names the families to draw from; each round picks a family,
 //! then a fault of it, at random.
 //!

@@ -322,6 +322,25 @@ impl Net {
     }
 }
 
+impl Net {
+    /// The nftables rules in node `i`'s namespace (a diagnostic, for a
+    /// cluster that does not recover).
+    pub async fn rules(&self, i: usize) -> String {
+        let Some(t) = &self.netns else {
+            return String::new();
+        };
+        match tokio::process::Command::new("ip")
+            .args(["netns", "exec", &t.ns(i), "nft", "list", "ruleset"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+        {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            Err(e) => format!("cannot run nft: {e}"),
+        }
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         if let Some(t) = &self.netns {
