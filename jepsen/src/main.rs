@@ -180,7 +180,14 @@ pub fn make_net(mode: NetMode, nodes: usize) -> Result<Net> {
             println!("network: {why}, so loopback");
             Ok(Net::loopback())
         }
-        (_, None) => Net::netns(nodes),
+        (NetMode::Netns, None) => Net::netns(nodes),
+        (NetMode::Auto, None) => match Net::netns(nodes) {
+            Ok(net) => Ok(net),
+            Err(e) => {
+                println!("network: cannot set up namespaces ({e:#}), so loopback");
+                Ok(Net::loopback())
+            }
+        },
     }
 }
 
