@@ -114,7 +114,7 @@ pub struct Notes {
 
 /// Runs every check. `history` holds the clients' operations and the
 /// final point reads (client [`FINAL_CLIENT`]).
-pub fn check(history: &[Op], scans: &[NodeScan], nodes: usize) -> (Vec<Violation>, Notes) {
+pub fn check(history: &[Op], scans: &[NodeScan], nodes: &[usize]) -> (Vec<Violation>, Notes) {
     let mut out = Vec::new();
     let mut notes = Notes::default();
     // Every value in the run is written at most once, by one op.
@@ -175,7 +175,7 @@ fn phantoms(
 fn lost_writes(
     history: &[Op],
     scans: &[NodeScan],
-    nodes: usize,
+    nodes: &[usize],
     out: &mut Vec<Violation>,
     notes: &mut Notes,
 ) {
@@ -205,7 +205,7 @@ fn lost_writes(
         if w.outcome != Outcome::Ok {
             continue;
         }
-        for node in (0..nodes).filter(|_| sampled.contains(w.key.as_str())) {
+        for &node in nodes.iter().filter(|_| sampled.contains(w.key.as_str())) {
             match finals.get(&(w.key.as_str(), node)) {
                 None => out.push(Violation {
                     check: Check::Unverified,
@@ -400,7 +400,7 @@ fn unique_reads(history: &[Op], writes: &HashMap<(&str, &str), &Op>, out: &mut V
     }
 }
 
-fn divergence(history: &[Op], scans: &[NodeScan], nodes: usize, out: &mut Vec<Violation>) {
+fn divergence(history: &[Op], scans: &[NodeScan], nodes: &[usize], out: &mut Vec<Violation>) {
     // Scans: every node must hold the same records.
     let prefixes: BTreeSet<&String> = scans.iter().flat_map(|s| s.by_prefix.keys()).collect();
     for prefix in prefixes {
@@ -455,10 +455,13 @@ fn divergence(history: &[Op], scans: &[NodeScan], nodes: usize, out: &mut Vec<Vi
             continue;
         }
         let values: BTreeSet<&Option<String>> = reads.iter().map(|r| &r.value).collect();
-        if values.len() > 1 || reads.len() != nodes {
+        if values.len() > 1 || reads.len() != nodes.len() {
             out.push(Violation {
                 check: Check::Divergence,
-                what: format!("the final reads of {key} on the {nodes} nodes disagree"),
+                what: format!(
+                    "the final reads of {key} on the {} nodes disagree",
+                    nodes.len()
+                ),
                 ops: reads.into_iter().cloned().collect(),
             });
         }
@@ -504,7 +507,7 @@ mod tests {
             op(1, WriteRegister, "r/0", Some("b"), Y, (20, 30)),
             op(2, ReadRegister, "r/0", Some("a"), Y, (40, 50)),
         ];
-        let (v, _) = check(&h, &[], 1);
+        let (v, _) = check(&h, &[], &[0]);
         assert_eq!(names(&v), ["stale-read"]);
     }
 
@@ -518,7 +521,7 @@ mod tests {
             op(2, ReadRegister, "r/0", Some("a"), Y, (40, 50)),
             op(3, ReadRegister, "r/0", Some("a"), Y, (60, 70)),
         ];
-        let (v, _) = check(&h, &[], 1);
+        let (v, _) = check(&h, &[], &[0]);
         assert!(v.is_empty(), "{:?}", names(&v));
     }
 
@@ -533,7 +536,7 @@ mod tests {
             op(2, ReadRegister, "r/0", Some("b"), Y, (40, 50)),
             op(3, ReadRegister, "r/0", Some("a"), Y, (60, 70)),
         ];
-        let (v, _) = check(&h, &[], 1);
+        let (v, _) = check(&h, &[], &[0]);
         assert_eq!(names(&v), ["stale-read"]);
     }
 
@@ -547,7 +550,7 @@ mod tests {
             op(2, WriteRegister, "r/1", Some("b"), Y, (10, 20)),
             op(3, ReadRegister, "r/1", None, Y, (30, 40)),
         ];
-        let (v, _) = check(&h, &[], 1);
+        let (v, _) = check(&h, &[], &[0]);
         let mut n = names(&v);
         n.sort();
         assert_eq!(n, ["future-read", "phantom", "stale-read"]);
@@ -564,7 +567,7 @@ mod tests {
             op(3, ReadRegister, "r/0", Some("b"), Y, (60, 70)),
             op(4, WriteUnique, "w/0/1", Some("0-1"), U, (0, 10)),
         ];
-        let (v, _) = check(&h, &[], 1);
+        let (v, _) = check(&h, &[], &[0]);
         assert!(v.is_empty(), "{:?}", names(&v));
     }
 
@@ -590,7 +593,7 @@ mod tests {
                 }),
             )]),
         };
-        let (v, _) = check(&h, &[scan(0, true), scan(1, false)], 2);
+        let (v, _) = check(&h, &[scan(0, true), scan(1, false)], &[0, 1]);
         let mut n = names(&v);
         n.sort();
         assert_eq!(n, ["divergence", "lost-write", "lost-write"]);

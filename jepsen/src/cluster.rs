@@ -1,9 +1,11 @@
-//! The cluster under test: real `micro server` processes, node `i` on the
-//! loopback address `127.0.0.{i+1}`, each with its own data directory,
-//! HOME and log file under the run's directory.
+//! The cluster under test: real `micro server` processes, node `i` on its
+//! own address (`127.0.0.{i+1}`, or in its own network namespace: see
+//! `net`), each with its own data directory, HOME and log file under the
+//! run's directory.
 //!
 //! Node 0 founds the cluster; the others join it with the join token,
-//! which the harness obtains over gRPC as the default admin (the same
+//! which the harness obtains over gRPC as the admin (whose password, one
+//! per run, it sets with `MICRO_AUTH_ADMIN_PASSWORD`; the same
 //! `Cluster.Token` call `micro cluster token` makes). Membership and roles
 //! come from `Cluster.Members` (what `micro cluster members` prints), asked
 //! of one node at a time with a timeout so a frozen node cannot stall the
@@ -12,35 +14,70 @@
 //! Faults are carried out on the processes: SIGKILL (then a restart on the
 //! same data directory and the same cluster address, which is how the
 //! peers know the node), and SIGSTOP/SIGCONT, which freeze and thaw a node
-//! (to its peers and clients it looks cut off). Clients find a node's
-//! current gRPC address in [`Addrs`], which changes when it restarts.
+//! (to its peers and clients it looks cut off), and in netns mode network
+//! partitions between nodes (nftables rules in their namespaces; clients
+//! still reach every node). Clients find a node's current gRPC address in
+//! [`Addrs`], which changes when it restarts.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use micro_proto::auth::TokenRequest;
-use micro_proto::cluster::{Member, MembersRequest};
-use tokio::process::{Child, Command};
+use micro_proto::cluster::{Member, MembersRequest, RemoveRequest};
+use tokio::process::Child;
 
 use crate::history::Clock;
+use crate::net::Net;
 
 /// How long a node may take to write its `listen.json`.
 const READY_WAIT: Duration = Duration::from_secs(60);
 /// How long one admin call (connect and ask) may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The current gRPC (proxy) address of every node; `None` while the node
-/// is down. Shared with the clients.
+/// The current gRPC (proxy) address of every node slot; `None` while the
+/// node is down. Whether a slot holds a member (spare slots and removed
+/// nodes do not). Shared with the clients.
 #[derive(Default)]
 pub struct Addrs {
     proxy: Vec<RwLock<Option<String>>>,
+    member: Vec<AtomicBool>,
 }
 
 impl Addrs {
+    fn new(slots: usize) -> Addrs {
+        Addrs {
+            proxy: (0..slots).map(|_| RwLock::new(None)).collect(),
+            member: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    pub fn is_member(&self, node: usize) -> bool {
+        self.member[node].load(Ordering::SeqCst)
+    }
+
+    fn set_member(&self, node: usize, member: bool) {
+        self.member[node].store(member, Ordering::SeqCst);
+    }
+
+    /// Where a client that prefers slot `pref` should go: `pref` while it
+    /// is a member (`None` while it is down: wait for it), else the next
+    /// member slot that is up.
+    pub fn route(&self, pref: usize) -> Option<(usize, String)> {
+        if self.is_member(pref) {
+            return self.get(pref).map(|a| (pref, a));
+        }
+        let n = self.proxy.len();
+        (1..n)
+            .map(|k| (pref + k) % n)
+            .filter(|&s| self.is_member(s))
+            .find_map(|s| self.get(s).map(|a| (s, a)))
+    }
+
     pub fn get(&self, node: usize) -> Option<String> {
         self.proxy[node]
             .read()
@@ -68,8 +105,10 @@ pub struct Node {
     pub node_id: u64,
     child: Option<Child>,
     pub frozen: bool,
-    /// how many times it was started
+    /// how many times it was started (since it last joined)
     starts: u32,
+    /// a member of the cluster (not a spare slot, not removed)
+    pub member: bool,
 }
 
 /// The running cluster.
@@ -79,31 +118,41 @@ pub struct Cluster {
     pub addrs: Arc<Addrs>,
     pub pids: Pids,
     token: String,
-    /// an access token of the default admin: membership is for accounts
+    /// an access token of the admin: membership is for accounts
     admin: String,
+    /// the admin's password, set at the first start (a node refuses to
+    /// listen beyond loopback with the default one)
+    password: String,
     clock: Clock,
+    /// nodes with partition rules in place
+    cut: std::collections::BTreeSet<usize>,
+    /// declared last: dropped (torn down) after the node processes
+    pub net: Net,
 }
 
 impl Cluster {
     /// Starts `n` nodes under `root` and waits until every node reports all
-    /// of them as alive voters. The running nodes' process ids are kept in
-    /// `pids` (for the interrupt handler).
+    /// of them as alive voters; `slots - n` more slots stay spare (for the
+    /// membership nemesis to grow into). The running nodes' process ids are
+    /// kept in `pids` (for the interrupt handler).
     pub async fn start(
         micro: &Path,
         root: &Path,
         n: usize,
+        slots: usize,
         clock: Clock,
         pids: Pids,
+        net: Net,
     ) -> Result<Cluster> {
         let mut nodes = Vec::new();
-        for idx in 0..n {
+        for idx in 0..slots.max(n) {
             let dir = root.join(format!("n{idx}"));
             let home = dir.join("home");
             std::fs::create_dir_all(&home)
                 .with_context(|| format!("cannot create {}", home.display()))?;
             nodes.push(Node {
                 idx,
-                ip: format!("127.0.0.{}", idx + 1),
+                ip: net.node_ip(idx),
                 data: dir.join("data"),
                 home,
                 log: dir.join("server.log"),
@@ -112,22 +161,26 @@ impl Cluster {
                 child: None,
                 frozen: false,
                 starts: 0,
+                member: false,
             });
         }
         let mut cluster = Cluster {
             micro: micro.to_path_buf(),
             nodes,
-            addrs: Arc::new(Addrs {
-                proxy: (0..n).map(|_| RwLock::new(None)).collect(),
-            }),
+            addrs: Arc::new(Addrs::new(slots.max(n))),
             pids,
             token: String::new(),
             admin: String::new(),
+            password: format!("jepsen-{:016x}", rand::random::<u64>()),
             clock,
+            cut: Default::default(),
+            net,
         };
+        cluster.set_member(0, true);
         cluster.spawn(0).await?;
         (cluster.token, cluster.admin) = cluster.join_token().await?;
         for idx in 1..n {
+            cluster.set_member(idx, true);
             cluster.spawn(idx).await?;
         }
         let (took, leader) = cluster
@@ -142,11 +195,22 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// How many node slots there are (members or not).
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
-    /// The join token, asked of node 0 as the default admin, and that
+    /// The slots that hold members, in order.
+    pub fn members_idx(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| self.nodes[i].member).collect()
+    }
+
+    fn set_member(&mut self, idx: usize, member: bool) {
+        self.nodes[idx].member = member;
+        self.addrs.set_member(idx, member);
+    }
+
+    /// The join token, asked of node 0 as the admin, and that
     /// admin's access token (valid on every node, for a day).
     async fn join_token(&self) -> Result<(String, String)> {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -158,7 +222,7 @@ impl Cluster {
                     .auth()
                     .token(TokenRequest {
                         id: "admin".into(),
-                        secret: "micro".into(),
+                        secret: self.password.clone(),
                         token_expiry: 86_400,
                         ..Default::default()
                     })
@@ -192,13 +256,15 @@ impl Cluster {
     /// data directory and cluster address) and waits for its
     /// `listen.json`.
     async fn spawn(&mut self, idx: usize) -> Result<()> {
-        let join = (idx > 0 && self.nodes[idx].starts == 0).then(|| {
-            (
-                self.nodes[0].cluster_addr.clone().unwrap_or_default(),
-                self.token.clone(),
-            )
-        });
+        // A node's first start (but the founder's) joins through another
+        // member that is up.
+        let seed = (0..self.len())
+            .filter(|&i| i != idx && self.nodes[i].member && self.is_up(i))
+            .find_map(|i| self.nodes[i].cluster_addr.clone());
+        let join = (self.nodes[idx].starts == 0 && !(idx == 0 && self.token.is_empty()))
+            .then(|| (seed.unwrap_or_default(), self.token.clone()));
         let stamp = self.clock.stamp();
+        let slots = self.len();
         let node = &mut self.nodes[idx];
         let listen = node.data.join("listen.json");
         let _ = std::fs::remove_file(&listen);
@@ -219,7 +285,7 @@ impl Cluster {
             )?;
         }
         let log = std::fs::OpenOptions::new().append(true).open(&node.log)?;
-        let mut cmd = Command::new(&self.micro);
+        let mut cmd = self.net.command(idx, &self.micro);
         cmd.arg("server")
             .arg("--data-dir")
             .arg(&node.data)
@@ -227,6 +293,10 @@ impl Cluster {
             .args(["--proxy-address", &any])
             .args(["--web-address", &any])
             .args(["--cluster-address", &cluster_addr]);
+        if slots > 5 {
+            // The default keeps 5 voters; the others would stay learners.
+            cmd.args(["--cluster-size", &slots.min(9).to_string()]);
+        }
         if let Some((seed, token)) = &join {
             cmd.args(["--join", seed, "--token", token]);
         }
@@ -236,7 +306,9 @@ impl Cluster {
             }
         }
         cmd.env("HOME", &node.home)
-            .env("MICRO_LOG_LEVEL", "warn")
+            // gossip state changes are few and tell what a node saw
+            .env("MICRO_LOG_LEVEL", "warn,micro_gossip=info")
+            .env("MICRO_AUTH_ADMIN_PASSWORD", &self.password)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -265,6 +337,9 @@ impl Cluster {
                         bail!("node {idx} came back as {id}, not {}", node.node_id);
                     }
                     node.node_id = id;
+                    if let Some(pid) = node.child.as_ref().and_then(Child::id) {
+                        check_exe(pid, &self.micro)?;
+                    }
                     if node.cluster_addr.is_none() {
                         node.cluster_addr = Some(cluster);
                     }
@@ -296,6 +371,127 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// An admin client of some member that is up other than `not`.
+    async fn admin_client(&self, not: usize) -> Result<(usize, micro::Client)> {
+        let mut last = anyhow!("no other member is up");
+        for idx in self.members_idx() {
+            if idx == not || !self.is_up(idx) {
+                continue;
+            }
+            let Some(addr) = self.addrs.get(idx) else {
+                continue;
+            };
+            match tokio::time::timeout(ADMIN_TIMEOUT, micro::Client::connect(&addr, "micro")).await
+            {
+                Ok(Ok(c)) => {
+                    c.set_token(Some(&self.admin));
+                    return Ok((idx, c));
+                }
+                Ok(Err(e)) => last = anyhow!("cannot connect to n{idx}: {e}"),
+                Err(_) => last = anyhow!("n{idx} did not answer"),
+            }
+        }
+        Err(last)
+    }
+
+    /// Takes member `idx` out of the cluster (`Cluster.Remove`, as the
+    /// admin, through another member), kills it and wipes its data
+    /// directory. Its id can never come back; the slot can, as a new node
+    /// ([`Cluster::add_member`]).
+    pub async fn remove_member(&mut self, idx: usize) -> Result<()> {
+        let id = self.nodes[idx].node_id;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let attempt = async {
+                let (via, client) = self.admin_client(idx).await?;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    client.cluster().remove(RemoveRequest { id }),
+                )
+                .await
+                .map_err(|_| anyhow!("n{via} did not answer the removal within 20s"))?;
+                match r {
+                    Ok(_) => Ok(()),
+                    // A retry after a removal that went through.
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                    Err(s) => Err(anyhow!("n{via}: {:?}: {}", s.code(), s.message())),
+                }
+            };
+            match attempt.await {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => {
+                    bail!("cannot remove n{idx} (node id {id}): {e:#}")
+                }
+                Err(e) => {
+                    println!(
+                        "{} removing n{idx}: {e:#}; trying again",
+                        self.clock.stamp()
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        self.set_member(idx, false);
+        self.kill(idx).await;
+        let node = &mut self.nodes[idx];
+        if node.data.exists() {
+            std::fs::remove_dir_all(&node.data)
+                .with_context(|| format!("cannot wipe {}", node.data.display()))?;
+        }
+        node.node_id = 0;
+        node.cluster_addr = None;
+        node.starts = 0;
+        Ok(())
+    }
+
+    /// Starts slot `idx` as a fresh node (empty data directory) that joins
+    /// the cluster with a fresh join token, under a new id.
+    pub async fn add_member(&mut self, idx: usize) -> Result<()> {
+        let node = &self.nodes[idx];
+        if node.data.exists() {
+            std::fs::remove_dir_all(&node.data)
+                .with_context(|| format!("cannot wipe {}", node.data.display()))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let token = loop {
+            let attempt = async {
+                let (via, client) = self.admin_client(idx).await?;
+                let t = tokio::time::timeout(
+                    Duration::from_secs(15),
+                    client
+                        .cluster()
+                        .token(micro_proto::cluster::TokenRequest::default()),
+                )
+                .await
+                .map_err(|_| anyhow!("n{via} did not answer within 15s"))?
+                .map_err(|s| anyhow!("n{via}: {:?}: {}", s.code(), s.message()))?
+                .into_inner()
+                .token;
+                anyhow::Ok(t)
+            };
+            match attempt.await {
+                Ok(t) if !t.is_empty() => break t,
+                Ok(_) => bail!("an empty join token"),
+                Err(e) if Instant::now() > deadline => {
+                    bail!("cannot get a join token for n{idx}: {e:#}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        self.token = token;
+        let node = &mut self.nodes[idx];
+        node.node_id = 0;
+        node.cluster_addr = None;
+        node.starts = 0;
+        self.set_member(idx, true);
+        if let Err(e) = self.spawn(idx).await {
+            self.set_member(idx, false);
+            self.kill(idx).await;
+            return Err(e.context(format!("n{idx} did not join")));
+        }
+        Ok(())
     }
 
     /// Restarts a killed node, trying a few times.
@@ -365,14 +561,42 @@ impl Cluster {
         self.nodes[idx].frozen = false;
     }
 
-    /// Thaws every frozen node and restarts every killed one.
+    /// Cuts the network: each `(node, from, to)` makes `node` drop every
+    /// packet from the nodes in `from` and every packet to those in `to`
+    /// (replacing any cut it had). Clients still reach every node.
+    pub async fn partition(&mut self, grudges: &[(usize, Vec<usize>, Vec<usize>)]) -> Result<()> {
+        for (node, from, to) in grudges {
+            if from.is_empty() && to.is_empty() {
+                continue;
+            }
+            self.cut.insert(*node);
+            self.net.cut(*node, from, to).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every partition rule.
+    pub async fn heal_network(&mut self) -> Result<()> {
+        let mut first_error = None;
+        for node in std::mem::take(&mut self.cut) {
+            if let Err(e) = self.net.heal(node).await {
+                self.cut.insert(node);
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Heals the network, thaws every frozen node and restarts every
+    /// killed one.
     pub async fn heal_all(&mut self) -> Result<()> {
+        self.heal_network().await?;
         for idx in 0..self.len() {
             if self.nodes[idx].frozen {
                 self.thaw(idx);
             }
         }
-        for idx in 0..self.len() {
+        for idx in self.members_idx() {
             if !self.is_running(idx) {
                 self.restart(idx).await?;
             }
@@ -444,7 +668,7 @@ impl Cluster {
             Err(e) => return Err(format!("{e:#}")),
         };
         let mut problems = Vec::new();
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| n.member) {
             match members.iter().find(|m| m.id == node.node_id) {
                 None => problems.push(format!("n{} not listed", node.idx)),
                 Some(m) => {
@@ -457,7 +681,7 @@ impl Cluster {
                 }
             }
         }
-        if members.len() != self.len() {
+        if members.len() != self.members_idx().len() {
             problems.push(format!("{} members listed", members.len()));
         }
         let leaders: Vec<u64> = members
@@ -482,7 +706,7 @@ impl Cluster {
         loop {
             let mut complaint = None;
             let mut leader = None;
-            for idx in 0..self.len() {
+            for idx in self.members_idx() {
                 match self.view_of(idx).await {
                     Err(why) => complaint = Some(why),
                     Ok(l) if leader.is_some_and(|first| first != l) => {
@@ -507,6 +731,34 @@ impl Cluster {
         }
     }
 
+    /// Every member's view of the cluster and, in netns mode, the rules in
+    /// its namespace: printed when the cluster does not recover.
+    pub async fn diagnose(&self) -> String {
+        let mut out = String::new();
+        for idx in self.members_idx() {
+            let view = match self.members(idx).await {
+                Ok(ms) => ms
+                    .iter()
+                    .map(|m| {
+                        let who = self
+                            .index_of(m.id)
+                            .map(|i| format!("n{i}"))
+                            .unwrap_or_else(|| m.id.to_string());
+                        format!("{who} {} {}", m.role, m.gossip)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Err(e) => format!("{e:#}"),
+            };
+            out += &format!("  n{idx} sees: {view}\n");
+            let rules = self.net.rules(idx).await;
+            if !rules.is_empty() {
+                out += &format!("  n{idx} nft rules: {}\n", rules.replace('\n', " "));
+            }
+        }
+        out
+    }
+
     /// Stops every node (SIGCONT, SIGTERM, then SIGKILL after 10 s).
     pub async fn shutdown(&mut self) {
         for idx in 0..self.len() {
@@ -526,6 +778,24 @@ impl Cluster {
         }
         self.pids.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+}
+
+/// Checks that process `pid` runs `micro` (in netns mode the child is `ip
+/// netns exec`, which must have exec'd the server: the signals of the
+/// faults go to this pid).
+fn check_exe(pid: u32, micro: &Path) -> Result<()> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .with_context(|| format!("cannot read /proc/{pid}/exe"))?;
+    let want = std::fs::canonicalize(micro).unwrap_or_else(|_| micro.to_path_buf());
+    // A rebuilt binary shows as "… (deleted)".
+    let shown = exe.to_string_lossy();
+    if !shown.starts_with(&*want.to_string_lossy()) {
+        bail!(
+            "process {pid} runs {shown}, not {}: signals would miss the node",
+            want.display()
+        );
+    }
+    Ok(())
 }
 
 /// The last `n` lines of a file.

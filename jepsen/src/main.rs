@@ -1,9 +1,11 @@
 //! `micro-jepsen`: a fault-injection test of a real Micro cluster.
 //!
-//! It starts `--nodes` `micro server` processes on 127.0.0.1, .2, … as one
-//! Raft cluster, runs `--clients` concurrent store clients against them for
-//! `--seconds` while a nemesis kills, restarts, freezes and thaws nodes,
-//! then heals everything, reads the final state from every node and checks
+//! It starts `--nodes` `micro server` processes as one Raft cluster (each
+//! in a network namespace of its own when run as root, else on 127.0.0.1,
+//! .2, …: `net`), runs `--clients` concurrent store clients against them
+//! for `--seconds` while a nemesis (`--nemesis`) kills, restarts, freezes
+//! and thaws nodes, cuts the network between them, and removes and adds
+//! members, then heals everything, reads the final state from every node and checks
 //! the recorded history (see `checker` for exactly what is checked; it is
 //! not a full linearizability check). Exit status: 0 when every check
 //! passes, 1 on any violation, 2 when the harness itself could not run.
@@ -15,7 +17,9 @@ mod checker;
 mod cluster;
 mod history;
 mod nemesis;
+mod net;
 mod report;
+mod selftest;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -34,7 +38,8 @@ use rand::SeedableRng;
 use crate::checker::{Check, NodeScan, Violation};
 use crate::cluster::Cluster;
 use crate::history::{Clock, Kind, Op, Outcome};
-use crate::nemesis::{Fault, Injected};
+use crate::nemesis::{Family, Fault, Injected};
+use crate::net::{Net, NetMode};
 use crate::workload::{ClientConfig, Shared, REGISTERS};
 
 #[derive(Parser, Debug)]
@@ -79,6 +84,21 @@ struct Args {
     /// find stale reads and FAIL. The final reads stay linearizable.
     #[arg(long)]
     stale_reads: bool,
+    /// The faults to inject, a comma list of: kill (kill -9 a node or the
+    /// leader), pause (SIGSTOP a node, a majority or the leader), partition
+    /// (network partitions; needs netns)
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause", value_parser = nemesis::parse_family)]
+    nemesis: Vec<Family>,
+    /// The network: netns (a namespace per node on a bridge of the run's
+    /// own; needs root, ip and nft), loopback (127.0.0.x), or auto (netns
+    /// when it can)
+    #[arg(long, value_enum, default_value_t = NetMode::Auto)]
+    net: NetMode,
+    /// Instead of a run: the partition test (3 nodes in namespaces; the
+    /// isolated leader must refuse writes, the majority accept them, and
+    /// after healing every acknowledged write is on every node)
+    #[arg(long)]
+    partition_test: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -116,20 +136,60 @@ fn micro_path(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Kills the nodes if the harness is interrupted.
-fn on_interrupt(pids: cluster::Pids) {
+/// Kills the nodes and tears the network down if the harness is
+/// interrupted (Ctrl-C or SIGTERM).
+pub fn on_interrupt(pids: cluster::Pids, net: Option<Arc<net::Teardown>>) {
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let interrupted = tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok(),
+            _ = term => true,
+        };
+        if interrupted {
             for pid in pids.lock().unwrap_or_else(|e| e.into_inner()).values() {
                 // SAFETY: kill(2) on the pids of our own unreaped children.
                 unsafe {
                     libc::kill(*pid as libc::pid_t, libc::SIGKILL);
                 }
             }
-            eprintln!("micro-jepsen: interrupted; nodes killed");
+            if let Some(t) = net {
+                // A moment for the killed processes to go.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                t.run();
+                eprintln!("micro-jepsen: interrupted; nodes killed, network torn down");
+            } else {
+                eprintln!("micro-jepsen: interrupted; nodes killed");
+            }
             std::process::exit(130);
         }
     });
+}
+
+/// The network `--net` asks for, set up for `nodes` nodes.
+pub fn make_net(mode: NetMode, nodes: usize) -> Result<Net> {
+    match (mode, net::unavailable()) {
+        (NetMode::Loopback, _) => Ok(Net::loopback()),
+        (NetMode::Netns, Some(why)) => bail!("--net netns cannot run here: {why}"),
+        (NetMode::Auto, Some(why)) => {
+            println!("network: {why}, so loopback");
+            Ok(Net::loopback())
+        }
+        (NetMode::Netns, None) => Net::netns(nodes),
+        (NetMode::Auto, None) => match Net::netns(nodes) {
+            Ok(net) => Ok(net),
+            Err(e) => {
+                println!("network: cannot set up namespaces ({e:#}), so loopback");
+                Ok(Net::loopback())
+            }
+        },
+    }
 }
 
 /// Returns whether every check passed.
@@ -144,6 +204,15 @@ async fn run(args: Args) -> Result<bool> {
     });
     let nodes = args.nodes as usize;
     let clients = args.clients as usize;
+    if args.partition_test {
+        if args.net == NetMode::Loopback {
+            bail!("--partition-test needs network namespaces, not --net loopback");
+        }
+        if let Some(why) = net::unavailable() {
+            bail!("--partition-test needs network namespaces: {why}");
+        }
+        return selftest::partition_test(&micro, Some(on_interrupt)).await;
+    }
     let dir = tempfile::Builder::new()
         .prefix("micro-jepsen-")
         .tempdir()
@@ -152,7 +221,15 @@ async fn run(args: Args) -> Result<bool> {
     println!(
         "micro-jepsen: {nodes} nodes, {clients} clients, {}s, seed {seed}, faults {}{}",
         args.seconds,
-        if args.no_faults { "off" } else { "on" },
+        if args.no_faults {
+            "off".to_string()
+        } else {
+            args.nemesis
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
         if args.stale_reads {
             ", STALE (local replica) reads: a self-test expected to FAIL"
         } else {
@@ -188,10 +265,23 @@ async fn run_in(
     clients: usize,
     clock: Clock,
 ) -> Result<bool> {
+    // The membership nemesis grows a cluster of fewer than 5 by two spare
+    // slots (started only when used), and shrinks larger ones by two.
+    let membership = !args.no_faults && args.nemesis.contains(&Family::Membership);
+    let slots = if membership && nodes < 5 {
+        nodes + 2
+    } else {
+        nodes
+    };
+    let net = make_net(args.net, slots)?;
+    println!("network: {}", net.describe());
+    if !args.no_faults && args.nemesis.contains(&Family::Partition) && !net.is_netns() {
+        bail!("--nemesis partition needs network namespaces: run as root with ip and nft installed (or leave partition out)");
+    }
     println!("{} starting the cluster", clock.stamp());
     let pids = cluster::Pids::default();
-    on_interrupt(pids.clone());
-    let mut cluster = Cluster::start(micro, root, nodes, clock, pids).await?;
+    on_interrupt(pids.clone(), net.teardown());
+    let mut cluster = Cluster::start(micro, root, nodes, slots, clock, pids, net).await?;
     let result = exercise(args, &mut cluster, root, seed, clients, clock).await;
     println!("{} stopping the cluster", clock.stamp());
     cluster.shutdown().await;
@@ -208,14 +298,14 @@ async fn exercise(
     clients: usize,
     clock: Clock,
 ) -> Result<bool> {
-    let nodes = cluster.len();
+    let slots = cluster.len();
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared::default());
     let mut tasks = Vec::new();
     for c in 0..clients {
         let cfg = ClientConfig {
             id: c,
-            node: c % nodes,
+            node: c % slots,
             seed: seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(c as u64 + 1)),
             op_timeout: Duration::from_secs(args.op_timeout.max(1)),
             stale_reads: args.stale_reads,
@@ -266,7 +356,8 @@ async fn exercise(
         timer.await.ok();
         Vec::new()
     } else {
-        let (injected, failure) = nemesis::run(cluster, &mut rng, clock, stop.clone()).await;
+        let (injected, failure) =
+            nemesis::run(cluster, &args.nemesis, &mut rng, clock, stop.clone()).await;
         // Without a failure the nemesis stops when the timer raises `stop`;
         // after one, the workload goes on to its end without faults.
         recovery.extend(failure);
@@ -297,10 +388,13 @@ async fn exercise(
         ),
         Err(e) => {
             println!("{} {e}", clock.stamp());
+            print!("{}", cluster.diagnose().await);
             recovery.push(format!("the cluster did not recover after healing: {e}"));
         }
     }
-    if let Err(e) = workload::barrier(&cluster.addrs, nodes, clock).await {
+    // The members now (the membership nemesis may have changed them).
+    let nodes = cluster.members_idx();
+    if let Err(e) = workload::barrier(&cluster.addrs, &nodes, clock).await {
         println!("{} barrier: {e}", clock.stamp());
         recovery.push(format!("the healed cluster refused writes: {e}"));
     }
@@ -309,7 +403,7 @@ async fn exercise(
     // acknowledged unique key, on every node.
     println!("{} reading the final state from every node", clock.stamp());
     let mut scans = Vec::new();
-    for node in 0..nodes {
+    for &node in &nodes {
         let mut by_prefix = BTreeMap::new();
         for prefix in ["w/", "r/"] {
             by_prefix.insert(
@@ -337,11 +431,11 @@ async fn exercise(
         );
     }
     keys.extend(acked.into_iter().map(|k| (Kind::ReadUnique, k)));
-    let finals = workload::final_reads(cluster.addrs.clone(), nodes, keys, clock).await;
+    let finals = workload::final_reads(cluster.addrs.clone(), &nodes, keys, clock).await;
     history::append(&mut history, finals);
     println!("{} checking {} ops", clock.stamp(), history.len());
 
-    let (mut violations, notes) = checker::check(&history, &scans, nodes);
+    let (mut violations, notes) = checker::check(&history, &scans, &nodes);
     for f in &recovery {
         violations.push(Violation {
             check: Check::Recovery,
@@ -368,21 +462,21 @@ async fn exercise(
         })
         .collect();
     let info = report::RunInfo {
-        nodes,
+        nodes: nodes.len(),
         clients,
         seconds: args.seconds,
         seed,
         nemeses: if args.no_faults {
             "none".into()
         } else {
-            Fault::ALL
+            args.nemesis
                 .iter()
                 .map(|f| f.name())
                 .collect::<Vec<_>>()
                 .join(",")
         },
         workloads: "unique,register".into(),
-        network: "loopback (127.0.0.x)".into(),
+        network: cluster.net.describe(),
         workload_end_us,
     };
     let written = report::write(root, &info, &history, &spans, &violations)?;
@@ -532,6 +626,9 @@ fn report(
                 .map(|l| format!("n{l}"))
                 .unwrap_or_else(|| "-".into())
         );
+        if !i.detail.is_empty() {
+            println!("             ({})", i.detail);
+        }
     }
     println!("{CHECKED}");
     println!("violations: {}", violations.len());
@@ -550,7 +647,7 @@ fn report(
     }
     if !violations.is_empty() {
         println!("server logs:");
-        for n in &cluster.nodes {
+        for n in cluster.nodes.iter().filter(|n| n.log.exists()) {
             println!("  n{} (node id {}): {}", n.idx, n.node_id, n.log.display());
         }
     }

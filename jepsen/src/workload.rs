@@ -88,7 +88,7 @@ fn write_error(s: &tonic::Status) -> Outcome {
 }
 
 /// Writes `key = value` through `client`.
-async fn write(
+pub async fn write(
     client: &micro::Client,
     key: &str,
     value: &str,
@@ -114,7 +114,7 @@ async fn write(
 
 /// A linearizable read of `key`: `Ok` with the value (`None` if not
 /// found), or `Fail`.
-async fn read(
+pub async fn read(
     client: &micro::Client,
     key: &str,
     limit: Duration,
@@ -163,7 +163,7 @@ async fn read(
 }
 
 /// Connects to `addr`, giving up after a few seconds.
-async fn connect(addr: &str) -> Option<micro::Client> {
+pub async fn connect(addr: &str) -> Option<micro::Client> {
     tokio::time::timeout(
         Duration::from_secs(5),
         micro::Client::connect(addr, NAMESPACE),
@@ -186,7 +186,7 @@ pub async fn client(
     let mut n = 0u64;
     let mut ops = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let Some(addr) = addrs.get(cfg.node) else {
+        let Some((node, addr)) = addrs.route(cfg.node) else {
             // down: wait for the nemesis to restart it
             conn = None;
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -255,7 +255,7 @@ pub async fn client(
         ops.push(Op {
             id: 0,
             client: cfg.id,
-            node: cfg.node,
+            node,
             kind,
             key,
             value,
@@ -306,8 +306,8 @@ where
 /// Writes a marker key through every node until each write is
 /// acknowledged: afterwards every node has a leader that has committed in
 /// its own term, so no write left over from the faults can still commit.
-pub async fn barrier(addrs: &Addrs, nodes: usize, clock: Clock) -> Result<(), String> {
-    for node in 0..nodes {
+pub async fn barrier(addrs: &Addrs, nodes: &[usize], clock: Clock) -> Result<(), String> {
+    for &node in nodes {
         let key = format!("jepsen/barrier/{node}");
         let value = format!("{}", clock.now());
         with_retries(addrs, node, Duration::from_secs(30), |c| {
@@ -368,14 +368,14 @@ pub async fn scan(
 /// it gets an answer (or 30 s pass; the failed attempt is then recorded).
 pub async fn final_reads(
     addrs: Arc<Addrs>,
-    nodes: usize,
+    nodes: &[usize],
     keys: Vec<(Kind, String)>,
     clock: Clock,
 ) -> Vec<Op> {
     const WORKERS_PER_NODE: usize = 3;
     let keys = Arc::new(keys);
     let mut tasks = tokio::task::JoinSet::new();
-    for node in 0..nodes {
+    for &node in nodes {
         let next = Arc::new(AtomicUsize::new(0));
         for _ in 0..WORKERS_PER_NODE {
             let (keys, next, addrs) = (keys.clone(), next.clone(), addrs.clone());
