@@ -146,6 +146,38 @@ pub(crate) struct Runner {
     next_seq: u64,
     shared: Arc<Mutex<Shared>>,
     rejected: Arc<AtomicU64>,
+    /// When each identity (node id, bump) was first seen Suspect.
+    suspected: HashMap<(u64, u64), Instant>,
+}
+
+/// A suspicion older than this is settled by declaring the member Down.
+/// foca turns Suspect into Down with a timer, but drops every pending timer
+/// when this node renews its own identity (after peers declared *it* Down,
+/// say across a healed partition); the suspected peer may also never hear
+/// of the suspicion to refute it. Without this the peer would stay Suspect
+/// for good. Declared Down, a live peer is told so, renews its identity and
+/// shows up Alive again.
+const STALE_SUSPICION: Duration = Duration::from_secs(12);
+
+/// Updates `since` (first-seen times of the identities now Suspect) and
+/// returns the identities suspected for longer than `limit`.
+pub(crate) fn stale_suspicions(
+    now: Instant,
+    suspects: impl IntoIterator<Item = (u64, u64)>,
+    since: &mut HashMap<(u64, u64), Instant>,
+    limit: Duration,
+) -> Vec<(u64, u64)> {
+    let current: HashSet<(u64, u64)> = suspects.into_iter().collect();
+    since.retain(|id, _| current.contains(id));
+    let mut stale = Vec::new();
+    for id in current {
+        let first = *since.entry(id).or_insert(now);
+        if now.duration_since(first) >= limit {
+            stale.push(id);
+        }
+    }
+    stale.sort_unstable();
+    stale
 }
 
 impl Runner {
@@ -169,6 +201,7 @@ impl Runner {
             next_seq: 0,
             shared,
             rejected,
+            suspected: HashMap::new(),
         };
         runner.publish();
         runner
@@ -220,7 +253,10 @@ impl Runner {
                 () = sleep_until_opt(next_timer), if next_timer.is_some() => {
                     self.fire_due_timers().await;
                 }
-                _ = isolated_tick.tick() => self.reannounce_if_isolated().await,
+                _ = isolated_tick.tick() => {
+                    self.reannounce_if_isolated().await;
+                    self.settle_stale_suspicions().await;
+                }
             }
         }
     }
@@ -352,6 +388,47 @@ impl Runner {
                 .announce(Ident::placeholder(peer), &mut self.runtime);
             log_error("announce", result);
         }
+        self.settle().await;
+    }
+
+    /// Declares Down the members that have been Suspect for longer than
+    /// [`STALE_SUSPICION`] (see there for why foca can leave them so).
+    async fn settle_stale_suspicions(&mut self) {
+        let suspects: Vec<(u64, u64)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (m.id().node_id, m.id().bump))
+            .collect();
+        let stale = stale_suspicions(
+            Instant::now(),
+            suspects,
+            &mut self.suspected,
+            STALE_SUSPICION,
+        );
+        if stale.is_empty() {
+            return;
+        }
+        let updates: Vec<foca::Member<Ident>> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| {
+                m.state() == foca::State::Suspect && stale.contains(&(m.id().node_id, m.id().bump))
+            })
+            .map(|m| foca::Member::new(m.id().clone(), m.incarnation(), foca::State::Down))
+            .collect();
+        for m in &updates {
+            tracing::info!(
+                node_id = m.id().node_id,
+                "gossip: suspected for {}s without a verdict; declaring it down (a live node renews and returns)",
+                STALE_SUSPICION.as_secs()
+            );
+            self.suspected.remove(&(m.id().node_id, m.id().bump));
+        }
+        let result = self
+            .foca
+            .apply_many(updates.into_iter(), false, &mut self.runtime);
+        log_error("stale suspicion", result);
         self.settle().await;
     }
 

@@ -433,3 +433,36 @@ fn advertise_is_completed_from_the_bound_address() {
     let wildcard_bind: SocketAddr = "0.0.0.0:7946".parse().unwrap();
     assert_eq!(crate::resolve_advertise(any, wildcard_bind), wildcard_bind);
 }
+
+#[test]
+fn a_suspicion_without_a_verdict_is_settled_after_the_limit() {
+    use std::collections::HashMap;
+
+    use crate::runner::stale_suspicions;
+
+    let limit = Duration::from_secs(12);
+    let t0 = Instant::now();
+    let mut since = HashMap::new();
+    // Node 2 (bump 0) becomes suspect at t0; nothing is stale yet.
+    assert!(stale_suspicions(t0, [(2, 0)], &mut since, limit).is_empty());
+    // Still suspect 11 s later: not yet.
+    let t11 = t0 + Duration::from_secs(11);
+    assert!(stale_suspicions(t11, [(2, 0), (3, 1)], &mut since, limit).is_empty());
+    // At 12 s node 2 is stale; node 3, suspected since 11 s, is not.
+    let t12 = t0 + Duration::from_secs(12);
+    assert_eq!(
+        stale_suspicions(t12, [(2, 0), (3, 1)], &mut since, limit),
+        vec![(2, 0)]
+    );
+    // A suspicion that ends (the peer refuted, or went down) starts over
+    // if it comes back.
+    let t13 = t0 + Duration::from_secs(13);
+    assert!(stale_suspicions(t13, [(3, 1)], &mut since, limit).is_empty());
+    let t20 = t0 + Duration::from_secs(20);
+    assert!(stale_suspicions(t20, [(2, 0), (3, 1)], &mut since, limit).is_empty());
+    let t23 = t0 + Duration::from_secs(23);
+    assert_eq!(
+        stale_suspicions(t23, [(2, 0), (3, 1)], &mut since, limit),
+        vec![(3, 1)]
+    );
+}
