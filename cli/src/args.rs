@@ -532,7 +532,7 @@ pub enum StoreCommand {
         /// Treat KEY as a suffix
         #[arg(short = 's', long)]
         suffix: bool,
-        /// Print a table of key, value and expiry
+        /// Print a table of key, value, expiry and version
         #[arg(short = 'v', long)]
         verbose: bool,
         #[command(flatten)]
@@ -547,6 +547,12 @@ pub enum StoreCommand {
         /// Time to live, e.g. 10s, 5m, 1h30m
         #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         expiry: Option<Duration>,
+        /// Write only if the key holds no record (prints Created)
+        #[arg(long, conflicts_with = "if_version")]
+        if_absent: bool,
+        /// Write only if the record is at this version (see read -v)
+        #[arg(long, value_name = "VERSION", value_parser = clap::value_parser!(u64).range(1..))]
+        if_version: Option<u64>,
         #[command(flatten)]
         table: Table,
     },
@@ -566,6 +572,9 @@ pub enum StoreCommand {
     /// Delete a record
     Delete {
         key: String,
+        /// Delete only if the record is at this version (see read -v)
+        #[arg(long, value_name = "VERSION", value_parser = clap::value_parser!(u64).range(1..))]
+        if_version: Option<u64>,
         #[command(flatten)]
         table: Table,
     },

@@ -42,6 +42,15 @@ pub enum Error {
     NoDescriptor(String),
 }
 
+impl Error {
+    /// Whether a compare-and-set condition failed (gRPC `ABORTED`): the
+    /// record was not at the version asked for, or already existed, and
+    /// nothing changed. Read it again and retry, or give up.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Status(s) if s.code() == tonic::Code::Aborted)
+    }
+}
+
 type Bearer = Arc<RwLock<Option<MetadataValue<tonic::metadata::Ascii>>>>;
 
 /// Adds the namespace, and the access token when there is one, to every

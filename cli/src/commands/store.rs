@@ -44,6 +44,7 @@ fn record_json(r: &Record) -> serde_json::Value {
         "value": String::from_utf8_lossy(&r.value),
         "expiry": r.expiry,
         "metadata": metadata,
+        "version": r.version,
     })
 }
 
@@ -89,7 +90,12 @@ pub async fn run(ctx: Context, args: &StoreArgs) -> Result<(), Failure> {
                 return out(format!("{}\n", serde_json::Value::Array(list)).as_bytes());
             }
             if *verbose {
-                let mut rows = vec![vec!["KEY".to_string(), "VALUE".into(), "EXPIRY".into()]];
+                let mut rows = vec![vec![
+                    "KEY".to_string(),
+                    "VALUE".into(),
+                    "EXPIRY".into(),
+                    "VERSION".into(),
+                ]];
                 for r in &resp.records {
                     let expiry = if r.expiry > 0 {
                         human(r.expiry)
@@ -100,6 +106,7 @@ pub async fn run(ctx: Context, args: &StoreArgs) -> Result<(), Failure> {
                         r.key.clone(),
                         String::from_utf8_lossy(&r.value).into_owned(),
                         expiry,
+                        r.version.to_string(),
                     ]);
                 }
                 return out(columns(&rows).as_bytes());
@@ -115,6 +122,8 @@ pub async fn run(ctx: Context, args: &StoreArgs) -> Result<(), Failure> {
             key,
             value,
             expiry,
+            if_absent,
+            if_version,
             table,
         } => {
             let (database, table) = db(table);
@@ -135,10 +144,15 @@ pub async fn run(ctx: Context, args: &StoreArgs) -> Result<(), Failure> {
                         database,
                         table,
                         ttl,
+                        if_absent: *if_absent,
+                        if_version: if_version.unwrap_or(0),
                         ..Default::default()
                     }),
                 })
                 .await?;
+            if *if_absent {
+                return out(b"Created\n");
+            }
             Ok(())
         }
         StoreCommand::List {
@@ -168,7 +182,11 @@ pub async fn run(ctx: Context, args: &StoreArgs) -> Result<(), Failure> {
             }
             out(lines(&resp.keys).as_bytes())
         }
-        StoreCommand::Delete { key, table } => {
+        StoreCommand::Delete {
+            key,
+            if_version,
+            table,
+        } => {
             let (database, table) = db(table);
             store
                 .delete(DeleteRequest {
@@ -176,7 +194,7 @@ pub async fn run(ctx: Context, args: &StoreArgs) -> Result<(), Failure> {
                     options: Some(DeleteOptions {
                         database,
                         table,
-                        ..Default::default()
+                        if_version: if_version.unwrap_or(0),
                     }),
                 })
                 .await?;

@@ -1,8 +1,30 @@
-//! The store through the CLI and through gRPC.
+//! The store through the CLI, gRPC and the gateway, compare-and-set
+//! included.
 
-use micro_proto::store::{ReadOptions, ReadRequest, Record, WriteOptions, WriteRequest};
+use micro_proto::store::{
+    DeleteOptions, DeleteRequest, ReadOptions, ReadRequest, Record, WriteOptions, WriteRequest,
+};
 
-use crate::harness::Server;
+use crate::harness::{http_send, Server};
+
+/// The VERSION column of `micro store read KEY -v` (one record).
+#[track_caller]
+fn version_of(s: &Server, key: &str) -> u64 {
+    let table = s.micro(&["store", "read", "-v", key]).ok().to_string();
+    let mut lines = table.lines();
+    assert_eq!(
+        lines
+            .next()
+            .map(|h| h.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["KEY", "VALUE", "EXPIRY", "VERSION"]),
+        "{table}"
+    );
+    let row = lines.next().unwrap_or_else(|| panic!("no row: {table}"));
+    row.split_whitespace()
+        .last()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {row:?}"))
+}
 
 #[test]
 fn write_read_prefix_list_delete() {
@@ -42,14 +64,32 @@ fn write_read_prefix_list_delete() {
             .ok(),
         "[\"user/1\",\"user/10\",\"user/2\"]\n"
     );
-    assert_eq!(
-        s.micro(&["store", "read", "-v", "-p", "user/1"]).ok(),
-        "KEY      VALUE  EXPIRY\nuser/1   a      None\nuser/10  c      None\n"
+    // Versions are log indexes: user/1 was written before user/10.
+    let table = s
+        .micro(&["store", "read", "-v", "-p", "user/1"])
+        .ok()
+        .to_string();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert_eq!(rows[0], ["KEY", "VALUE", "EXPIRY", "VERSION"], "{table}");
+    assert_eq!(rows[1][..3], ["user/1", "a", "None"], "{table}");
+    assert_eq!(rows[2][..3], ["user/10", "c", "None"], "{table}");
+    let v1: u64 = rows[1][3].parse().unwrap();
+    let v10: u64 = rows[2][3].parse().unwrap();
+    assert!(0 < v1 && v1 < v10, "{table}");
+    assert!(
+        table.starts_with("KEY      VALUE  EXPIRY  VERSION\nuser/1   a      None    "),
+        "columns line up: {table}"
     );
     assert_eq!(
         s.micro(&["store", "read", "--output", "json", "user/1"])
             .ok(),
-        "[{\"expiry\":0,\"key\":\"user/1\",\"metadata\":{},\"value\":\"a\"}]\n"
+        format!(
+            "[{{\"expiry\":0,\"key\":\"user/1\",\"metadata\":{{}},\"value\":\"a\",\"version\":{v1}}}]\n"
+        )
     );
     assert_eq!(s.micro(&["store", "delete", "user/1"]).ok(), "");
     s.micro(&["store", "read", "user/1"])
@@ -70,13 +110,17 @@ fn expired_records_read_as_not_found_and_leave_lists() {
     assert!(
         verbose
             .ok()
-            .starts_with("KEY   VALUE  EXPIRY\ntemp  x      "),
+            .starts_with("KEY   VALUE  EXPIRY  VERSION\ntemp  x      "),
         "{verbose:?}"
     );
-    assert!(
-        verbose.stdout.trim_end().ends_with('s'),
-        "expiry shown as a duration"
-    );
+    let row: Vec<&str> = verbose
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert!(row[2].ends_with('s'), "expiry shown as a duration: {row:?}");
     std::thread::sleep(std::time::Duration::from_millis(2300));
     s.micro(&["store", "read", "temp"]).fails_with("Not found");
     assert_eq!(s.micro(&["store", "list"]).ok(), "stay\n");
@@ -211,4 +255,273 @@ async fn metadata_round_trips() {
         "expiry is seconds left: {}",
         rec.expiry
     );
+}
+
+#[test]
+fn compare_and_set_through_the_cli() {
+    let s = Server::start();
+    assert_eq!(
+        s.micro(&["store", "write", "counter", "1", "--if-absent"])
+            .ok(),
+        "Created\n"
+    );
+    let v1 = version_of(&s, "counter");
+    let second = s.micro(&["store", "write", "counter", "2", "--if-absent"]);
+    assert_eq!(second.code, 1, "{second:?}");
+    second.fails_with(&format!("Already exists: counter is at version {v1}"));
+    assert_eq!(s.micro(&["store", "read", "counter"]).ok(), "1\n");
+    assert_eq!(version_of(&s, "counter"), v1, "a conflict writes nothing");
+
+    // The right version: written, as a plain write prints nothing.
+    assert_eq!(
+        s.micro(&[
+            "store",
+            "write",
+            "counter",
+            "2",
+            "--if-version",
+            &v1.to_string()
+        ])
+        .ok(),
+        ""
+    );
+    let v2 = version_of(&s, "counter");
+    assert!(v2 > v1, "{v2} > {v1}");
+    assert_eq!(s.micro(&["store", "read", "counter"]).ok(), "2\n");
+    // A stale version: refused, naming the current one.
+    let stale = s.micro(&[
+        "store",
+        "write",
+        "counter",
+        "3",
+        "--if-version",
+        &v1.to_string(),
+    ]);
+    assert_eq!(stale.code, 1, "{stale:?}");
+    stale.fails_with(&format!("Version mismatch: counter is at version {v2}"));
+    assert_eq!(s.micro(&["store", "read", "counter"]).ok(), "2\n");
+    s.micro(&["store", "write", "nothing", "x", "--if-version", "5"])
+        .fails_with("Version mismatch: nothing does not exist");
+    s.micro(&["store", "read", "nothing"])
+        .fails_with("Not found");
+
+    // Conditional delete: a stale version deletes nothing.
+    s.micro(&[
+        "store",
+        "delete",
+        "counter",
+        "--if-version",
+        &v1.to_string(),
+    ])
+    .fails_with(&format!("Version mismatch: counter is at version {v2}"));
+    assert_eq!(s.micro(&["store", "read", "counter"]).ok(), "2\n");
+    assert_eq!(
+        s.micro(&[
+            "store",
+            "delete",
+            "counter",
+            "--if-version",
+            &v2.to_string()
+        ])
+        .ok(),
+        ""
+    );
+    s.micro(&["store", "read", "counter"])
+        .fails_with("Not found");
+    // Gone: it may be created again.
+    assert_eq!(
+        s.micro(&["store", "write", "counter", "a", "--if-absent"])
+            .ok(),
+        "Created\n"
+    );
+
+    // The two conditions exclude each other; version 0 is no version.
+    let both = s.micro(&[
+        "store",
+        "write",
+        "counter",
+        "b",
+        "--if-absent",
+        "--if-version",
+        "3",
+    ]);
+    assert_eq!(both.code, 1, "{both:?}");
+    assert!(
+        both.stderr.contains("--if-absent") && both.stderr.lines().count() == 1,
+        "{both:?}"
+    );
+    let zero = s.micro(&["store", "write", "counter", "b", "--if-version", "0"]);
+    assert_eq!(zero.code, 1, "{zero:?}");
+    assert_eq!(s.micro(&["store", "read", "counter"]).ok(), "a\n");
+}
+
+#[tokio::test]
+async fn compare_and_set_through_grpc() {
+    let s = Server::start();
+    let client = s.client("micro").await;
+    let write = |value: &str, if_absent: bool, if_version: u64| WriteRequest {
+        record: Some(Record {
+            key: "k".into(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+        options: Some(WriteOptions {
+            if_absent,
+            if_version,
+            ..Default::default()
+        }),
+    };
+    let read = || async {
+        let rec = client
+            .store()
+            .read(ReadRequest {
+                key: "k".into(),
+                options: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .records
+            .remove(0);
+        (String::from_utf8(rec.value).unwrap(), rec.version)
+    };
+
+    let v1 = client
+        .store()
+        .write(write("one", true, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert!(v1 > 0);
+    assert_eq!(
+        read().await,
+        ("one".to_string(), v1),
+        "the reply's version is the record's"
+    );
+
+    let err = client
+        .store()
+        .write(write("two", true, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err:?}");
+    assert_eq!(
+        err.message(),
+        format!("Already exists: k is at version {v1}")
+    );
+    assert_eq!(read().await, ("one".to_string(), v1));
+
+    let v2 = client
+        .store()
+        .write(write("two", false, v1))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert!(v2 > v1);
+    assert_eq!(read().await, ("two".to_string(), v2));
+    let err = client
+        .store()
+        .write(write("three", false, v1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err:?}");
+    assert_eq!(
+        err.message(),
+        format!("Version mismatch: k is at version {v2}")
+    );
+    assert_eq!(read().await, ("two".to_string(), v2));
+
+    let err = client
+        .store()
+        .write(write("three", true, v2))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "if_absent and if_version cannot be combined; use one of them"
+    );
+
+    // A plain write still replaces whatever is there, and says its version.
+    let v3 = client
+        .store()
+        .write(write("plain", false, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert!(v3 > v2);
+    assert_eq!(read().await, ("plain".to_string(), v3));
+
+    let delete = |if_version| DeleteRequest {
+        key: "k".into(),
+        options: Some(DeleteOptions {
+            if_version,
+            ..Default::default()
+        }),
+    };
+    let err = client.store().delete(delete(v2)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err:?}");
+    assert_eq!(
+        err.message(),
+        format!("Version mismatch: k is at version {v3}")
+    );
+    assert_eq!(read().await, ("plain".to_string(), v3));
+    client.store().delete(delete(v3)).await.unwrap();
+    let err = client.store().delete(delete(v3)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted, "{err:?}");
+    assert_eq!(err.message(), "Version mismatch: k does not exist");
+}
+
+#[test]
+fn a_compare_and_set_conflict_over_http_is_a_409() {
+    let s = Server::start();
+    let write = |body: &str| {
+        http_send(
+            &s.api,
+            "POST",
+            "/store/Store/Write",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    // "MQ==" and "Mg==" are "1" and "2": bytes travel as base64 in JSON.
+    let first = r#"{"record":{"key":"g","value":"MQ=="},"options":{"if_absent":true}}"#;
+    let (status, body) = write(first);
+    assert_eq!(status, 200, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let version = match &reply["version"] {
+        serde_json::Value::String(v) => v.parse::<u64>().ok(),
+        v => v.as_u64(),
+    }
+    .unwrap_or_else(|| panic!("no version in {body}"));
+    assert_eq!(version_of(&s, "g"), version);
+
+    let (status, body) = write(first.replace("MQ==", "Mg==").as_str());
+    assert_eq!(status, 409, "{body}");
+    let err: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    assert_eq!(err["code"], 409, "{body}");
+    assert_eq!(err["status"], "Conflict", "{body}");
+    assert_eq!(err["id"], "store", "{body}");
+    assert_eq!(
+        err["detail"],
+        format!("Already exists: g is at version {version}"),
+        "{body}"
+    );
+
+    let stale = format!(
+        r#"{{"record":{{"key":"g","value":"Mg=="}},"options":{{"if_version":"{}"}}}}"#,
+        version + 1000
+    );
+    let (status, body) = write(&stale);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains(&format!("Version mismatch: g is at version {version}")),
+        "{body}"
+    );
+    assert_eq!(s.micro(&["store", "read", "g"]).ok(), "1\n");
+    assert_eq!(version_of(&s, "g"), version);
 }

@@ -7,10 +7,20 @@
 //! its key (value and metadata), with the expiry carried by the replicated
 //! record itself, so expired records vanish from reads at once and are
 //! purged by the leader.
+//!
+//! Compare-and-set: a write may be conditional on the key being absent
+//! (`if_absent`) or on its live record being at a version (`if_version`),
+//! and a delete on the version. The condition is judged inside the
+//! replicated transaction, so it holds at the write's place in the log; a
+//! failed condition changes nothing and is reported as `ABORTED` with the
+//! record's current version. A record's version is the log index of its
+//! last write.
 
 use micro_proto::store::store_server::Store;
 use micro_proto::store::*;
-use micro_raft::{now_millis, Replica, Txn};
+use std::time::Duration;
+
+use micro_raft::{now_millis, Cond, Replica, Txn};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -24,6 +34,9 @@ pub const MAX_KEY: usize = 4096;
 const MAX_READ: usize = 6 * 1024 * 1024;
 /// Default table name.
 pub const DEFAULT_TABLE: &str = "micro";
+/// How long a failed conditional write waits for this replica to catch up
+/// with it before reading the version it reports.
+const CONFLICT_READ_WAIT: Duration = Duration::from_secs(2);
 
 /// The Store service over the replicated state.
 pub struct StoreService {
@@ -83,6 +96,40 @@ fn decode(key: &[u8], rec: micro_raft::Record, now: u64) -> Result<Record, Statu
     })
 }
 
+/// The condition a write's options ask for: none, absent, or a version.
+fn write_condition(key: &[u8], opts: &WriteOptions) -> Result<Option<Cond>, Status> {
+    match (opts.if_absent, opts.if_version) {
+        (true, v) if v > 0 => Err(Status::invalid_argument(
+            "if_absent and if_version cannot be combined; use one of them",
+        )),
+        (true, _) => Ok(Some(Cond::Absent(key.to_vec()))),
+        (false, 0) => Ok(None),
+        (false, v) => Ok(Some(Cond::VersionEq(key.to_vec(), v))),
+    }
+}
+
+/// The sentence a caller sees when a condition failed: what was asked, and
+/// the version the key is at now (`current`: `Ok(None)` when it does not
+/// exist, `Err` when it could not be read).
+fn conflict_message(key: &str, cond: &Cond, current: Result<Option<u64>, ()>) -> String {
+    match (cond, current) {
+        (Cond::Absent(_), Ok(Some(v))) => format!("Already exists: {key} is at version {v}"),
+        (Cond::Absent(_), Ok(None)) => {
+            format!("Already exists: {key} existed when the write was applied (it is gone now)")
+        }
+        (Cond::Absent(_), Err(())) => format!("Already exists: {key}"),
+        (Cond::VersionEq(_, want), Ok(Some(v))) if v != *want => {
+            format!("Version mismatch: {key} is at version {v}")
+        }
+        (Cond::VersionEq(..), Ok(None)) => format!("Version mismatch: {key} does not exist"),
+        (Cond::VersionEq(_, want), _) => {
+            format!("Version mismatch: {key} is not at version {want}")
+        }
+        // The store asks for no other condition.
+        (_, _) => format!("Condition failed: {key} was not changed"),
+    }
+}
+
 /// Filters shared by Read and List.
 struct Selection<'a> {
     prefix: &'a str,
@@ -103,6 +150,53 @@ fn order_is_desc(order: &str) -> Result<bool, Status> {
 }
 
 impl StoreService {
+    /// Replicates `txn`, guarded by `cond` when there is one, and returns
+    /// its log index; a failed condition becomes `ABORTED`.
+    async fn write_when(
+        &self,
+        key: &str,
+        full: &[u8],
+        txn: Txn,
+        cond: Option<Cond>,
+    ) -> Result<u64, Status> {
+        let txn = match &cond {
+            Some(c) => txn.when(c.clone()),
+            None => txn,
+        };
+        let res = self.replica.write(txn).await.map_err(status)?;
+        match cond {
+            Some(cond) if !res.succeeded => Err(self.conflict(key, full, &cond, res.index).await),
+            _ => Ok(res.index),
+        }
+    }
+
+    /// The status for a condition that failed at log index `index`.
+    ///
+    /// Nothing changed: that much is certain. The version it reports is
+    /// best effort: it waits (briefly) until this replica has applied
+    /// `index` (a write from a follower was applied on the leader first),
+    /// then reads the local replica, which is the state the condition was
+    /// judged against unless another write came after it.
+    async fn conflict(&self, key: &str, full: &[u8], cond: &Cond, index: u64) -> Status {
+        let caught_up = self
+            .replica
+            .raft()
+            .wait(Some(CONFLICT_READ_WAIT))
+            .applied_index_at_least(Some(index), "the failed write")
+            .await
+            .is_ok();
+        let current = if caught_up {
+            self.replica
+                .reader()
+                .get(full, now_millis())
+                .map(|r| r.map(|r| r.version))
+                .map_err(|_| ())
+        } else {
+            Err(())
+        };
+        Status::aborted(conflict_message(key, cond, current))
+    }
+
     /// Visits the live records of a table that match `sel`, in order.
     fn select(
         &self,
@@ -215,10 +309,11 @@ impl Store for StoreService {
             metadata: record.metadata,
             version: 0,
         };
-        let mut txn = Txn::put(key, stored.encode_to_vec(), expires_at);
+        let cond = write_condition(&key, &opts)?;
+        let mut txn = Txn::put(key.clone(), stored.encode_to_vec(), expires_at);
         txn.now = now;
-        self.replica.write(txn).await.map_err(status)?;
-        Ok(Response::new(WriteResponse::default()))
+        let version = self.write_when(&record.key, &key, txn, cond).await?;
+        Ok(Response::new(WriteResponse { version }))
     }
 
     async fn delete(
@@ -231,7 +326,9 @@ impl Store for StoreService {
         check_key(&req.key)?;
         let mut key = table_prefix(&ns, &opts.database, &opts.table)?;
         key.extend_from_slice(req.key.as_bytes());
-        self.replica.write(Txn::delete(key)).await.map_err(status)?;
+        let cond = (opts.if_version > 0).then(|| Cond::VersionEq(key.clone(), opts.if_version));
+        self.write_when(&req.key, &key, Txn::delete(key.clone()), cond)
+            .await?;
         Ok(Response::new(DeleteResponse {}))
     }
 
@@ -307,5 +404,60 @@ impl Store for StoreService {
                 .map(|t| String::from_utf8_lossy(&t).into_owned())
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(if_absent: bool, if_version: u64) -> WriteOptions {
+        WriteOptions {
+            if_absent,
+            if_version,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn write_options_become_conditions() {
+        assert_eq!(write_condition(b"k", &opts(false, 0)).unwrap(), None);
+        assert_eq!(
+            write_condition(b"k", &opts(true, 0)).unwrap(),
+            Some(Cond::Absent(b"k".to_vec()))
+        );
+        assert_eq!(
+            write_condition(b"k", &opts(false, 7)).unwrap(),
+            Some(Cond::VersionEq(b"k".to_vec(), 7))
+        );
+        let both = write_condition(b"k", &opts(true, 7)).unwrap_err();
+        assert_eq!(both.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn conflicts_name_the_current_version() {
+        let absent = Cond::Absent(b"x".to_vec());
+        let at = |v| Cond::VersionEq(b"x".to_vec(), v);
+        assert_eq!(
+            conflict_message("counter", &at(17), Ok(Some(18))),
+            "Version mismatch: counter is at version 18"
+        );
+        assert_eq!(
+            conflict_message("counter", &at(17), Ok(None)),
+            "Version mismatch: counter does not exist"
+        );
+        assert_eq!(
+            conflict_message("counter", &at(17), Ok(Some(17))),
+            "Version mismatch: counter is not at version 17",
+            "a replica that has not caught up must not claim the asked version"
+        );
+        assert_eq!(
+            conflict_message("counter", &absent, Ok(Some(18))),
+            "Already exists: counter is at version 18"
+        );
+        assert_eq!(
+            conflict_message("counter", &absent, Err(())),
+            "Already exists: counter"
+        );
     }
 }
