@@ -162,31 +162,39 @@ fn one_key(key: &str, ops: &[&Op], out: &mut Vec<Violation>) {
     acked.sort_by_key(|(a, _)| a.end_us);
     let mut by_start = reads.clone();
     by_start.sort_by_key(|(r, _)| r.start_us);
+    // each append missing somewhere: the first read lacking it, and how
+    // many do
+    let mut lost: BTreeMap<usize, (&Op, u64, &Op, usize)> = BTreeMap::new();
     let mut i = 0;
     for (r, list) in &by_start {
         while i < acked.len() && acked[i].0.end_us < r.start_us {
             i += 1;
         }
         let has: HashSet<u64> = list.iter().copied().collect();
-        if let Some((a, v)) = acked[..i].iter().find(|(_, v)| !has.contains(v)) {
-            let which = if r.client == FINAL_CLIENT {
-                format!("the final read #{} on n{}", r.id, r.node)
-            } else {
-                format!("read #{}", r.id)
-            };
-            push(
-                out,
-                &mut counts,
-                Violation {
-                    check: Check::LostWrite,
-                    what: format!(
-                        "acknowledged append #{} of {v} to {key} is missing from {which}, which started after it was acknowledged",
-                        a.id
-                    ),
-                    ops: vec![(*a).clone(), (*r).clone()],
-                },
-            );
+        for (a, v) in acked[..i].iter().filter(|(_, v)| !has.contains(v)) {
+            lost.entry(a.id).or_insert((a, *v, r, 0)).3 += 1;
         }
+    }
+    for (a, v, r, n) in lost.into_values() {
+        let which = if r.client == FINAL_CLIENT {
+            format!("the final read #{} on n{}", r.id, r.node)
+        } else {
+            format!("read #{}", r.id)
+        };
+        push(
+            out,
+            &mut counts,
+            Violation {
+                check: Check::LostWrite,
+                what: format!(
+                    "acknowledged append #{} of {v} to {key} is missing from {which}, which started after it was acknowledged \
+                     ({n} such read{} lack it)",
+                    a.id,
+                    if n == 1 { "" } else { "s" }
+                ),
+                ops: vec![a.clone(), r.clone()],
+            },
+        );
     }
 
     // Reads never go back in time.
@@ -230,6 +238,7 @@ fn one_key(key: &str, ops: &[&Op], out: &mut Vec<Violation>) {
     let mut k = 0;
     let mut latest: Option<(&Op, usize)> = None;
     let mut missing: Option<&Op> = None;
+    let mut told: HashSet<usize> = HashSet::new();
     for (a2, p2) in present {
         while k < acked.len() && acked[k].0.end_us < a2.start_us {
             match pos.get(&acked[k].1) {
@@ -239,7 +248,7 @@ fn one_key(key: &str, ops: &[&Op], out: &mut Vec<Violation>) {
             }
             k += 1;
         }
-        if let Some(a1) = missing {
+        if let Some(a1) = missing.filter(|a1| told.insert(a1.id)) {
             push(
                 out,
                 &mut counts,
@@ -254,7 +263,7 @@ fn one_key(key: &str, ops: &[&Op], out: &mut Vec<Violation>) {
             );
         }
         if let Some((a1, p1)) = latest {
-            if p1 > p2 {
+            if p1 > p2 && told.insert(a1.id) {
                 push(
                     out,
                     &mut counts,
