@@ -4,8 +4,8 @@
 //! Raft cluster, runs `--clients` concurrent store clients against them for
 //! `--seconds` while a nemesis kills, restarts, freezes and thaws nodes,
 //! then heals everything, reads the final state from every node and checks
-//! the recorded history (see `checker` for exactly what is checked; it is
-//! not a full linearizability check). Exit status: 0 when every check
+//! the recorded history (see `checker` for exactly what is checked: per-key
+//! linearizability, list-append order, final state). Exit status: 0 when every check
 //! passes, 1 on any violation, 2 when the harness itself could not run.
 //!
 //! The run's directory (data, logs, `history.jsonl`, `faults.json`) is

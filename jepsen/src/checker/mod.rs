@@ -347,9 +347,9 @@ fn linearizable(
                 out.push(Violation {
                     check: Check::NotLinearizable,
                     what: format!(
-                        "{key} has no linearization: the longest linearizable prefix found has {} of the {} ops that must take effect; \
-                         after it (its last ops shown first) {key} held {}, and no op still open could take effect next before {blocked} \
-                         (the ops shown after that one)",
+                        "{key} is not linearizable: no order of its ops fits them all. The longest linearizable prefix found \
+                         has {} ops (the {} with a known outcome must all fit); after it {key} held {}, and no op still open could take effect \
+                         before {blocked}. Shown: the last ops of that prefix, then the blocked op and the others open then",
                         stuck.depth,
                         stuck.required,
                         value(stuck.state),
