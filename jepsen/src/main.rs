@@ -331,12 +331,15 @@ async fn exercise(
 
     let (mut violations, notes) = checker::check(&history, &scans, nodes);
     println!(
-        "{} checked in {:.1}s ({} keys searched for a linearization, {} ops, {} steps)",
+        "{} checked in {:.1}s ({} keys searched for a linearization, {} ops, {} steps; \
+         unknown writes: {} shown applied, {} never seen and left out)",
         clock.stamp(),
         notes.elapsed.as_secs_f64(),
         notes.linear_keys,
         notes.linear_ops,
-        notes.linear_steps
+        notes.linear_steps,
+        notes.unknown_placed,
+        notes.unknown_unseen
     );
     for f in &recovery {
         violations.push(Violation {

@@ -176,6 +176,9 @@ pub struct Notes {
     /// unknown writes left out of the search: no read or CAS ever saw
     /// their value, so leaving them out cannot hide an anomaly
     pub unknown_unseen: usize,
+    /// unknown writes some read or CAS showed to have taken effect: given
+    /// to the search as ending when the first of those ended
+    pub unknown_placed: usize,
     /// keys whose search ran out of budget: (key, why)
     pub inconclusive: Vec<(String, String)>,
     /// how long the checks took
@@ -275,19 +278,26 @@ fn linearizable(
                 _ => None,
             }
         };
-        // Values some read returned or some CAS expected: an unknown write
-        // of any other value can be left out (nothing could tell whether
-        // it took effect).
+        // Values some op saw: an unknown write of any other value can be
+        // left out (nothing could tell whether it took effect). An unknown
+        // write whose value an ok read returned or an ok CAS expected did
+        // take effect, before the first such op ended: it is placed in
+        // that interval (sound: every linearization puts it there), which
+        // spares the search from trying it everywhere.
         let mut seen: HashSet<String> = HashSet::new();
+        let mut seen_by: HashMap<String, u64> = HashMap::new();
         for o in &ops {
             let Some((read, expected, _)) = shape(o) else {
                 continue;
             };
-            if let (Some(Some(v)), Outcome::Ok) = (&read, o.outcome) {
-                seen.insert(v.clone());
-            }
-            if let (Some(Some(e)), true) = (&expected, o.outcome != Outcome::Fail) {
-                seen.insert(e.clone());
+            for v in [read, expected].into_iter().flatten().flatten() {
+                if o.outcome == Outcome::Ok {
+                    let t = seen_by.entry(v.clone()).or_insert(o.end_us);
+                    *t = (*t).min(o.end_us);
+                }
+                if o.outcome != Outcome::Fail {
+                    seen.insert(v);
+                }
             }
         }
         let mut entries = Vec::new();
@@ -298,12 +308,18 @@ fn linearizable(
             let Some((read, expected, written)) = shape(o) else {
                 continue;
             };
+            let mut ret = (o.outcome == Outcome::Ok).then_some(o.end_us);
             let f = match (read, expected, written) {
                 (Some(r), _, _) => linear::F::Read(r.as_deref().map(&mut intern)),
                 (None, e, Some(w)) => {
-                    if o.outcome == Outcome::Unknown && !seen.contains(&w) {
-                        notes.unknown_unseen += 1;
-                        continue;
+                    if o.outcome == Outcome::Unknown {
+                        if let Some(&t) = seen_by.get(&w) {
+                            ret = Some(t.max(o.start_us));
+                            notes.unknown_placed += 1;
+                        } else if !seen.contains(&w) {
+                            notes.unknown_unseen += 1;
+                            continue;
+                        }
                     }
                     let w = intern(&w);
                     match e {
@@ -316,7 +332,7 @@ fn linearizable(
             entries.push(linear::Entry {
                 op: h,
                 call: o.start_us,
-                ret: (o.outcome == Outcome::Ok).then_some(o.end_us),
+                ret,
                 f,
             });
         }
@@ -917,6 +933,17 @@ mod tests {
             1,
         );
         assert_eq!(names(&v), ["non-linearizable"]);
+    }
+
+    #[test]
+    fn an_unknown_write_seen_late_may_have_taken_effect_late() {
+        passes(&[
+            w(0, "a", Y, (0, 10)),
+            w(1, "b", U, (5, 100)),
+            r(2, Some("a"), (20, 30)),
+            r(3, Some("b"), (40, 50)),
+            r(4, Some("b"), (60, 70)),
+        ]);
     }
 
     #[test]
