@@ -201,6 +201,11 @@ impl Cluster {
     }
 
     /// The slots that hold members, in order.
+    /// An access token of the admin (valid on every node for a day).
+    pub fn admin_token(&self) -> &str {
+        &self.admin
+    }
+
     pub fn members_idx(&self) -> Vec<usize> {
         (0..self.len()).filter(|&i| self.nodes[i].member).collect()
     }

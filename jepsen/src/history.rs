@@ -44,20 +44,53 @@ pub enum Kind {
     WriteRegister,
     /// a linearizable read of a shared register
     ReadRegister,
+    /// a compare-and-set of a register: write `value` only if it holds
+    /// `expected` (sent as a version condition: values are unique, so the
+    /// version read with `expected` names it)
+    CasRegister,
     /// a linearizable read of a unique key whose write was acknowledged
     ReadUnique,
+    /// append the element `value` to the list `a/<k>`: a compare-and-set
+    /// from the list it read (`list`) to that list and the element
+    Append,
+    /// a linearizable read of a list `a/<k>` (the list in `list`)
+    ReadList,
+    /// registering the test service `value` through the registry (`key`
+    /// is its name)
+    Register,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 8] = [
         Kind::WriteUnique,
-        Kind::WriteRegister,
-        Kind::ReadRegister,
         Kind::ReadUnique,
+        Kind::WriteRegister,
+        Kind::CasRegister,
+        Kind::ReadRegister,
+        Kind::Append,
+        Kind::ReadList,
+        Kind::Register,
     ];
 
+    /// Whether `value` is what the op stored at `key` (a write or a CAS).
     pub fn is_write(self) -> bool {
-        matches!(self, Kind::WriteUnique | Kind::WriteRegister)
+        matches!(
+            self,
+            Kind::WriteUnique | Kind::WriteRegister | Kind::CasRegister
+        )
+    }
+
+    /// Whether the op only reads.
+    pub fn is_read(self) -> bool {
+        matches!(self, Kind::ReadRegister | Kind::ReadUnique | Kind::ReadList)
+    }
+
+    /// An op on a register `r/<k>`.
+    pub fn is_register(self) -> bool {
+        matches!(
+            self,
+            Kind::WriteRegister | Kind::ReadRegister | Kind::CasRegister
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -65,7 +98,11 @@ impl Kind {
             Kind::WriteUnique => "write unique key",
             Kind::WriteRegister => "write register",
             Kind::ReadRegister => "read register",
+            Kind::CasRegister => "cas register",
             Kind::ReadUnique => "read unique key",
+            Kind::Append => "append to list",
+            Kind::ReadList => "read list",
+            Kind::Register => "register service",
         }
     }
 }
@@ -73,12 +110,13 @@ impl Kind {
 /// How an operation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Outcome {
-    /// Acknowledged (a write) or answered (a read; `value` holds what it
-    /// returned, `None` for not found).
+    /// Acknowledged (a write) or answered (a read; `value` or `list` holds
+    /// what it returned, `None` for not found).
     Ok,
     /// Refused in a way that says the request was not carried out (an
-    /// invalid argument, a permission error), or a read that got no answer.
-    /// The checker never relies on a failed write not having happened.
+    /// invalid argument, a permission error, a compare-and-set conflict),
+    /// or a read that got no answer. The linearizability checker takes a
+    /// failed write as not applied; a failed read says nothing.
     Fail,
     /// A write whose fate is unknown: it timed out, the connection broke, or
     /// the node answered unavailable. It may or may not have been applied,
@@ -96,14 +134,61 @@ pub struct Op {
     pub node: usize,
     pub kind: Kind,
     pub key: String,
-    /// a write: the value written; a successful read: the value it
-    /// returned (`None` when the key was not found)
+    /// a write or CAS: the value written; a successful read: the value it
+    /// returned (`None` when the key was not found); an append: the
+    /// element appended
     pub value: Option<String>,
+    /// a CAS: the value it required the register to hold (`None`: absent)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// a list read: the list it returned (`None`: not found); an append:
+    /// the list it extended (`None`: it required the key to be absent)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list: Option<Vec<u64>>,
+    /// a read: the version of the record it returned; a write: the new
+    /// version the reply gave
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
     pub outcome: Outcome,
     /// why it failed or is unknown
     pub error: Option<String>,
     pub start_us: u64,
     pub end_us: u64,
+}
+
+impl Op {
+    /// An ok op of `kind` on `key` with nothing read or written yet.
+    pub fn new(client: usize, node: usize, kind: Kind, key: &str) -> Op {
+        Op {
+            id: 0,
+            client,
+            node,
+            kind,
+            key: key.to_string(),
+            value: None,
+            expected: None,
+            list: None,
+            version: None,
+            outcome: Outcome::Ok,
+            error: None,
+            start_us: 0,
+            end_us: 0,
+        }
+    }
+}
+
+fn show(v: &Option<String>) -> String {
+    match v {
+        Some(v) => format!("{v:?}"),
+        None => "<absent>".to_string(),
+    }
+}
+
+fn show_list(l: &Option<Vec<u64>>) -> String {
+    match l {
+        Some(l) => format!("{l:?}"),
+        None => "<absent>".to_string(),
+    }
 }
 
 impl fmt::Display for Op {
@@ -113,15 +198,33 @@ impl fmt::Display for Op {
         } else {
             format!("c{}", self.client)
         };
-        let verb = if self.kind.is_write() {
-            "write"
-        } else {
-            "read "
-        };
-        let value = match &self.value {
-            Some(v) => format!("{v:?}"),
-            None if self.outcome == Outcome::Ok => "<not found>".to_string(),
-            None => "-".to_string(),
+        let ok = self.outcome == Outcome::Ok;
+        let what = match self.kind {
+            Kind::WriteUnique | Kind::WriteRegister => {
+                format!("write  {:<8} = {}", self.key, show(&self.value))
+            }
+            Kind::ReadRegister | Kind::ReadUnique if ok => {
+                format!("read   {:<8} = {}", self.key, show(&self.value))
+            }
+            Kind::ReadRegister | Kind::ReadUnique => format!("read   {:<8}", self.key),
+            Kind::CasRegister => format!(
+                "cas    {:<8} {} -> {}",
+                self.key,
+                show(&self.expected),
+                show(&self.value)
+            ),
+            Kind::Append => format!(
+                "append {:<8} {} + {}",
+                self.key,
+                show_list(&self.list),
+                self.value.as_deref().unwrap_or("?")
+            ),
+            Kind::ReadList if ok => match (&self.list, &self.value) {
+                (None, Some(raw)) => format!("read   {:<8} = unreadable {raw:?}", self.key),
+                (l, _) => format!("read   {:<8} = {}", self.key, show_list(l)),
+            },
+            Kind::ReadList => format!("read   {:<8}", self.key),
+            Kind::Register => format!("register service {}", self.key),
         };
         let outcome = match self.outcome {
             Outcome::Ok => "ok".to_string(),
@@ -130,13 +233,11 @@ impl fmt::Display for Op {
         };
         write!(
             f,
-            "#{:<6} {:>5}@n{} {} {:<10} = {:<14} {} [{:.6}s .. {:.6}s]",
+            "#{:<6} {:>5}@n{} {} {} [{:.6}s .. {:.6}s]",
             self.id,
             who,
             self.node,
-            verb,
-            self.key,
-            value,
+            what,
             outcome,
             self.start_us as f64 / 1e6,
             self.end_us as f64 / 1e6

@@ -531,18 +531,12 @@ mod tests {
 
     fn op(kind: Kind, outcome: Outcome, start_s: f64, took_ms: f64) -> Op {
         let start_us = (start_s * 1e6) as u64;
-        Op {
-            id: 0,
-            client: 0,
-            node: 0,
-            kind,
-            key: "r/0".into(),
-            value: Some("v".into()),
-            outcome,
-            error: None,
-            start_us,
-            end_us: start_us + (took_ms * 1e3) as u64,
-        }
+        let mut op = Op::new(0, 0, kind, "r/0");
+        op.value = Some("v".into());
+        op.outcome = outcome;
+        op.start_us = start_us;
+        op.end_us = start_us + (took_ms * 1e3) as u64;
+        op
     }
 
     #[test]

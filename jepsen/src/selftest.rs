@@ -21,7 +21,29 @@ use crate::cluster::{Cluster, Pids};
 use crate::history::{Clock, Outcome};
 use crate::nemesis::split;
 use crate::net::{Net, Teardown};
-use crate::workload::{barrier, connect, read, write};
+use crate::workload::{barrier, connect, Cond};
+
+/// An unconditional write: its outcome and why it was not ok.
+async fn write(
+    client: &micro::Client,
+    key: &str,
+    value: &str,
+    limit: Duration,
+) -> (Outcome, Option<String>) {
+    let done = crate::workload::write(client, key, value, Cond::None, limit).await;
+    (done.outcome, done.error)
+}
+
+/// A read: its outcome, the value found, and why it failed.
+async fn read(
+    client: &micro::Client,
+    key: &str,
+    limit: Duration,
+    stale: bool,
+) -> (Outcome, Option<String>, Option<String>) {
+    let done = crate::workload::read(client, key, limit, stale).await;
+    (done.outcome, done.value, done.error)
+}
 
 /// Writes tried through the isolated leader, at once.
 const MINORITY_WRITES: usize = 3;
