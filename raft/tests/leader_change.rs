@@ -10,6 +10,9 @@
 //! land once and the caller get the first outcome. A client retrying with
 //! the same request id is covered the same way.
 
+// openraft's RPC errors are large; the transport returns them as they are.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
