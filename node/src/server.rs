@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -293,11 +292,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let dir = opts.data_dir.clone();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(data_err(&dir))?;
+    crate::secrets::create_private_dir(&dir).map_err(data_err(&dir))?;
     let listen_file = dir.join("listen.json");
     let _ = std::fs::remove_file(&listen_file);
     let cors = micro_api::Cors::new(&opts.api_cors_origins)

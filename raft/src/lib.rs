@@ -7,6 +7,21 @@
 //! reads ([`Replica::linearize`]) followed by local reads ([`Replica::reader`]),
 //! and a stream of applied changes ([`Replica::subscribe`]).
 //!
+//! Writes are exactly-once: each carries a request id ([`Txn::request`],
+//! drawn at random by [`Replica::write`] unless the caller brings one, kept
+//! across every retry and forward), and the state machine applies an id at
+//! most once, answering a repeat with the first outcome. So a write may be
+//! retried whenever its outcome is unknown — after a leader change, a
+//! broken forward, or by a client with the same id.
+//!
+//! Durable means fsync: everything openraft is told is on disk has been
+//! through sled's flush and a real `fdatasync` (`durable.rs`).
+//!
+//! Cargo feature `no-fsync` (never in a real build): every flush and fsync
+//! becomes a no-op and sled's background flusher is off. It exists only so
+//! the power-loss harness (`micro-jepsen`) can prove it catches missing
+//! fsyncs.
+//!
 //! Architecture invariant: this crate knows nothing of services. Keys and
 //! values are bytes; what they mean belongs to the node.
 
@@ -14,6 +29,7 @@
 // return the same type so `?` composes, so the size lint does not apply.
 #![allow(clippy::result_large_err)]
 
+mod durable;
 mod log_store;
 mod network;
 mod state_machine;
@@ -29,10 +45,12 @@ use openraft::error::{ClientWriteError, RaftError};
 pub use openraft::BasicNode;
 use tokio::sync::broadcast;
 
+pub use durable::Durable;
 pub use log_store::LogStore;
 pub use network::{Forward, NoPeers};
 pub use state_machine::{Change, Reader, StateMachine};
-pub use txn::{now_millis, Cond, Millis, Op, Record, Txn, TxnResult};
+pub use state_machine::{PRUNE_PER_ENTRY, REQUEST_CAP, REQUEST_WINDOW_MS};
+pub use txn::{now_millis, Cond, Millis, Op, Record, RequestId, Txn, TxnResult};
 
 /// A node's id in the Raft group.
 pub type NodeId = u64;
@@ -70,7 +88,8 @@ pub enum Error {
     /// can safely be retried.
     #[error("the leader cannot be reached: {0}")]
     Unreachable(String),
-    /// The request may or may not have taken effect.
+    /// The request may or may not have taken effect (sending it again with
+    /// the same request id is safe).
     #[error("{0}")]
     Unknown(String),
     #[error("{0}")]
@@ -85,6 +104,13 @@ impl Error {
             self,
             Error::Unreachable(_) | Error::NotLeader { .. } | Error::NoLeader
         )
+    }
+
+    /// Whether a forwarded write may be sent again: it surely did not take
+    /// effect, or its outcome is unknown — safe because the request id makes
+    /// the state machine apply it at most once.
+    fn retryable_write(&self) -> bool {
+        self.never_took_effect() || matches!(self, Error::Unknown(_))
     }
 }
 
@@ -126,9 +152,25 @@ impl Default for Options {
 /// Opens the log store and state machine in `dir`, for tests and tools that
 /// drive openraft's storage directly.
 pub fn open_storage(dir: &Path) -> Result<(LogStore, StateMachine), Error> {
-    let db = sled::Config::new().path(dir).open()?;
+    let (db, durable) = open_db(dir)?;
     let (tx, _) = broadcast::channel(1024);
-    Ok((LogStore::open(&db)?, StateMachine::open(&db, tx)?))
+    Ok((
+        LogStore::open(&db, durable.clone())?,
+        StateMachine::open(&db, durable, tx)?,
+    ))
+}
+
+/// Opens sled in `dir` with the build's flush policy, and the handle that
+/// makes its writes durable. Blocking (sled reads and recovers its log).
+fn open_db(dir: &Path) -> Result<(sled::Db, Durable), Error> {
+    let db = durable::configure(sled::Config::new().path(dir)).open()?;
+    let durable = Durable::open(db.clone(), dir).map_err(|e| {
+        Error::Storage(format!(
+            "cannot sync the replicated state in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    Ok((db, durable))
 }
 
 /// One member of the Raft group, with its local copy of the state.
@@ -163,12 +205,12 @@ impl Replica {
     {
         let dir = dir.to_path_buf();
         // sled's open reads and recovers the whole log: keep it off the runtime.
-        let db = tokio::task::spawn_blocking(move || sled::Config::new().path(dir).open())
+        let (db, durable) = tokio::task::spawn_blocking(move || open_db(&dir))
             .await
             .map_err(|e| Error::Storage(e.to_string()))??;
         let (changes, _) = broadcast::channel(4096);
-        let log = LogStore::open(&db)?;
-        let sm = StateMachine::open(&db, changes.clone())?;
+        let log = LogStore::open(&db, durable.clone())?;
+        let sm = StateMachine::open(&db, durable, changes.clone())?;
         let reader = sm.reader();
         let config = openraft::Config {
             cluster_name: "micro".into(),
@@ -233,9 +275,18 @@ impl Replica {
     /// leader; a leader that cannot be reached, or none at all, is waited for
     /// (an election) up to the leader wait. Fails after the request timeout
     /// rather than wait for a quorum that is gone.
+    ///
+    /// Exactly once: the transaction keeps its request id, or gets a random
+    /// one, for every attempt (local, forwarded, after a leader change), so
+    /// however many of them reach the log it is applied once and each gets
+    /// the first outcome. A caller retrying a write whose outcome it does not
+    /// know passes the same id (and the same `now`) again.
     pub async fn write(&self, mut txn: Txn) -> Result<TxnResult, Error> {
         if txn.now == 0 {
             txn.now = now_millis();
+        }
+        if txn.request.is_none() {
+            txn.request = Some(rand::random());
         }
         let limit = self.options.request_timeout;
         match tokio::time::timeout(limit, self.write_inner(txn)).await {
@@ -260,7 +311,7 @@ impl Replica {
                 (Some(id), Some(node)) if id != self.id => {
                     match self.forward.propose(id, node, txn.clone()).await {
                         Ok(r) => return Ok(r),
-                        Err(e) if e.never_took_effect() => e,
+                        Err(e) if e.retryable_write() => e,
                         Err(e) => return Err(e),
                     }
                 }

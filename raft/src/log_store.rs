@@ -1,9 +1,12 @@
 //! The Raft log and vote on sled.
 //!
 //! Every change that openraft must be able to rely on after a crash (vote,
-//! appended entries, truncation, purge) is flushed with fsync before openraft
-//! is told it is done. The flush runs on sled's own thread (`flush_async`), so
-//! the runtime is never blocked on the disk.
+//! appended entries, truncation, purge) is made durable with
+//! [`Durable::sync`] — sled's flush and then a real `fdatasync`, off the
+//! runtime — before openraft is told it is done (see `durable.rs` for why
+//! sled's flush alone is not enough).
+//!
+//! Must never: call openraft's `log_io_completed` before the sync returned.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -11,6 +14,8 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 
+use crate::durable::Durable;
+use crate::txn::decode_entry;
 use crate::{Entry, NodeId, TypeConfig};
 
 const VOTE: &[u8] = b"vote";
@@ -32,15 +37,15 @@ fn index_of(k: &[u8]) -> u64 {
 /// The log store. Cheap to clone: clones share the same trees.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    durable: Durable,
     log: sled::Tree,
     meta: sled::Tree,
 }
 
 impl LogStore {
-    pub(crate) fn open(db: &sled::Db) -> Result<Self, crate::Error> {
+    pub(crate) fn open(db: &sled::Db, durable: Durable) -> Result<Self, crate::Error> {
         Ok(LogStore {
-            db: db.clone(),
+            durable,
             log: db.open_tree("log")?,
             meta: db.open_tree("log_meta")?,
         })
@@ -64,8 +69,8 @@ impl LogStore {
     }
 
     async fn flush(&self) -> Result<(), SErr> {
-        self.db
-            .flush_async()
+        self.durable
+            .sync()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
@@ -90,7 +95,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for item in iter {
             let (_, v) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            out.push(bincode::deserialize(&v).map_err(|e| StorageIOError::read_logs(&e))?);
+            out.push(decode_entry(&v).map_err(|e| StorageIOError::read_logs(&e))?);
         }
         Ok(out)
     }
@@ -103,8 +108,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged: Option<LogId<NodeId>> = self.get_meta(LAST_PURGED)?;
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
             Some((_, v)) => {
-                let e: Entry =
-                    bincode::deserialize(&v).map_err(|e| StorageIOError::read_logs(&e))?;
+                let e: Entry = decode_entry(&v).map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(e.log_id)
             }
             None => last_purged,
@@ -121,8 +125,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
         self.put_meta(VOTE, vote)?;
-        self.db
-            .flush_async()
+        self.durable
+            .sync()
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
@@ -155,7 +159,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        let flushed = self.db.flush_async().await;
+        let flushed = self.durable.sync().await;
         match flushed {
             Ok(_) => callback.log_io_completed(Ok(())),
             Err(e) => {

@@ -21,7 +21,10 @@ use crate::{BasicNode, Error, NodeId, Txn, TxnResult, TypeConfig};
 /// Errors must tell apart a request that surely never arrived
 /// ([`Error::Unreachable`], [`Error::NotLeader`], [`Error::NoLeader`]: the
 /// replica retries it, perhaps with another leader) from one whose outcome
-/// is unknown (anything else: returned to the caller as it is).
+/// is unknown ([`Error::Unknown`]: a write is sent again with the same
+/// request id, which the state machine applies at most once; a read barrier
+/// returns it; anything else goes to the caller as it is). The transaction
+/// must reach the leader with its request id intact.
 pub trait Forward: Send + Sync + 'static {
     /// Has `leader` replicate `txn`; returns its result.
     fn propose(

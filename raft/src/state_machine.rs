@@ -7,9 +7,24 @@
 //! * `x` + expires_at (BE u64) + key -> empty (the expiry index)
 //! * `q` + prefix                   -> next sequence number (BE u64)
 //! * `m` + name                     -> metadata: last applied log id, membership
+//! * `i` + request id (BE u128)     -> bincode [`Remembered`]: a request's
+//!   first outcome
+//! * `j` + now (BE u64) + index (BE u64) -> request id (the age index)
+//! * `k`                            -> how many request ids are remembered
+//!
+//! Exactly once: a transaction with a request id that is remembered changes
+//! nothing and returns the remembered result. Ids are forgotten when a
+//! later transaction's `now` is more than [`REQUEST_WINDOW_MS`] past theirs,
+//! or oldest first beyond [`REQUEST_CAP`] ids, at most
+//! [`PRUNE_PER_ENTRY`] per entry; all of it judged from replicated data
+//! only, so every replica remembers the same ids. The table lives in the
+//! `sm` tree, so snapshots carry it.
 //!
 //! Apply uses no clock and no randomness: expiry is judged against the `now`
 //! carried in each transaction. The state machine knows nothing of services.
+//!
+//! Must never: apply a remembered request id again, or let a replica's own
+//! clock decide what is remembered.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -23,18 +38,61 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, RwLock};
 
-use crate::txn::{sequence_key, Cond, Millis, Op, Record, Txn, TxnResult};
+use crate::durable::Durable;
+use crate::txn::{sequence_key, Cond, Millis, Op, Record, RequestId, Txn, TxnResult};
 use crate::{BasicNode, NodeId, TypeConfig};
 
 const DATA: u8 = b'd';
 const EXPIRY: u8 = b'x';
 const SEQ: u8 = b'q';
+const REQUEST: u8 = b'i';
+const REQUEST_AGE: u8 = b'j';
+const REQUEST_COUNT: &[u8] = b"k";
 const META_APPLIED: &[u8] = b"mapplied";
 const META_MEMBERSHIP: &[u8] = b"mmembership";
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 
 type SErr = StorageError<NodeId>;
+
+/// How long (in proposer time, `Txn::now`) a request id is remembered: a
+/// retry later than this may apply again.
+pub const REQUEST_WINDOW_MS: Millis = 10 * 60 * 1000;
+/// At most this many request ids are remembered; the oldest go first.
+pub const REQUEST_CAP: u64 = 100_000;
+/// At most this many remembered ids are forgotten per applied entry, so an
+/// entry's work stays bounded (the table shrinks a little late, never
+/// wrongly).
+pub const PRUNE_PER_ENTRY: usize = 64;
+
+/// A request's first outcome.
+#[derive(Debug, Serialize, Deserialize)]
+struct Remembered {
+    now: Millis,
+    result: TxnResult,
+}
+
+fn request_key(id: RequestId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(REQUEST);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn request_age_key(now: Millis, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(REQUEST_AGE);
+    k.extend_from_slice(&now.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn be_u64(raw: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = raw.len().min(8);
+    b[..n].copy_from_slice(&raw[..n]);
+    u64::from_be_bytes(b)
+}
 
 /// A change the state machine applied, for watchers of a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +371,60 @@ impl<'a> Pending<'a> {
         Ok(())
     }
 
+    /// The first outcome of request `id`, when it is remembered.
+    fn remembered(&self, id: RequestId) -> Result<Option<TxnResult>, crate::Error> {
+        match self.get(&request_key(id))? {
+            Some(raw) => {
+                let r: Remembered = bincode::deserialize(&raw)
+                    .map_err(|e| crate::Error::Storage(format!("corrupt request record: {e}")))?;
+                Ok(Some(r.result))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Remembers `result` as request `id`'s outcome, first forgetting ids
+    /// that aged out (judged against `now`) or exceed `cap` (always
+    /// [`REQUEST_CAP`] but in tests).
+    fn remember(
+        &mut self,
+        id: RequestId,
+        now: Millis,
+        result: &TxnResult,
+        cap: u64,
+    ) -> Result<(), crate::Error> {
+        let mut count = self.get(REQUEST_COUNT)?.map(|r| be_u64(&r)).unwrap_or(0);
+        let cutoff = now.saturating_sub(REQUEST_WINDOW_MS);
+        let start = [REQUEST_AGE];
+        let end = [REQUEST_AGE + 1];
+        for age in self.keys_with_prefix(&start, Some(&end), PRUNE_PER_ENTRY)? {
+            let stamp = be_u64(&age[1..]);
+            if stamp >= cutoff && count < cap {
+                break;
+            }
+            if let Some(old) = self.get(&age)? {
+                let mut k = Vec::with_capacity(17);
+                k.push(REQUEST);
+                k.extend_from_slice(&old);
+                self.remove(k);
+            }
+            self.remove(age);
+            count = count.saturating_sub(1);
+        }
+        let raw = encode(&Remembered {
+            now,
+            result: result.clone(),
+        })
+        .map_err(|e| crate::Error::Storage(e.to_string()))?;
+        self.insert(request_key(id), raw);
+        self.insert(
+            request_age_key(now, result.index),
+            id.to_be_bytes().to_vec(),
+        );
+        self.insert(REQUEST_COUNT.to_vec(), (count + 1).to_be_bytes().to_vec());
+        Ok(())
+    }
+
     fn into_batch(self) -> sled::Batch {
         let mut batch = sled::Batch::default();
         for (k, v) in self.writes {
@@ -323,6 +435,25 @@ impl<'a> Pending<'a> {
         }
         batch
     }
+}
+
+/// Applies `txn` at `index` unless its request id was applied before; then
+/// changes nothing and returns the first outcome.
+fn apply_once(
+    p: &mut Pending<'_>,
+    txn: &Txn,
+    index: u64,
+    changes: &mut Vec<Change>,
+) -> Result<TxnResult, crate::Error> {
+    let Some(id) = txn.request else {
+        return apply_txn(p, txn, index, changes);
+    };
+    if let Some(first) = p.remembered(id)? {
+        return Ok(first);
+    }
+    let result = apply_txn(p, txn, index, changes)?;
+    p.remember(id, txn.now, &result, REQUEST_CAP)?;
+    Ok(result)
 }
 
 /// Evaluates and applies one transaction at log index `index`.
@@ -440,7 +571,7 @@ struct SnapshotBody {
 /// The state machine openraft drives. Also builds and installs snapshots.
 #[derive(Clone)]
 pub struct StateMachine {
-    db: sled::Db,
+    durable: Durable,
     tree: sled::Tree,
     snap: sled::Tree,
     /// Apply and snapshot install take it for writing, snapshot builds for
@@ -452,10 +583,11 @@ pub struct StateMachine {
 impl StateMachine {
     pub(crate) fn open(
         db: &sled::Db,
+        durable: Durable,
         changes: broadcast::Sender<Arc<Vec<Change>>>,
     ) -> Result<Self, crate::Error> {
         Ok(StateMachine {
-            db: db.clone(),
+            durable,
             tree: db.open_tree("sm")?,
             snap: db.open_tree("snapshot")?,
             gate: Arc::new(RwLock::new(())),
@@ -513,7 +645,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     index,
                     ..Default::default()
                 },
-                EntryPayload::Normal(txn) => apply_txn(&mut p, txn, index, &mut changes)
+                EntryPayload::Normal(txn) => apply_once(&mut p, txn, index, &mut changes)
                     .map_err(|e| StorageIOError::apply(entry.log_id, &e))?,
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -627,10 +759,7 @@ impl StateMachine {
         self.snap
             .apply_batch(batch)
             .map_err(|e| err(e.to_string()))?;
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        self.durable.sync().await.map_err(|e| err(e.to_string()))?;
         Ok(())
     }
 }
@@ -688,5 +817,42 @@ impl Reader {
             }
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beyond_the_cap_the_oldest_request_ids_are_forgotten() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("sm").unwrap();
+        // Stamps out of order on purpose: "oldest" is by proposer time.
+        for (index, (id, now)) in [(1u128, 50u64), (2, 10), (3, 30), (4, 40), (5, 60)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut p = Pending::new(&tree);
+            let result = TxnResult {
+                succeeded: true,
+                index: index as u64 + 1,
+                ..Default::default()
+            };
+            p.remember(id, now, &result, 3).unwrap();
+            tree.apply_batch(p.into_batch()).unwrap();
+        }
+        let p = Pending::new(&tree);
+        let kept: Vec<u128> = (1..=5)
+            .filter(|id| p.remembered(*id).unwrap().is_some())
+            .collect();
+        assert_eq!(kept, vec![1, 4, 5], "ids 2 (t=10) and 3 (t=30) went first");
+        let count = be_u64(&tree.get(REQUEST_COUNT).unwrap().unwrap());
+        assert_eq!(count, 3);
+        assert_eq!(
+            tree.scan_prefix([REQUEST_AGE]).count(),
+            3,
+            "the age index shrinks with the table"
+        );
     }
 }

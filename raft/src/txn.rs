@@ -6,6 +6,11 @@
 //! the transaction with its clock (`now`, unix milliseconds), so applying it
 //! is deterministic: expiry is judged against that stamp, never against the
 //! applying node's clock.
+//!
+//! A transaction may carry a request id ([`Txn::request`]): the state
+//! machine applies each id at most once and answers a repeat with the
+//! first outcome, so a write retried after a leader change, a forward that
+//! broke, or a client's retry cannot take effect twice.
 
 use serde::{Deserialize, Serialize};
 
@@ -51,13 +56,25 @@ pub enum Op {
     PurgeExpired { limit: u32 },
 }
 
+/// Identifies one logical write across every retry and forward of it.
+pub type RequestId = u128;
+
 /// A transaction: all operations apply if and only if all conditions hold.
+///
+/// Encoded with bincode (log entries, peer messages), where fields are
+/// positional: `request` is last, and entries written before it existed
+/// are read through [`decode_entry`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Txn {
     pub conds: Vec<Cond>,
     pub ops: Vec<Op>,
     /// The proposer's clock; [`crate::Replica::write`] fills it when zero.
     pub now: Millis,
+    /// The write's request id: a transaction whose id was already applied
+    /// (within the remembered window) changes nothing and returns the first
+    /// outcome. [`crate::Replica::write`] draws a random one when absent.
+    #[serde(default)]
+    pub request: Option<RequestId>,
 }
 
 impl Txn {
@@ -67,7 +84,14 @@ impl Txn {
             conds: Vec::new(),
             ops,
             now: 0,
+            request: None,
         }
+    }
+
+    /// Sets the request id (a client retrying a write passes the same one).
+    pub fn with_request(mut self, id: RequestId) -> Self {
+        self.request = Some(id);
+        self
     }
 
     /// Adds a condition.
@@ -109,6 +133,74 @@ pub struct TxnResult {
     pub appended: Vec<Vec<u8>>,
     /// Number of records removed by deletes and purges.
     pub deleted: u64,
+}
+
+/// A transaction as encoded before request ids existed.
+#[derive(Deserialize)]
+struct LegacyTxn {
+    conds: Vec<Cond>,
+    ops: Vec<Op>,
+    now: Millis,
+}
+
+impl From<LegacyTxn> for Txn {
+    fn from(t: LegacyTxn) -> Txn {
+        Txn {
+            conds: t.conds,
+            ops: t.ops,
+            now: t.now,
+            request: None,
+        }
+    }
+}
+
+/// Decodes a bincode [`Txn`], also in the encoding from before request ids
+/// (a forward from a node not yet upgraded).
+pub fn decode_txn(raw: &[u8]) -> Result<Txn, bincode::Error> {
+    match bincode::deserialize::<Txn>(raw) {
+        Ok(t) => Ok(t),
+        // The old encoding ends where `request` would start, so the new
+        // decoder runs out of input; the old one cannot misread new bytes
+        // because the new decoder is tried first.
+        Err(e) => bincode::deserialize::<LegacyTxn>(raw)
+            .map(Txn::from)
+            .map_err(|_| e),
+    }
+}
+
+/// A log entry as encoded before request ids existed (fields and variants
+/// in the same positions as openraft's `Entry` and `EntryPayload`).
+#[derive(Deserialize)]
+struct LegacyEntry {
+    log_id: openraft::LogId<crate::NodeId>,
+    payload: LegacyPayload,
+}
+
+#[derive(Deserialize)]
+enum LegacyPayload {
+    Blank,
+    Normal(LegacyTxn),
+    Membership(openraft::Membership<crate::NodeId, crate::BasicNode>),
+}
+
+/// Decodes a stored log entry, also one written before request ids: a data
+/// dir from an older build keeps working.
+pub fn decode_entry(raw: &[u8]) -> Result<crate::Entry, bincode::Error> {
+    match bincode::deserialize::<crate::Entry>(raw) {
+        Ok(e) => Ok(e),
+        Err(e) => {
+            let old: LegacyEntry = bincode::deserialize(raw).map_err(|_| e)?;
+            let payload = match old.payload {
+                LegacyPayload::Blank => openraft::EntryPayload::Blank,
+                LegacyPayload::Normal(t) => openraft::EntryPayload::Normal(t.into()),
+                LegacyPayload::Membership(m) => openraft::EntryPayload::Membership(m),
+            };
+            Ok(crate::Entry {
+                log_id: old.log_id,
+                payload,
+            })
+        }
+    }
 }
 
 /// A stored record as reads see it.

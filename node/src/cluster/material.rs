@@ -113,14 +113,8 @@ impl Material {
 
     fn save(&self, data_dir: &Path) -> Result<(), String> {
         let dir = Self::dir(data_dir);
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
+        crate::secrets::create_private_dir(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let secrets = serde_json::to_vec(&SecretsFile {
             gossip_key: B64.encode(self.gossip_key),
         })

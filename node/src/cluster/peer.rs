@@ -146,7 +146,10 @@ impl Peer for PeerService {
         req: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
         self.member(&req)?;
-        let txn: Txn = decode(&req.into_inner().txn)?;
+        // The same request id as the follower's attempt, so a retry of this
+        // forward is applied once.
+        let txn: Txn = micro_raft::txn::decode_txn(&req.into_inner().txn)
+            .map_err(|e| Status::internal(format!("cannot decode: {e}")))?;
         let result = self
             .cluster
             .replica()

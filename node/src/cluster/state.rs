@@ -208,6 +208,7 @@ impl Cluster {
                     expires_at: None,
                 }],
                 now: 0,
+                request: None,
             })
             .await
             .map_err(crate::grpc::status)?;
