@@ -189,7 +189,20 @@ async fn a_snapshot_carries_the_remembered_requests() {
     // And across a restart of the installed replica.
     drop(smb);
     drop(_lb);
-    let (_lb, mut smb) = open_storage(b.path()).unwrap();
+    // sled lets go of its file lock from its own threads, a moment after
+    // the last handle is dropped: wait for it rather than race it.
+    let mut tries = 0;
+    let (_lb, mut smb) = loop {
+        match open_storage(b.path()) {
+            Ok(s) => break s,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot reopen the replica: {e}"),
+        }
+    };
     let again = apply(&mut smb, vec![entry(2, 2, 3, append("a", NOW, Some(7)))]).await;
     assert_eq!(again[0], first[0]);
     assert_eq!(list(&smb), vec![b"a".to_vec()]);
