@@ -14,6 +14,7 @@
 mod checker;
 mod cluster;
 mod history;
+mod lazyfs;
 mod nemesis;
 mod workload;
 
