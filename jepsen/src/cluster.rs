@@ -14,6 +14,10 @@
 //! peers know the node), and SIGSTOP/SIGCONT, which freeze and thaw a node
 //! (to its peers and clients it looks cut off). Clients find a node's
 //! current gRPC address in [`Addrs`], which changes when it restarts.
+//!
+//! With power faults on, each node's data directory is a mount of the
+//! harness's own power-loss filesystem ([`crate::lazyfs`]), served from this
+//! process; [`Cluster::power_cut`] drops what the node never fsynced.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +31,7 @@ use micro_proto::cluster::{Member, MembersRequest};
 use tokio::process::{Child, Command};
 
 use crate::history::Clock;
+use crate::lazyfs;
 
 /// How long a node may take to write its `listen.json`.
 const READY_WAIT: Duration = Duration::from_secs(60);
@@ -70,6 +75,9 @@ pub struct Node {
     pub frozen: bool,
     /// how many times it was started
     starts: u32,
+    /// the power-loss filesystem on `data` (power faults only); declared
+    /// after `child` so a dropped node is killed before it is unmounted
+    pub fs: Option<lazyfs::Mount>,
 }
 
 /// The running cluster.
@@ -87,13 +95,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes under `root` and waits until every node reports all
     /// of them as alive voters. The running nodes' process ids are kept in
-    /// `pids` (for the interrupt handler).
+    /// `pids` (for the interrupt handler). With `power`, each node's data
+    /// directory is a power-loss filesystem mounted first.
     pub async fn start(
         micro: &Path,
         root: &Path,
         n: usize,
         clock: Clock,
         pids: Pids,
+        power: bool,
     ) -> Result<Cluster> {
         let mut nodes = Vec::new();
         for idx in 0..n {
@@ -101,10 +111,21 @@ impl Cluster {
             let home = dir.join("home");
             std::fs::create_dir_all(&home)
                 .with_context(|| format!("cannot create {}", home.display()))?;
+            let data = dir.join("data");
+            let fs = if power {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&data)
+                    .with_context(|| format!("cannot create {}", data.display()))?;
+                Some(lazyfs::Mount::new(&data)?)
+            } else {
+                None
+            };
             nodes.push(Node {
                 idx,
                 ip: format!("127.0.0.{}", idx + 1),
-                data: dir.join("data"),
+                data,
                 home,
                 log: dir.join("server.log"),
                 cluster_addr: None,
@@ -112,6 +133,7 @@ impl Cluster {
                 child: None,
                 frozen: false,
                 starts: 0,
+                fs,
             });
         }
         let mut cluster = Cluster {
@@ -341,6 +363,24 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&idx);
+    }
+
+    /// Cuts the power of a killed node's disk: what it never fsynced is
+    /// gone. `None` when the node has no power-loss filesystem.
+    pub fn power_cut(&mut self, idx: usize) -> Option<lazyfs::CutStats> {
+        debug_assert!(!self.is_running(idx), "cut the power of a running node");
+        self.nodes[idx].fs.as_ref().map(lazyfs::Mount::power_cut)
+    }
+
+    /// Unmounts every node's power-loss filesystem (after [`Cluster::shutdown`]).
+    pub fn unmount(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut fs) = node.fs.take() {
+                if let Err(e) = fs.unmount() {
+                    println!("{} n{}: {e:#}", self.clock.stamp(), node.idx);
+                }
+            }
+        }
     }
 
     fn signal(&self, idx: usize, sig: libc::c_int) -> bool {

@@ -1053,13 +1053,13 @@ impl Mount {
     /// directory), served by a background thread of this process.
     pub fn new(path: &Path) -> anyhow::Result<Mount> {
         use anyhow::Context;
-        let (uid, gid) = {
+        let (perm, uid, gid) = {
             use std::os::unix::fs::MetadataExt;
             let meta = std::fs::metadata(path)
                 .with_context(|| format!("cannot mount on {}", path.display()))?;
-            (meta.uid(), meta.gid())
+            (meta.mode() & 0o7777, meta.uid(), meta.gid())
         };
-        let model = Arc::new(Mutex::new(Model::new(0o755, uid, gid)));
+        let model = Arc::new(Mutex::new(Model::new(perm, uid, gid)));
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             MountOption::FSName("micro-jepsen-lazyfs".into()),
@@ -1067,7 +1067,10 @@ impl Mount {
             MountOption::NoDev,
             MountOption::NoSuid,
             MountOption::NoAtime,
+            // fusermount3 unmounts it if this process dies without doing so
+            MountOption::AutoUnmount,
         ];
+        config.acl = fuser::SessionACL::All;
         config.n_threads = Some(2);
         let fs = LazyFs {
             model: model.clone(),
@@ -1078,6 +1081,7 @@ impl Mount {
                 path.display()
             )
         })?;
+        registry().push(path.to_path_buf());
         Ok(Mount {
             path: path.to_path_buf(),
             model,
@@ -1091,19 +1095,11 @@ impl Mount {
         lock(&self.model).power_cut()
     }
 
-    /// Bytes held in memory.
-    pub fn bytes(&self) -> u64 {
-        lock(&self.model).bytes()
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Unmounts (lazily, so a process still inside cannot keep it) and
     /// stops the serving thread.
     pub fn unmount(&mut self) -> anyhow::Result<()> {
         if let Some(session) = self.session.take() {
+            registry().retain(|p| p != &self.path);
             if let Err(e) = session.umount_and_join() {
                 // busy: detach it, so nothing is left mounted
                 lazy_unmount(&self.path);
@@ -1122,6 +1118,20 @@ impl Drop for Mount {
         if let Err(e) = self.unmount() {
             eprintln!("micro-jepsen: {e:#}");
         }
+    }
+}
+
+/// The paths mounted now, for [`unmount_all`].
+fn registry() -> MutexGuard<'static, Vec<PathBuf>> {
+    static MOUNTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    MOUNTED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Detaches every lazy filesystem still mounted: for the interrupt handler,
+/// which exits without running destructors.
+pub fn unmount_all() {
+    for path in registry().drain(..) {
+        lazy_unmount(&path);
     }
 }
 
@@ -1425,6 +1435,11 @@ mod tests {
         assert!(!mnt.join("sub/lost").exists());
         assert_eq!(std::fs::read(mnt.join("sub/data")).unwrap(), b"");
         mount.unmount().expect("unmount");
+        // fusermount3 unmounts in the background
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while mnt.join("sub").exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(!mnt.join("sub").exists(), "unmounted");
     }
 }

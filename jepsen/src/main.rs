@@ -79,15 +79,33 @@ struct Args {
     /// find stale reads and FAIL. The final reads stay linearizable.
     #[arg(long)]
     stale_reads: bool,
+    /// The fault families, a comma list of: kill (kill, kill-leader), pause
+    /// (freeze a minority, a majority, the leader), power (power failure of
+    /// one node, a majority or all: unsynced data is lost; needs root and
+    /// /dev/fuse)
+    #[arg(long, value_name = "LIST", default_value = nemesis::DEFAULT_NEMESES)]
+    nemesis: String,
+    /// Self-test of the power fault: the run is expected to lose
+    /// acknowledged writes (say, with a `micro` built with the `no-fsync`
+    /// feature). Exit 0 only if the lost-write check found some, 1 if not.
+    #[arg(long)]
+    expect_lost_writes: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> ExitCode {
     let mut args = Args::parse();
+    let menu = match nemesis::parse_nemeses(&args.nemesis) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("micro-jepsen: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.smoke && !std::env::args().any(|a| a == "--seconds" || a.starts_with("--seconds=")) {
         args.seconds = 20;
     }
-    match run(args).await {
+    match run(args, menu).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -116,7 +134,8 @@ fn micro_path(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Kills the nodes if the harness is interrupted.
+/// Kills the nodes if the harness is interrupted, and detaches their
+/// power-loss filesystems.
 fn on_interrupt(pids: cluster::Pids) {
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -126,16 +145,27 @@ fn on_interrupt(pids: cluster::Pids) {
                     libc::kill(*pid as libc::pid_t, libc::SIGKILL);
                 }
             }
+            lazyfs::unmount_all();
             eprintln!("micro-jepsen: interrupted; nodes killed");
             std::process::exit(130);
         }
     });
 }
 
-/// Returns whether every check passed.
-async fn run(args: Args) -> Result<bool> {
+/// Returns whether every check passed (with `--expect-lost-writes`: whether
+/// lost writes were found).
+async fn run(args: Args, menu: Vec<Fault>) -> Result<bool> {
     let wall = Instant::now();
     let micro = micro_path(args.micro.clone())?;
+    let power = !args.no_faults && menu.contains(&Fault::Power);
+    if power {
+        if let Some(why) = lazyfs::unavailable() {
+            bail!("{why}; run without power in --nemesis");
+        }
+    }
+    if args.expect_lost_writes && !power {
+        bail!("--expect-lost-writes is a self-test of power faults: give --nemesis with power");
+    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -150,11 +180,20 @@ async fn run(args: Args) -> Result<bool> {
         .context("cannot create the run's directory")?;
     let root = dir.path().to_path_buf();
     println!(
-        "micro-jepsen: {nodes} nodes, {clients} clients, {}s, seed {seed}, faults {}{}",
+        "micro-jepsen: {nodes} nodes, {clients} clients, {}s, seed {seed}, faults {}{}{}",
         args.seconds,
-        if args.no_faults { "off" } else { "on" },
+        if args.no_faults {
+            "off".to_string()
+        } else {
+            menu.iter().map(|f| f.name()).collect::<Vec<_>>().join(",")
+        },
         if args.stale_reads {
             ", STALE (local replica) reads: a self-test expected to FAIL"
+        } else {
+            ""
+        },
+        if args.expect_lost_writes {
+            ", self-test: expected to LOSE acknowledged writes"
         } else {
             ""
         }
@@ -163,7 +202,7 @@ async fn run(args: Args) -> Result<bool> {
     println!("run directory: {}", root.display());
 
     let clock = Clock::start();
-    let outcome = run_in(&args, &micro, &root, seed, nodes, clients, clock).await;
+    let outcome = run_in(&args, &menu, &micro, &root, seed, nodes, clients, clock).await;
     let passed = matches!(outcome, Ok(true));
     if args.keep || !passed {
         let kept = dir.keep();
@@ -173,8 +212,10 @@ async fn run(args: Args) -> Result<bool> {
     outcome
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_in(
     args: &Args,
+    menu: &[Fault],
     micro: &Path,
     root: &Path,
     seed: u64,
@@ -185,10 +226,18 @@ async fn run_in(
     println!("{} starting the cluster", clock.stamp());
     let pids = cluster::Pids::default();
     on_interrupt(pids.clone());
-    let mut cluster = Cluster::start(micro, root, nodes, clock, pids).await?;
-    let result = exercise(args, &mut cluster, root, seed, clients, clock).await;
+    let power = !args.no_faults && menu.contains(&Fault::Power);
+    let mut cluster = Cluster::start(micro, root, nodes, clock, pids, power).await?;
+    if power {
+        println!(
+            "{} every node's data directory is a power-loss filesystem (kept in memory)",
+            clock.stamp()
+        );
+    }
+    let result = exercise(args, menu, &mut cluster, root, seed, clients, clock).await;
     println!("{} stopping the cluster", clock.stamp());
     cluster.shutdown().await;
+    cluster.unmount();
     result
 }
 
@@ -196,6 +245,7 @@ async fn run_in(
 /// report.
 async fn exercise(
     args: &Args,
+    menu: &[Fault],
     cluster: &mut Cluster,
     root: &Path,
     seed: u64,
@@ -260,7 +310,7 @@ async fn exercise(
         timer.await.ok();
         Vec::new()
     } else {
-        let (injected, failure) = nemesis::run(cluster, &mut rng, clock, stop.clone()).await;
+        let (injected, failure) = nemesis::run(cluster, &mut rng, clock, stop.clone(), menu).await;
         // Without a failure the nemesis stops when the timer raises `stop`;
         // after one, the workload goes on to its end without faults.
         recovery.extend(failure);
@@ -345,7 +395,32 @@ async fn exercise(
     save(root, &history, &injected)?;
     let passed = violations.is_empty();
     report(&history, &injected, &violations, &notes, &scans, cluster);
+    if args.expect_lost_writes {
+        return Ok(self_test_verdict(&violations, &injected));
+    }
     Ok(passed)
+}
+
+/// `--expect-lost-writes`: prints and returns whether the lost-write check
+/// caught the loss the run was meant to provoke.
+fn self_test_verdict(violations: &[Violation], injected: &[Injected]) -> bool {
+    let lost = violations
+        .iter()
+        .filter(|v| v.check == Check::LostWrite)
+        .count();
+    let power = injected.iter().filter(|i| i.fault == Fault::Power).count();
+    if lost > 0 {
+        println!(
+            "SELF-TEST PASS: the lost-write check found {lost} lost acknowledged writes after {power} power faults, as expected"
+        );
+        true
+    } else {
+        println!(
+            "SELF-TEST FAIL: no acknowledged write was lost after {power} power faults; the harness did not catch what it should have ({} other violations)",
+            violations.len()
+        );
+        false
+    }
 }
 
 /// Writes the history and the faults into the run's directory.
@@ -473,6 +548,9 @@ fn report(
                 .map(|l| format!("n{l}"))
                 .unwrap_or_else(|| "-".into())
         );
+        if let Some(d) = &i.detail {
+            println!("            {d}");
+        }
     }
     println!("{CHECKED}");
     println!("violations: {}", violations.len());

@@ -11,6 +11,14 @@
 //! * `freeze-majority`: SIGSTOP a random majority (⌊n/2⌋+1 nodes); the rest
 //!   must refuse writes and linearizable reads
 //! * `freeze-leader`: SIGSTOP the current leader
+//! * `power`: a power failure of one node, a majority or all of them (a
+//!   third of the time each): SIGKILL them, cut the power of their disks
+//!   ([`crate::lazyfs`]: whatever they never fsynced is gone), later start
+//!   them again. A correlated failure of a majority is what can lose writes
+//!   a quorum acknowledged but never made durable.
+//!
+//! `--nemesis LIST` picks the families the menu is drawn from: `kill`
+//! (kill, kill-leader), `pause` (the three freezes), `power`.
 //!
 //! The leader is found by asking a node that is up for the member list. If
 //! none names a leader (say, mid-election), a random node is hit instead
@@ -35,15 +43,49 @@ pub enum Fault {
     FreezeMinority,
     FreezeMajority,
     FreezeLeader,
+    Power,
+}
+
+/// The `--nemesis` families when the flag is not given.
+pub const DEFAULT_NEMESES: &str = "kill,pause";
+
+/// The faults of a `--nemesis` list (`kill,pause,power`), each once, in
+/// [`Fault::ALL`] order.
+pub fn parse_nemeses(list: &str) -> Result<Vec<Fault>, String> {
+    let mut faults = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "kill" => faults.extend([Fault::Kill, Fault::KillLeader]),
+            "pause" => faults.extend([
+                Fault::FreezeMinority,
+                Fault::FreezeMajority,
+                Fault::FreezeLeader,
+            ]),
+            "power" => faults.push(Fault::Power),
+            other => {
+                return Err(format!(
+                    "unknown nemesis {other:?} (known: kill, pause, power)"
+                ))
+            }
+        }
+    }
+    if faults.is_empty() {
+        return Err("--nemesis needs at least one of: kill, pause, power".into());
+    }
+    Ok(Fault::ALL
+        .into_iter()
+        .filter(|f| faults.contains(f))
+        .collect())
 }
 
 impl Fault {
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::Kill,
         Fault::KillLeader,
         Fault::FreezeMinority,
         Fault::FreezeMajority,
         Fault::FreezeLeader,
+        Fault::Power,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,11 +95,12 @@ impl Fault {
             Fault::FreezeMinority => "freeze-minority",
             Fault::FreezeMajority => "freeze-majority",
             Fault::FreezeLeader => "freeze-leader",
+            Fault::Power => "power",
         }
     }
 
     fn kills(self) -> bool {
-        matches!(self, Fault::Kill | Fault::KillLeader)
+        matches!(self, Fault::Kill | Fault::KillLeader | Fault::Power)
     }
 }
 
@@ -73,6 +116,9 @@ pub struct Injected {
     pub recovered_s: Option<f64>,
     /// the leader then
     pub leader_after: Option<usize>,
+    /// power: what the cut dropped, per node
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Sleeps for `d`, or less if `stop` is raised; true if it was.
@@ -88,14 +134,16 @@ async fn nap(d: Duration, stop: &AtomicBool) -> bool {
     stop.load(Ordering::Relaxed)
 }
 
-/// Injects faults until `stop` is raised; leaves the cluster as it is (the
-/// caller heals everything). Returns the faults injected, and why it
-/// stopped early if a killed node would not start again.
+/// Injects faults drawn from `menu` until `stop` is raised; leaves the
+/// cluster as it is (the caller heals everything). Returns the faults
+/// injected, and why it stopped early if a killed node would not start
+/// again.
 pub async fn run(
     cluster: &mut Cluster,
     rng: &mut StdRng,
     clock: Clock,
     stop: Arc<AtomicBool>,
+    menu: &[Fault],
 ) -> (Vec<Injected>, Option<String>) {
     let mut done = Vec::new();
     let n = cluster.len();
@@ -103,12 +151,19 @@ pub async fn run(
         if nap(Duration::from_millis(rng.gen_range(1000..3000)), &stop).await {
             break;
         }
-        let fault = *Fault::ALL.choose(rng).expect("faults");
+        let Some(&fault) = menu.choose(rng) else {
+            break;
+        };
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(rng);
         let targets: Vec<usize> = match fault {
             Fault::Kill | Fault::FreezeMinority => vec![order[0]],
             Fault::FreezeMajority => order[..n / 2 + 1].to_vec(),
+            Fault::Power => match rng.gen_range(0..3) {
+                0 => vec![order[0]],
+                1 => order[..n / 2 + 1].to_vec(),
+                _ => order.clone(),
+            },
             Fault::KillLeader | Fault::FreezeLeader => match cluster.leader(&order).await {
                 Some(l) => vec![l],
                 None => {
@@ -128,6 +183,21 @@ pub async fn run(
                 cluster.freeze(t);
             }
         }
+        let mut detail = None;
+        if fault == Fault::Power {
+            // every target is dead (killed and reaped) before any disk
+            // loses power, so no write of theirs lands after the cut
+            let mut cuts = Vec::new();
+            for &t in &targets {
+                if let Some(c) = cluster.power_cut(t) {
+                    cuts.push(format!(
+                        "n{t}: {} unsynced bytes in {} files dropped, {} entries vanished",
+                        c.dropped_bytes, c.reverted, c.vanished
+                    ));
+                }
+            }
+            detail = Some(cuts.join("; "));
+        }
         let hold = Duration::from_millis(rng.gen_range(2000..6000));
         println!(
             "{} nemesis: {} {:?} (node ids {:?}); healing in {:.1}s",
@@ -140,6 +210,9 @@ pub async fn run(
                 .collect::<Vec<_>>(),
             hold.as_secs_f64()
         );
+        if let Some(d) = &detail {
+            println!("{} nemesis: power cut: {d}", clock.stamp());
+        }
         let mut record = Injected {
             fault,
             nodes: targets.clone(),
@@ -147,6 +220,7 @@ pub async fn run(
             healed_us: None,
             recovered_s: None,
             leader_after: None,
+            detail,
         };
         let stopped = nap(hold, &stop).await;
         if stopped {
@@ -158,7 +232,12 @@ pub async fn run(
             if !fault.kills() {
                 cluster.thaw(t);
             } else if let Err(e) = cluster.restart(t).await {
-                let why = format!("node n{t} did not start again after kill -9: {e:#}");
+                let after = if fault == Fault::Power {
+                    "a power cut (its data directory as last fsynced)"
+                } else {
+                    "kill -9"
+                };
+                let why = format!("node n{t} did not start again after {after}: {e:#}");
                 println!("{} nemesis: {why}; no more faults", clock.stamp());
                 done.push(record);
                 return (done, Some(why));
