@@ -372,6 +372,34 @@ impl Cluster {
         self.nodes[idx].fs.as_ref().map(lazyfs::Mount::power_cut)
     }
 
+    /// The files under node `idx`'s data directory with their sizes, one a
+    /// line (to show what a power cut left a node that will not start).
+    pub fn listing(&self, idx: usize) -> String {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            let mut entries: Vec<_> = rd.flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let path = e.path();
+                let rel = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => {
+                        out.push(format!("  {rel}/"));
+                        walk(&path, root, out);
+                    }
+                    Ok(m) => out.push(format!("  {rel} {} bytes", m.len())),
+                    Err(err) => out.push(format!("  {rel}: {err}")),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let data = &self.nodes[idx].data;
+        walk(data, data, &mut out);
+        out.join("\n")
+    }
+
     /// Unmounts every node's power-loss filesystem (after [`Cluster::shutdown`]).
     pub fn unmount(&mut self) {
         for node in &mut self.nodes {

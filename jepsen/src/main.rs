@@ -138,7 +138,20 @@ fn micro_path(given: Option<PathBuf>) -> Result<PathBuf> {
 /// power-loss filesystems.
 fn on_interrupt(pids: cluster::Pids) {
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        // Ctrl-C, or a SIGTERM (from `timeout`, say)
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        let signalled = tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok(),
+            _ = term => true,
+        };
+        if signalled {
             for pid in pids.lock().unwrap_or_else(|e| e.into_inner()).values() {
                 // SAFETY: kill(2) on the pids of our own unreaped children.
                 unsafe {
@@ -310,7 +323,15 @@ async fn exercise(
         timer.await.ok();
         Vec::new()
     } else {
-        let (injected, failure) = nemesis::run(cluster, &mut rng, clock, stop.clone(), menu).await;
+        let (injected, failure) = nemesis::run(
+            cluster,
+            &mut rng,
+            clock,
+            stop.clone(),
+            menu,
+            args.expect_lost_writes,
+        )
+        .await;
         // Without a failure the nemesis stops when the timer raises `stop`;
         // after one, the workload goes on to its end without faults.
         recovery.extend(failure);

@@ -137,13 +137,15 @@ async fn nap(d: Duration, stop: &AtomicBool) -> bool {
 /// Injects faults drawn from `menu` until `stop` is raised; leaves the
 /// cluster as it is (the caller heals everything). Returns the faults
 /// injected, and why it stopped early if a killed node would not start
-/// again.
+/// again. With `correlated`, power failures always hit a majority or all
+/// nodes (the self-test: one node's loss cannot lose a quorum's writes).
 pub async fn run(
     cluster: &mut Cluster,
     rng: &mut StdRng,
     clock: Clock,
     stop: Arc<AtomicBool>,
     menu: &[Fault],
+    correlated: bool,
 ) -> (Vec<Injected>, Option<String>) {
     let mut done = Vec::new();
     let n = cluster.len();
@@ -159,7 +161,7 @@ pub async fn run(
         let targets: Vec<usize> = match fault {
             Fault::Kill | Fault::FreezeMinority => vec![order[0]],
             Fault::FreezeMajority => order[..n / 2 + 1].to_vec(),
-            Fault::Power => match rng.gen_range(0..3) {
+            Fault::Power => match rng.gen_range(correlated as u32..3) {
                 0 => vec![order[0]],
                 1 => order[..n / 2 + 1].to_vec(),
                 _ => order.clone(),
@@ -237,7 +239,13 @@ pub async fn run(
                 } else {
                     "kill -9"
                 };
-                let why = format!("node n{t} did not start again after {after}: {e:#}");
+                let mut why = format!("node n{t} did not start again after {after}: {e:#}");
+                if fault == Fault::Power {
+                    why.push_str(&format!(
+                        "\nits data directory after the cut:\n{}",
+                        cluster.listing(t)
+                    ));
+                }
                 println!("{} nemesis: {why}; no more faults", clock.stamp());
                 done.push(record);
                 return (done, Some(why));
