@@ -383,7 +383,11 @@ impl Cluster {
             entries.sort_by_key(|e| e.file_name());
             for e in entries {
                 let path = e.path();
-                let rel = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
                 match e.metadata() {
                     Ok(m) if m.is_dir() => {
                         out.push(format!("  {rel}/"));
