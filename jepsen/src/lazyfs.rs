@@ -1389,6 +1389,7 @@ mod tests {
             use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
             let mut kept = std::fs::OpenOptions::new()
                 .create(true)
+                .truncate(true)
                 .write(true)
                 .mode(0o600)
                 .open(mnt.join("kept"))
