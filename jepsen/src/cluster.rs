@@ -18,6 +18,10 @@
 //! partitions between nodes (nftables rules in their namespaces; clients
 //! still reach every node). Clients find a node's current gRPC address in
 //! [`Addrs`], which changes when it restarts.
+//!
+//! With power faults on, each node's data directory is a mount of the
+//! harness's own power-loss filesystem ([`crate::lazyfs`]), served from this
+//! process; [`Cluster::power_cut`] drops what the node never fsynced.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +36,7 @@ use micro_proto::cluster::{Member, MembersRequest, RemoveRequest};
 use tokio::process::Child;
 
 use crate::history::Clock;
+use crate::lazyfs;
 use crate::net::Net;
 
 /// How long a node may take to write its `listen.json`.
@@ -109,6 +114,9 @@ pub struct Node {
     starts: u32,
     /// a member of the cluster (not a spare slot, not removed)
     pub member: bool,
+    /// the power-loss filesystem on `data` (power faults only); declared
+    /// after `child` so a dropped node is killed before it is unmounted
+    pub fs: Option<lazyfs::Mount>,
 }
 
 /// The running cluster.
@@ -134,7 +142,9 @@ impl Cluster {
     /// Starts `n` nodes under `root` and waits until every node reports all
     /// of them as alive voters; `slots - n` more slots stay spare (for the
     /// membership nemesis to grow into). The running nodes' process ids are
-    /// kept in `pids` (for the interrupt handler).
+    /// kept in `pids` (for the interrupt handler). With `power`, each node's
+    /// data directory is a power-loss filesystem mounted first.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         micro: &Path,
         root: &Path,
@@ -143,6 +153,7 @@ impl Cluster {
         clock: Clock,
         pids: Pids,
         net: Net,
+        power: bool,
     ) -> Result<Cluster> {
         let mut nodes = Vec::new();
         for idx in 0..slots.max(n) {
@@ -150,10 +161,21 @@ impl Cluster {
             let home = dir.join("home");
             std::fs::create_dir_all(&home)
                 .with_context(|| format!("cannot create {}", home.display()))?;
+            let data = dir.join("data");
+            let fs = if power {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&data)
+                    .with_context(|| format!("cannot create {}", data.display()))?;
+                Some(lazyfs::Mount::new(&data)?)
+            } else {
+                None
+            };
             nodes.push(Node {
                 idx,
                 ip: net.node_ip(idx),
-                data: dir.join("data"),
+                data,
                 home,
                 log: dir.join("server.log"),
                 cluster_addr: None,
@@ -162,6 +184,7 @@ impl Cluster {
                 frozen: false,
                 starts: 0,
                 member: false,
+                fs,
             });
         }
         let mut cluster = Cluster {
@@ -542,6 +565,56 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&idx);
+    }
+
+    /// Cuts the power of a killed node's disk: what it never fsynced is
+    /// gone. `None` when the node has no power-loss filesystem.
+    pub fn power_cut(&mut self, idx: usize) -> Option<lazyfs::CutStats> {
+        debug_assert!(!self.is_running(idx), "cut the power of a running node");
+        self.nodes[idx].fs.as_ref().map(lazyfs::Mount::power_cut)
+    }
+
+    /// The files under node `idx`'s data directory with their sizes, one a
+    /// line (to show what a power cut left a node that will not start).
+    pub fn listing(&self, idx: usize) -> String {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            let mut entries: Vec<_> = rd.flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let path = e.path();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => {
+                        out.push(format!("  {rel}/"));
+                        walk(&path, root, out);
+                    }
+                    Ok(m) => out.push(format!("  {rel} {} bytes", m.len())),
+                    Err(err) => out.push(format!("  {rel}: {err}")),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let data = &self.nodes[idx].data;
+        walk(data, data, &mut out);
+        out.join("\n")
+    }
+
+    /// Unmounts every node's power-loss filesystem (after [`Cluster::shutdown`]).
+    pub fn unmount(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut fs) = node.fs.take() {
+                if let Err(e) = fs.unmount() {
+                    println!("{} n{}: {e:#}", self.clock.stamp(), node.idx);
+                }
+            }
+        }
     }
 
     fn signal(&self, idx: usize, sig: libc::c_int) -> bool {

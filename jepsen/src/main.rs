@@ -17,6 +17,7 @@
 mod checker;
 mod cluster;
 mod history;
+mod lazyfs;
 mod nemesis;
 mod net;
 mod report;
@@ -85,7 +86,9 @@ struct Args {
     stale_reads: bool,
     /// The faults to inject, a comma list of: kill (kill -9 a node or the
     /// leader), pause (SIGSTOP a node, a majority or the leader), partition
-    /// (network partitions; needs netns)
+    /// (network partitions; needs netns), power (power failure of one node,
+    /// a majority or all: unsynced data is lost; needs root and /dev/fuse),
+    /// membership (replace a node, grow and shrink the cluster)
     #[arg(long, value_delimiter = ',', default_value = "kill,pause", value_parser = nemesis::parse_family)]
     nemesis: Vec<Family>,
     /// The network: netns (a namespace per node on a bridge of the run's
@@ -107,6 +110,12 @@ struct Args {
         default_value = "register,append,unique"
     )]
     workload: Vec<Workload>,
+    /// Self-test of the power fault: the run is expected to lose
+    /// acknowledged data (say, with a `micro` built with the `no-fsync`
+    /// feature). Exit 0 only if the checks found lost or corrupted data, 1
+    /// if not.
+    #[arg(long)]
+    expect_lost_writes: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -167,6 +176,7 @@ pub fn on_interrupt(pids: cluster::Pids, net: Option<Arc<net::Teardown>>) {
                     libc::kill(*pid as libc::pid_t, libc::SIGKILL);
                 }
             }
+            lazyfs::unmount_all();
             if let Some(t) = net {
                 // A moment for the killed processes to go.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -200,10 +210,20 @@ pub fn make_net(mode: NetMode, nodes: usize) -> Result<Net> {
     }
 }
 
-/// Returns whether every check passed.
+/// Returns whether every check passed (with `--expect-lost-writes`: whether
+/// lost data was found).
 async fn run(args: Args) -> Result<bool> {
     let wall = Instant::now();
     let micro = micro_path(args.micro.clone())?;
+    let power = !args.no_faults && args.nemesis.contains(&Family::Power);
+    if power {
+        if let Some(why) = lazyfs::unavailable() {
+            bail!("{why}; run without power in --nemesis");
+        }
+    }
+    if args.expect_lost_writes && !power {
+        bail!("--expect-lost-writes is a self-test of power faults: give --nemesis with power");
+    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -227,7 +247,7 @@ async fn run(args: Args) -> Result<bool> {
         .context("cannot create the run's directory")?;
     let root = dir.path().to_path_buf();
     println!(
-        "micro-jepsen: {nodes} nodes, {clients} clients, {}s, seed {seed}, faults {}{}",
+        "micro-jepsen: {nodes} nodes, {clients} clients, {}s, seed {seed}, faults {}{}{}",
         args.seconds,
         if args.no_faults {
             "off".to_string()
@@ -240,6 +260,11 @@ async fn run(args: Args) -> Result<bool> {
         },
         if args.stale_reads {
             ", STALE (local replica) reads: a self-test expected to FAIL"
+        } else {
+            ""
+        },
+        if args.expect_lost_writes {
+            ", self-test: expected to LOSE acknowledged writes"
         } else {
             ""
         }
@@ -264,6 +289,7 @@ async fn run(args: Args) -> Result<bool> {
     outcome
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_in(
     args: &Args,
     micro: &Path,
@@ -289,10 +315,18 @@ async fn run_in(
     println!("{} starting the cluster", clock.stamp());
     let pids = cluster::Pids::default();
     on_interrupt(pids.clone(), net.teardown());
-    let mut cluster = Cluster::start(micro, root, nodes, slots, clock, pids, net).await?;
+    let power = !args.no_faults && args.nemesis.contains(&Family::Power);
+    let mut cluster = Cluster::start(micro, root, nodes, slots, clock, pids, net, power).await?;
+    if power {
+        println!(
+            "{} every node's data directory is a power-loss filesystem (kept in memory)",
+            clock.stamp()
+        );
+    }
     let result = exercise(args, &mut cluster, root, seed, clients, clock).await;
     println!("{} stopping the cluster", clock.stamp());
     cluster.shutdown().await;
+    cluster.unmount();
     result
 }
 
@@ -374,8 +408,15 @@ async fn exercise(
         timer.await.ok();
         Vec::new()
     } else {
-        let (injected, failure) =
-            nemesis::run(cluster, &args.nemesis, &mut rng, clock, stop.clone()).await;
+        let (injected, failure) = nemesis::run(
+            cluster,
+            &args.nemesis,
+            &mut rng,
+            clock,
+            stop.clone(),
+            args.expect_lost_writes,
+        )
+        .await;
         // Without a failure the nemesis stops when the timer raises `stop`;
         // after one, the workload goes on to its end without faults.
         recovery.extend(failure);
@@ -500,6 +541,9 @@ async fn exercise(
         report::summary_line(&history, spans.len(), violations.len()),
         written.display()
     );
+    if args.expect_lost_writes {
+        return Ok(self_test_verdict(&violations, &injected));
+    }
     Ok(passed)
 }
 
@@ -513,6 +557,41 @@ fn forget_data(root: &Path) {
         if data.is_dir() {
             let _ = std::fs::remove_dir_all(&data);
         }
+    }
+}
+
+/// `--expect-lost-writes`: prints and returns whether the lost-write check
+/// caught the loss the run was meant to provoke.
+fn self_test_verdict(violations: &[Violation], injected: &[Injected]) -> bool {
+    // Lost or corrupted data in any form: a missing acknowledged write, a
+    // history no order explains, a node that cannot come back on what it
+    // had made durable.
+    let lost = violations
+        .iter()
+        .filter(|v| {
+            matches!(
+                v.check,
+                Check::LostWrite
+                    | Check::NotLinearizable
+                    | Check::Incompatible
+                    | Check::RealTime
+                    | Check::Divergence
+                    | Check::Recovery
+            )
+        })
+        .count();
+    let power = injected.iter().filter(|i| i.fault == Fault::Power).count();
+    if lost > 0 {
+        println!(
+            "SELF-TEST PASS: the lost-write check found {lost} anomalies of lost data after {power} power faults, as expected"
+        );
+        true
+    } else {
+        println!(
+            "SELF-TEST FAIL: no acknowledged write was lost after {power} power faults; the harness did not catch what it should have ({} other violations)",
+            violations.len()
+        );
+        false
     }
 }
 

@@ -11,6 +11,11 @@
 //! * `freeze-majority`: SIGSTOP a random majority (⌊n/2⌋+1 nodes); the rest
 //!   must refuse writes and linearizable reads
 //! * `freeze-leader`: SIGSTOP the current leader
+//! * `power`: a power failure of one node, a majority or all of them (a
+//!   third of the time each): SIGKILL them, cut the power of their disks
+//!   ([`crate::lazyfs`]: whatever they never fsynced is gone), later start
+//!   them again. A correlated failure of a majority is what can lose writes
+//!   a quorum acknowledged but never made durable.
 //!
 //! With `partition` (netns mode only), network partitions between the
 //! nodes (clients still reach every node), healed by removing the rules:
@@ -64,6 +69,7 @@ pub enum Fault {
     MemberReplace,
     MemberGrow,
     MemberShrink,
+    Power,
 }
 
 /// A `--nemesis` name: a family of faults.
@@ -73,6 +79,7 @@ pub enum Family {
     Pause,
     Partition,
     Membership,
+    Power,
 }
 
 impl Family {
@@ -82,6 +89,7 @@ impl Family {
             Family::Pause => "pause",
             Family::Partition => "partition",
             Family::Membership => "membership",
+            Family::Power => "power",
         }
     }
 
@@ -100,17 +108,19 @@ impl Family {
                 Fault::PartitionOneWay,
             ],
             Family::Membership => &[Fault::MemberReplace, Fault::MemberGrow, Fault::MemberShrink],
+            Family::Power => &[Fault::Power],
         }
     }
 }
 
 /// Parses one `--nemesis` name.
 pub fn parse_family(word: &str) -> Result<Family, String> {
-    const KNOWN: [Family; 4] = [
+    const KNOWN: [Family; 5] = [
         Family::Kill,
         Family::Pause,
         Family::Partition,
         Family::Membership,
+        Family::Power,
     ];
     KNOWN
         .into_iter()
@@ -124,7 +134,7 @@ pub fn parse_family(word: &str) -> Result<Family, String> {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::Kill,
         Fault::KillLeader,
         Fault::FreezeMinority,
@@ -137,6 +147,7 @@ impl Fault {
         Fault::MemberReplace,
         Fault::MemberGrow,
         Fault::MemberShrink,
+        Fault::Power,
     ];
 
     pub fn name(self) -> &'static str {
@@ -153,6 +164,7 @@ impl Fault {
             Fault::MemberReplace => "member-replace",
             Fault::MemberGrow => "member-grow",
             Fault::MemberShrink => "member-shrink",
+            Fault::Power => "power",
         }
     }
 }
@@ -247,13 +259,16 @@ async fn nap(d: Duration, stop: &AtomicBool) -> bool {
 /// caller heals everything). Returns the faults injected, and why it
 /// stopped early if a fault could not be carried out or healed (a killed
 /// node that would not start again, a cut that could not be made, a node
-/// that could not be removed or would not join).
+/// that could not be removed or would not join). With `correlated`, power
+/// failures always hit a majority or all nodes (the self-test: one node's
+/// loss cannot lose a quorum's writes).
 pub async fn run(
     cluster: &mut Cluster,
     families: &[Family],
     rng: &mut StdRng,
     clock: Clock,
     stop: Arc<AtomicBool>,
+    correlated: bool,
 ) -> (Vec<Injected>, Option<String>) {
     let mut done = Vec::new();
     let slots = cluster.len();
@@ -294,7 +309,8 @@ pub async fn run(
         };
         let start_us = clock.now();
         let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.node_id).collect();
-        let (targets, detail) = match inject(cluster, fault, &order, leader, rng).await {
+        let (targets, detail) = match inject(cluster, fault, &order, leader, rng, correlated).await
+        {
             Ok(t) => t,
             Err(e) => {
                 let why = format!("{} could not be carried out: {e:#}", fault.name());
@@ -399,6 +415,7 @@ async fn inject(
     order: &[usize],
     leader: Option<usize>,
     rng: &mut StdRng,
+    correlated: bool,
 ) -> anyhow::Result<(Vec<usize>, String)> {
     let n = order.len();
     let leader_or_any = leader.unwrap_or(order[0]);
@@ -418,6 +435,11 @@ async fn inject(
             let b = *order.iter().find(|&&x| x != a).expect("two nodes");
             vec![a, b]
         }
+        Fault::Power => match rng.gen_range(correlated as u32..3) {
+            0 => vec![order[0]],
+            1 => order[..n / 2 + 1].to_vec(),
+            _ => order.to_vec(),
+        },
         Fault::MemberReplace => vec![order[0]],
         Fault::MemberShrink => order[..2].to_vec(),
         Fault::MemberGrow => (0..cluster.len())
@@ -436,6 +458,23 @@ async fn inject(
             for &t in &targets {
                 cluster.freeze(t);
             }
+        }
+        Fault::Power => {
+            // Every target is dead (killed and reaped) before any disk
+            // loses power, so no write of theirs lands after the cut.
+            for &t in &targets {
+                cluster.kill(t).await;
+            }
+            let mut cuts = Vec::new();
+            for &t in &targets {
+                if let Some(c) = cluster.power_cut(t) {
+                    cuts.push(format!(
+                        "n{t}: {} unsynced bytes in {} files dropped, {} entries vanished",
+                        c.dropped_bytes, c.reverted, c.vanished
+                    ));
+                }
+            }
+            detail = format!("power cut: {}", cuts.join("; "));
         }
         Fault::PartitionHalves
         | Fault::PartitionLeader
@@ -482,6 +521,17 @@ async fn heal(
                 })?;
             }
             Ok("restarted")
+        }
+        Fault::Power => {
+            for &t in targets {
+                if let Err(e) = cluster.restart(t).await {
+                    anyhow::bail!(
+                        "n{t} did not start again after a power cut (its data directory as last fsynced): {e:#}\nits data directory after the cut:\n{}",
+                        cluster.listing(t)
+                    );
+                }
+            }
+            Ok("powered on and restarted")
         }
         Fault::FreezeMinority | Fault::FreezeMajority | Fault::FreezeLeader => {
             for &t in targets {

@@ -70,7 +70,7 @@ pub async fn partition_test(micro: &Path, on_start: Option<OnStart>) -> Result<b
     if let Some(f) = on_start {
         f(pids.clone(), net.teardown());
     }
-    let mut cluster = Cluster::start(micro, dir.path(), 3, 3, clock, pids, net).await?;
+    let mut cluster = Cluster::start(micro, dir.path(), 3, 3, clock, pids, net, false).await?;
     let outcome = exercise(&mut cluster, clock).await;
     cluster.shutdown().await;
     drop(cluster);
