@@ -110,6 +110,8 @@ pub struct Node {
     pub node_id: u64,
     child: Option<Child>,
     pub frozen: bool,
+    /// would not start again (three tries): not tried again by `heal_all`
+    pub broken: bool,
     /// how many times it was started (since it last joined)
     starts: u32,
     /// a member of the cluster (not a spare slot, not removed)
@@ -184,6 +186,7 @@ impl Cluster {
                 frozen: false,
                 starts: 0,
                 member: false,
+                broken: false,
                 fs,
             });
         }
@@ -471,6 +474,7 @@ impl Cluster {
         node.node_id = 0;
         node.cluster_addr = None;
         node.starts = 0;
+        node.broken = false;
         Ok(())
     }
 
@@ -513,6 +517,7 @@ impl Cluster {
         node.node_id = 0;
         node.cluster_addr = None;
         node.starts = 0;
+        node.broken = false;
         self.set_member(idx, true);
         if let Err(e) = self.spawn(idx).await {
             self.set_member(idx, false);
@@ -525,7 +530,10 @@ impl Cluster {
     /// Restarts a killed node, trying a few times.
     pub async fn restart(&mut self, idx: usize) -> Result<()> {
         let mut last = None;
-        for attempt in 0..3 {
+        // A node on a power-loss filesystem that will not start on what a
+        // cut left will not start on a second try either: one try there.
+        let tries = if self.nodes[idx].fs.is_some() { 1 } else { 3 };
+        for attempt in 0..tries {
             if attempt > 0 {
                 println!(
                     "{} node {idx} did not restart ({:#}); trying again",
@@ -540,6 +548,7 @@ impl Cluster {
                 Err(e) => last = Some(e),
             }
         }
+        self.nodes[idx].broken = true;
         Err(last.unwrap_or_else(|| anyhow!("no attempt")))
     }
 
@@ -674,10 +683,19 @@ impl Cluster {
                 self.thaw(idx);
             }
         }
+        let mut broken = Vec::new();
         for idx in self.members_idx() {
-            if !self.is_running(idx) {
+            if self.nodes[idx].broken {
+                broken.push(format!("n{idx}"));
+            } else if !self.is_running(idx) {
                 self.restart(idx).await?;
             }
+        }
+        if !broken.is_empty() {
+            bail!(
+                "{} would not start again earlier in the run; not tried again",
+                broken.join(", ")
+            );
         }
         Ok(())
     }
