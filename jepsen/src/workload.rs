@@ -623,7 +623,9 @@ where
     let deadline = Instant::now() + limit;
     loop {
         let err = match addrs.get(node) {
-            None => format!("node {node} is down"),
+            // After the heal a node that is down stays down (it would not
+            // start): no use waiting for it.
+            None => return Err(format!("node {node} is down")),
             Some(addr) => match connect(&addr).await {
                 None => format!("cannot connect to node {node} at {addr}"),
                 Some(c) => match what(c).await {
