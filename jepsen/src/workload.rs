@@ -836,7 +836,9 @@ async fn final_reads(
                                 op
                             }
                         };
-                        if op.outcome == Outcome::Ok || Instant::now() > deadline {
+                        // A node down after the heal stays down: no retries.
+                        let down = addrs.get(node).is_none();
+                        if op.outcome == Outcome::Ok || down || Instant::now() > deadline {
                             ops.push(op);
                             break;
                         }
