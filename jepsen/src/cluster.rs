@@ -283,10 +283,10 @@ impl Cluster {
         }
     }
 
-    /// Starts node `idx` (the first time: joining node 0; later: on its old
-    /// data directory and cluster address) and waits for its
-    /// `listen.json`.
-    async fn spawn(&mut self, idx: usize) -> Result<()> {
+    /// Launches node `idx` (the first time: joining a member that is up;
+    /// later: on its old data directory and cluster address); see
+    /// [`Cluster::await_ready`].
+    fn launch(&mut self, idx: usize) -> Result<()> {
         // A node's first start (but the founder's) joins through another
         // member that is up.
         let seed = (0..self.len())
@@ -355,6 +355,19 @@ impl Cluster {
         }
         node.child = Some(child);
         node.frozen = false;
+        Ok(())
+    }
+
+    /// Starts node `idx` and waits for it to serve.
+    async fn spawn(&mut self, idx: usize) -> Result<()> {
+        self.launch(idx)?;
+        self.await_ready(idx).await
+    }
+
+    /// Waits for a launched node's `listen.json`.
+    async fn await_ready(&mut self, idx: usize) -> Result<()> {
+        let node = &mut self.nodes[idx];
+        let listen = node.data.join("listen.json");
         let deadline = Instant::now() + READY_WAIT;
         loop {
             if let Ok(text) = std::fs::read_to_string(&listen) {
@@ -552,6 +565,33 @@ impl Cluster {
         Err(last.unwrap_or_else(|| anyhow!("no attempt")))
     }
 
+    /// Restarts several killed nodes at once (a node may serve only once a
+    /// quorum is back, so they cannot come back one by one); one try each.
+    /// A node that does not come back is marked broken.
+    pub async fn restart_all_of(&mut self, targets: &[usize]) -> Result<()> {
+        let mut failed = Vec::new();
+        for &t in targets {
+            if let Err(e) = self.launch(t) {
+                failed.push((t, e));
+            }
+        }
+        for &t in targets {
+            if failed.iter().any(|(f, _)| *f == t) {
+                continue;
+            }
+            if let Err(e) = self.await_ready(t).await {
+                failed.push((t, e));
+            }
+        }
+        match failed.into_iter().next() {
+            None => Ok(()),
+            Some((t, e)) => {
+                self.nodes[t].broken = true;
+                Err(e.context(format!("n{t} did not start again")))
+            }
+        }
+    }
+
     pub fn is_running(&self, idx: usize) -> bool {
         self.nodes[idx].child.is_some()
     }
@@ -684,12 +724,18 @@ impl Cluster {
             }
         }
         let mut broken = Vec::new();
+        let mut down = Vec::new();
         for idx in self.members_idx() {
             if self.nodes[idx].broken {
                 broken.push(format!("n{idx}"));
             } else if !self.is_running(idx) {
-                self.restart(idx).await?;
+                down.push(idx);
             }
+        }
+        match down.as_slice() {
+            [] => {}
+            [one] => self.restart(*one).await?,
+            many => self.restart_all_of(many).await?,
         }
         if !broken.is_empty() {
             bail!(

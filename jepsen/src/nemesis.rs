@@ -523,13 +523,15 @@ async fn heal(
             Ok("restarted")
         }
         Fault::Power => {
-            for &t in targets {
-                if let Err(e) = cluster.restart(t).await {
-                    anyhow::bail!(
-                        "n{t} did not start again after a power cut (its data directory as last fsynced): {e:#}\nits data directory after the cut:\n{}",
-                        cluster.listing(t)
-                    );
-                }
+            if let Err(e) = cluster.restart_all_of(targets).await {
+                let listings: Vec<String> = targets
+                    .iter()
+                    .map(|&t| format!("n{t}:\n{}", cluster.listing(t)))
+                    .collect();
+                anyhow::bail!(
+                    "a node did not start again after a power cut (on its data as last fsynced): {e:#}\ntheir data directories after the cut:\n{}",
+                    listings.join("\n")
+                );
             }
             Ok("powered on and restarted")
         }
