@@ -249,15 +249,7 @@ async fn run(args: Args) -> Result<bool> {
     println!(
         "micro-jepsen: {nodes} nodes, {clients} clients, {}s, seed {seed}, faults {}{}{}",
         args.seconds,
-        if args.no_faults {
-            "off".to_string()
-        } else {
-            args.nemesis
-                .iter()
-                .map(|f| f.name())
-                .collect::<Vec<_>>()
-                .join(",")
-        },
+        nemeses(&args),
         if args.stale_reads {
             ", STALE (local replica) reads: a self-test expected to FAIL"
         } else {
@@ -517,15 +509,7 @@ async fn exercise(
         clients,
         seconds: args.seconds,
         seed,
-        nemeses: if args.no_faults {
-            "none".into()
-        } else {
-            args.nemesis
-                .iter()
-                .map(|f| f.name())
-                .collect::<Vec<_>>()
-                .join(",")
-        },
+        nemeses: nemeses(args),
         workloads: args
             .workload
             .iter()
@@ -545,6 +529,19 @@ async fn exercise(
         return Ok(self_test_verdict(&violations, &injected));
     }
     Ok(passed)
+}
+
+/// The fault families of the run, as named on the command line (`off`
+/// with `--no-faults`).
+fn nemeses(args: &Args) -> String {
+    if args.no_faults {
+        return "off".into();
+    }
+    args.nemesis
+        .iter()
+        .map(|f| f.name())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Removes the nodes' data directories (`n*/data`) of a passed run.
