@@ -34,7 +34,7 @@
 //! Must never: report success before the `fdatasync` returned, or block a
 //! runtime thread on the disk.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -69,7 +69,10 @@ struct Inner {
 #[derive(Default)]
 struct Seen {
     dir: HashSet<OsString>,
-    blobs: HashSet<OsString>,
+    /// Each blob file with the length it had when it was last synced: a
+    /// blob can be listed while sled is still writing it, so a name seen
+    /// before is synced again whenever its length changed.
+    blobs: HashMap<OsString, u64>,
 }
 
 impl Durable {
@@ -118,7 +121,7 @@ impl Inner {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let blobs_dir = self.dir.join("blobs");
-        let new_blobs = new_names(&blobs_dir, &mut seen.blobs)?;
+        let new_blobs = changed_blobs(&blobs_dir, &mut seen.blobs)?;
         for name in &new_blobs {
             match File::open(blobs_dir.join(name)) {
                 Ok(f) => f.sync_data()?,
@@ -153,6 +156,35 @@ fn new_names(dir: &Path, seen: &mut HashSet<OsString>) -> std::io::Result<Vec<Os
     let fresh = now.difference(seen).cloned().collect();
     *seen = now;
     Ok(fresh)
+}
+
+/// Blob files in `dir` that are new or whose length changed since `seen`
+/// (which becomes the current listing with the lengths read now; a write
+/// after that read is either covered by the sync that follows or changes
+/// the length again).
+fn changed_blobs(dir: &Path, seen: &mut HashMap<OsString, u64>) -> std::io::Result<Vec<OsString>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut now = HashMap::new();
+    for entry in entries {
+        let entry = entry?;
+        let len = match entry.metadata() {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        now.insert(entry.file_name(), len);
+    }
+    let changed = now
+        .iter()
+        .filter(|(name, len)| seen.get(*name) != Some(len))
+        .map(|(name, _)| name.clone())
+        .collect();
+    *seen = now;
+    Ok(changed)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
