@@ -11,6 +11,8 @@ const PROTOS: &[&str] = &[
     "runtime.proto",
     "auth.proto",
     "cluster.proto",
+    "events.proto",
+    "broker.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -40,12 +40,14 @@ use crate::secrets::SecretBox;
 use crate::services::auth::{
     AccountsService, AuthService, AuthStore, RulesService, DEFAULT_ADMIN_PASSWORD,
 };
+use crate::services::events::{Events, EventsService};
 use crate::services::runtime::{Manager, RuntimeOptions, RuntimeService};
 use crate::services::{config::ConfigService, registry, store::StoreService};
 use micro_proto::auth::{
     accounts_server::AccountsServer, auth_server::AuthServer, rules_server::RulesServer,
 };
 use micro_proto::cluster::cluster_server::ClusterServer;
+use micro_proto::events::events_server::EventsServer;
 use tonic::service::Routes;
 
 /// Largest gRPC message the node accepts or sends.
@@ -471,6 +473,11 @@ pub async fn run(
         )
         .add_service(
             RuntimeServer::new(RuntimeService::new(runtime.clone(), cluster.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            EventsServer::new(EventsService::new(Events::start(replica.clone(), id)))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )

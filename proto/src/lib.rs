@@ -33,6 +33,16 @@ pub mod cluster {
     tonic::include_proto!("cluster");
 }
 
+/// Replicated event streams.
+pub mod events {
+    tonic::include_proto!("events");
+}
+
+/// Fire-and-forget publish/subscribe.
+pub mod broker {
+    tonic::include_proto!("broker");
+}
+
 /// The serialized `FileDescriptorSet` of every core service, for gRPC
 /// reflection and for deriving endpoint schemas.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -55,4 +65,6 @@ pub const CORE_SERVICES: &[(&str, &str)] = &[
     ("auth", "auth.Auth"),
     ("auth", "auth.Accounts"),
     ("auth", "auth.Rules"),
+    ("events", "events.Events"),
+    ("broker", "broker.Broker"),
 ];

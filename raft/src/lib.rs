@@ -50,7 +50,7 @@ pub use log_store::LogStore;
 pub use network::{Forward, NoPeers};
 pub use state_machine::{Change, Reader, StateMachine};
 pub use state_machine::{PRUNE_PER_ENTRY, REQUEST_CAP, REQUEST_WINDOW_MS};
-pub use txn::{now_millis, Cond, Millis, Op, Record, RequestId, Txn, TxnResult};
+pub use txn::{now_millis, sequence_key, Cond, Millis, Op, Record, RequestId, Txn, TxnResult};
 
 /// A node's id in the Raft group.
 pub type NodeId = u64;

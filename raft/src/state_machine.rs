@@ -537,6 +537,27 @@ fn apply_txn(
                 p.put_record(&key, record, now, changes)?;
                 result.appended.push(key);
             }
+            Op::PutAppendedKey { key, expires_at } => {
+                if let Some(target) = result.appended.last() {
+                    let record = Record {
+                        value: target.clone(),
+                        version: index,
+                        expires_at: *expires_at,
+                    };
+                    p.put_record(key, record, now, changes)?;
+                }
+            }
+            Op::DeleteRange { start, end, limit } => {
+                if start < end {
+                    let from = data_key(start);
+                    let to = data_key(end);
+                    for raw in p.keys_with_prefix(&from, Some(&to), *limit as usize)? {
+                        if p.delete_record(&raw[1..], changes)? {
+                            result.deleted += 1;
+                        }
+                    }
+                }
+            }
             Op::PurgeExpired { limit } => {
                 let start = [EXPIRY];
                 let end = expiry_key(now.saturating_add(1), b"");

@@ -54,6 +54,21 @@ pub enum Op {
     /// Delete up to `limit` records whose expiry is at or before the
     /// transaction's `now`. Proposed by the leader's expiry sweeper.
     PurgeExpired { limit: u32 },
+    /// Set `key` to the key the last `Append` before it in this
+    /// transaction wrote (an index from a name to a sequenced record, such
+    /// as a message id to its event). Without an earlier `Append` it
+    /// writes nothing.
+    PutAppendedKey {
+        key: Vec<u8>,
+        expires_at: Option<Millis>,
+    },
+    /// Remove up to `limit` records with keys in `start..end` (end
+    /// excluded), in key order: trimming the oldest entries of a sequence.
+    DeleteRange {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: u32,
+    },
 }
 
 /// Identifies one logical write across every retry and forward of it.

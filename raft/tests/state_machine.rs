@@ -168,6 +168,86 @@ async fn append_assigns_ordered_sequence_keys() {
 }
 
 #[tokio::test]
+async fn an_index_names_the_appended_key_and_a_range_delete_trims_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = replica(dir.path()).await;
+    for i in 0..5u8 {
+        let res = r
+            .write(
+                Txn::ops(vec![
+                    Op::Append {
+                        prefix: b"t/log/".to_vec(),
+                        value: vec![i],
+                        expires_at: None,
+                    },
+                    Op::PutAppendedKey {
+                        key: format!("t/id/m{i}").into_bytes(),
+                        expires_at: None,
+                    },
+                ])
+                .when(Cond::Absent(format!("t/id/m{i}").into_bytes())),
+            )
+            .await
+            .unwrap();
+        assert!(res.succeeded);
+    }
+    r.linearize().await.unwrap();
+    assert_eq!(
+        value(&r, "t/id/m3").unwrap(),
+        b"t/log/00000000000000000004".to_vec(),
+        "the index holds the key its append wrote"
+    );
+    // a repeat of an indexed name fails its condition and appends nothing
+    let again = r
+        .write(
+            Txn::ops(vec![Op::Append {
+                prefix: b"t/log/".to_vec(),
+                value: vec![9],
+                expires_at: None,
+            }])
+            .when(Cond::Absent(b"t/id/m3".to_vec())),
+        )
+        .await
+        .unwrap();
+    assert!(!again.succeeded);
+
+    // trim everything below sequence 4, two records per entry at most
+    let start = micro_raft::sequence_key(b"t/log/", 0);
+    let end = micro_raft::sequence_key(b"t/log/", 4);
+    let first = r
+        .write(Txn::ops(vec![Op::DeleteRange {
+            start: start.clone(),
+            end: end.clone(),
+            limit: 2,
+        }]))
+        .await
+        .unwrap();
+    assert_eq!(first.deleted, 2, "the limit bounds one entry's work");
+    let second = r
+        .write(Txn::ops(vec![Op::DeleteRange {
+            start,
+            end,
+            limit: 100,
+        }]))
+        .await
+        .unwrap();
+    assert_eq!(second.deleted, 1);
+    r.linearize().await.unwrap();
+    let left: Vec<u8> = r
+        .reader()
+        .scan(b"t/log/", micro_raft::now_millis(), false)
+        .map(|i| i.unwrap().1.value[0])
+        .collect();
+    assert_eq!(
+        left,
+        vec![3, 4],
+        "the oldest went first; the end is excluded"
+    );
+    assert!(value(&r, "t/id/m0").is_some(), "other keys are untouched");
+    r.shutdown().await;
+}
+
+#[tokio::test]
 async fn expired_records_are_hidden_then_purged_by_the_leader() {
     let dir = tempfile::tempdir().unwrap();
     let r = replica(dir.path()).await;

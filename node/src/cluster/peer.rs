@@ -20,9 +20,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use micro_proto::cluster::peer_server::{Peer, PeerServer};
 use micro_proto::cluster::{
-    AdmitRequest, AdmitResponse, JoinRequest, JoinResponse, NodeStatus, ProposeRequest,
-    ProposeResponse, RaftKind, RaftRequest, RaftResponse, ReadIndexRequest, ReadIndexResponse,
-    StatusRequest,
+    AdmitRequest, AdmitResponse, BrokerDeliverRequest, BrokerDeliverResponse,
+    BrokerInterestRequest, BrokerInterestResponse, JoinRequest, JoinResponse, NodeStatus,
+    ProposeRequest, ProposeResponse, RaftKind, RaftRequest, RaftResponse, ReadIndexRequest,
+    ReadIndexResponse, StatusRequest,
 };
 use micro_raft::{NodeId, Txn, TypeConfig};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -178,6 +179,22 @@ impl Peer for PeerService {
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
         self.member(&req)?;
         Ok(Response::new(self.cluster.local_status()))
+    }
+
+    async fn broker_deliver(
+        &self,
+        req: Request<BrokerDeliverRequest>,
+    ) -> Result<Response<BrokerDeliverResponse>, Status> {
+        self.member(&req)?;
+        Err(Status::unimplemented("the broker is not built yet"))
+    }
+
+    async fn broker_interest(
+        &self,
+        req: Request<BrokerInterestRequest>,
+    ) -> Result<Response<BrokerInterestResponse>, Status> {
+        self.member(&req)?;
+        Err(Status::unimplemented("the broker is not built yet"))
     }
 }
 
