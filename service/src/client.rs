@@ -288,6 +288,20 @@ impl Client {
     pub fn registry(&self) -> RegistryClient<Conn> {
         RegistryClient::new(self.conn()).max_decoding_message_size(MAX_MESSAGE)
     }
+
+    /// The Events service (replicated streams).
+    pub fn events(&self) -> micro_proto::events::events_client::EventsClient<Conn> {
+        micro_proto::events::events_client::EventsClient::new(self.conn())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The Broker service (fire-and-forget publish/subscribe).
+    pub fn broker(&self) -> micro_proto::broker::broker_client::BrokerClient<Conn> {
+        micro_proto::broker::broker_client::BrokerClient::new(self.conn())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
 }
 
 static DEFAULT: tokio::sync::OnceCell<Client> = tokio::sync::OnceCell::const_new();

@@ -22,7 +22,7 @@ fn a_clean_stop_and_start_keeps_everything() {
     assert_eq!(s.micro(&["config", "get", "app.x"]).ok(), "1\n");
     assert_eq!(
         s.micro(&["services"]).ok(),
-        "auth\nconfig\nregistry\nruntime\nstore\n"
+        "auth\nbroker\nconfig\nevents\nregistry\nruntime\nstore\n"
     );
 }
 

@@ -5,9 +5,13 @@ mod harness;
 
 mod auth;
 mod basics;
+mod broker;
 mod cluster;
 mod config;
 mod durability;
+mod events_cli;
+mod events_groups;
+mod events_topics;
 mod gateway;
 mod registry;
 mod runtime;

@@ -51,7 +51,7 @@ async fn the_node_registers_its_own_services_with_endpoints() {
     let s = Server::start();
     assert_eq!(
         s.micro(&["services"]).ok(),
-        "auth\nconfig\nregistry\nruntime\nstore\n"
+        "auth\nbroker\nconfig\nevents\nregistry\nruntime\nstore\n"
     );
     let client = s.client("micro").await;
     let got = get(&client, "store").await.unwrap();
@@ -91,7 +91,7 @@ async fn registrations_expire_without_heartbeats() {
     assert_eq!(got[0].metadata["team"], "core");
     assert_eq!(
         s.micro(&["services"]).ok(),
-        "auth\nconfig\ngreeter\nregistry\nruntime\nstore\n"
+        "auth\nbroker\nconfig\nevents\ngreeter\nregistry\nruntime\nstore\n"
     );
     // A heartbeat for one node keeps only that one.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -109,7 +109,7 @@ async fn registrations_expire_without_heartbeats() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert_eq!(
         s.micro(&["services"]).ok(),
-        "auth\nconfig\nregistry\nruntime\nstore\n"
+        "auth\nbroker\nconfig\nevents\nregistry\nruntime\nstore\n"
     );
 }
 
@@ -171,7 +171,7 @@ async fn the_registry_is_per_namespace() {
     );
     assert_eq!(
         s.micro(&["services"]).ok(),
-        "auth\nconfig\nregistry\nruntime\nstore\n"
+        "auth\nbroker\nconfig\nevents\nregistry\nruntime\nstore\n"
     );
     let err = get(&s.client("micro").await, "greeter").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);

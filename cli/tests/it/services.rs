@@ -212,7 +212,7 @@ fn services_are_listed_and_deregister_on_sigterm() {
     wait_for_nodes(&s, "helloworld", 1);
     assert_eq!(
         s.micro(&["services"]).ok(),
-        "auth\nconfig\nhelloworld\nregistry\nruntime\nstore\n"
+        "auth\nbroker\nconfig\nevents\nhelloworld\nregistry\nruntime\nstore\n"
     );
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -221,7 +221,7 @@ fn services_are_listed_and_deregister_on_sigterm() {
     assert!(child.wait().unwrap().success(), "a clean exit on SIGTERM");
     assert_eq!(
         s.micro(&["services"]).ok(),
-        "auth\nconfig\nregistry\nruntime\nstore\n",
+        "auth\nbroker\nconfig\nevents\nregistry\nruntime\nstore\n",
         "deregistered at once"
     );
 }
