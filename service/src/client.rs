@@ -40,6 +40,14 @@ pub enum Error {
     Dynamic(#[from] crate::dynamic::Error),
     #[error("Service \"{0}\" registered no usable descriptor; it cannot be called with JSON")]
     NoDescriptor(String),
+    /// A value could not be encoded as JSON, or a payload did not decode
+    /// as the type asked for (events, broker).
+    #[error("invalid JSON payload: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A request the client refuses to send: it names what is wrong
+    /// (an ack wait of 0, two start positions, ...). Nothing was sent.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl Error {

@@ -5,7 +5,9 @@
 //! ([`service`]); errors with HTTP-style codes ([`errors`]); calls to other
 //! services, typed through [`client::Client::channel`] or with JSON through
 //! [`dynamic`]; the store and config in one call each ([`store`],
-//! [`config`]); the build-script helper ([`build`], feature `build`).
+//! [`config`]); replicated event streams with consumer groups ([`events`])
+//! and fire-and-forget publish/subscribe ([`broker`]); the build-script
+//! helper ([`build`], feature `build`).
 //!
 //! The CLI uses the same crate: environments ([`env`]), a connection to a
 //! node ([`client`], plaintext or TLS through [`dial`]) and endpoint schemas
@@ -15,6 +17,7 @@
 //! node's internals; it speaks to a node only through its public gRPC API.
 
 pub mod bearer;
+pub mod broker;
 #[cfg(feature = "build")]
 pub mod build;
 pub mod client;
@@ -24,6 +27,7 @@ pub mod dynamic;
 pub mod env;
 pub mod env_vars;
 pub mod errors;
+pub mod events;
 pub mod log;
 pub mod registry;
 pub mod schema;
