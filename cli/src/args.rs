@@ -102,6 +102,10 @@ pub enum Command {
     Auth(AuthArgs),
     /// The cluster: join token, members, Raft status, removing a node
     Cluster(ClusterArgs),
+    /// Replicated event streams: publish, consume (alone or in a group), read; topics and groups
+    Events(EventsArgs),
+    /// Fire-and-forget publish/subscribe: nothing is stored
+    Broker(BrokerArgs),
     #[command(external_subcommand)]
     External(Vec<String>),
 }
@@ -616,6 +620,218 @@ pub enum ConfigCommand {
     Del { path: String },
 }
 
+#[derive(Args, Debug)]
+#[command(subcommand_required = true, arg_required_else_help = true)]
+pub struct EventsArgs {
+    #[command(subcommand)]
+    pub command: EventsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// Publish an event; prints its sequence once it is committed
+    Publish {
+        /// The topic (created by its first publish)
+        topic: String,
+        /// The payload: JSON, or any text
+        #[arg(allow_hyphen_values = true)]
+        payload: String,
+        /// Metadata, KEY=VALUE (repeatable)
+        #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        metadata: Vec<(String, String)>,
+        /// Message id: the same id again within 2 minutes stores nothing and
+        /// prints the first event's sequence
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+    },
+    /// Print a topic's events as they are published, one JSON line each
+    ///
+    /// Each line: {"id","topic","seq","timestamp","metadata","payload"}, and
+    /// "deliveries" with --group. The timestamp is RFC 3339 in UTC with
+    /// milliseconds; the payload is embedded as JSON when it is JSON, else it
+    /// is a string.
+    ///
+    /// Where it starts: with none of --from, --since and --new, at the first
+    /// stored event (nothing is skipped). A group that exists resumes from
+    /// its ack floor.
+    ///
+    /// With --group, each event is acked once its line was written and
+    /// flushed to stdout, never before. With --manual-ack nothing is acked:
+    /// the events come back after the ack wait; it exists to watch a group.
+    Consume(ConsumeArgs),
+    /// Print stored events of a topic, one JSON line each (as consume)
+    Read {
+        topic: String,
+        /// The most events printed (default 100, at most 1000)
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// The sequence to start at (default: the first event, or the last with --order desc)
+        #[arg(long, value_name = "SEQ")]
+        offset: Option<u64>,
+        /// Oldest first (asc) or newest first (desc)
+        #[arg(long, value_enum, default_value = "asc")]
+        order: Order,
+    },
+    /// List the namespace's topics
+    Topics,
+    /// Show a topic's retention, size, sequences and groups with their progress
+    Info { topic: String },
+    /// Create a topic with retention limits, or change a topic's limits
+    /// (a limit not given is none; the oldest events are discarded first)
+    Create {
+        topic: String,
+        /// Discard events older than this, e.g. 7d, 12h
+        #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION")]
+        max_age: Option<Duration>,
+        /// Keep at most this many events
+        #[arg(long, value_parser = parse_count, value_name = "N")]
+        max_count: Option<u64>,
+        /// Keep at most this many bytes of payload and metadata, e.g. 512M, 1G
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        max_bytes: Option<u64>,
+    },
+    /// Delete a topic with its events and groups, or only one of its groups
+    Delete {
+        topic: String,
+        /// Delete only this consumer group
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    /// Consume as a member of this group: members share its events, and its
+    /// progress is replicated
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Start at this sequence (from 1)
+    #[arg(long = "from", value_name = "SEQ", value_parser = parse_count, group = "start")]
+    pub from: Option<u64>,
+    /// Start at the first event published at most this long ago, e.g. 10m, 2h, 7d
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", group = "start")]
+    pub since: Option<Duration>,
+    /// Only events published after the consumer started
+    #[arg(long, group = "start")]
+    pub new: bool,
+    /// Do not ack (needs --group): to watch a group; the events come back
+    /// after the ack wait
+    #[arg(long)]
+    pub manual_ack: bool,
+    /// For a new group: how long an event may stay unacked before it is
+    /// delivered again (default 30s)
+    #[arg(long, value_parser = parse_ack_wait, value_name = "DURATION")]
+    pub ack_wait: Option<Duration>,
+    /// For a new group: deliveries of an event before it goes to the
+    /// dead-letter topic TOPIC.dead (default 10)
+    #[arg(long, value_parser = parse_max_deliver, value_name = "N")]
+    pub max_deliver: Option<u32>,
+    /// Exit after this many events
+    #[arg(long, value_parser = parse_count, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+#[command(subcommand_required = true, arg_required_else_help = true)]
+pub struct BrokerArgs {
+    #[command(subcommand)]
+    pub command: BrokerCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BrokerCommand {
+    /// Publish a message to the topic's subscribers connected now (nothing is stored)
+    Publish {
+        topic: String,
+        /// The body: JSON, or any text
+        #[arg(allow_hyphen_values = true)]
+        body: String,
+        /// A header, KEY=VALUE (repeatable)
+        #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        header: Vec<(String, String)>,
+    },
+    /// Print the messages published to a topic from now on, one JSON line
+    /// each: {"topic","header","body"} (no ordering promise)
+    Subscribe {
+        topic: String,
+        /// Share messages with the other subscribers of this queue: each goes to one of them
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+        /// Exit after this many messages
+        #[arg(long, value_parser = parse_count, value_name = "N")]
+        count: Option<u64>,
+    },
+}
+
+/// `KEY=VALUE`, the key not empty.
+pub fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
+/// A whole number from 1 up (counts, sequences, limits).
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("use a whole number from 1 up".into()),
+    }
+}
+
+fn parse_max_deliver(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("an event is delivered at least once: use a whole number from 1 up".into()),
+    }
+}
+
+/// An ack wait: a duration of at least 1ms.
+fn parse_ack_wait(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err("the ack wait must be at least 1ms".into());
+    }
+    Ok(d)
+}
+
+/// A retention age: a duration of at least 1ms.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err("use a duration of at least 1ms".into());
+    }
+    Ok(d)
+}
+
+/// A size in bytes: a whole number with an optional unit K, M, G or T
+/// (powers of 1024; a trailing B or iB is allowed, any case); at least 1.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size '{s}': use a number and a unit (K, M, G), like 512M or 1G");
+    let upper = s.trim().to_ascii_uppercase();
+    let digits = upper
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(upper.len());
+    if digits == 0 {
+        return Err(bad());
+    }
+    let n: u64 = upper[..digits].parse().map_err(|_| bad())?;
+    let unit = upper[digits..].trim_end_matches("IB").trim_end_matches('B');
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    if n == 0 {
+        return Err("a size must be at least 1 byte".into());
+    }
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
 /// Parses `10s`, `1m30s`, `500ms`, `2h`, `1d`; a bare number is seconds.
 /// A record version for `--if-version`: a log index, so at least 1 (the
 /// wire's 0 means "no condition", which the flag must never send).
@@ -828,6 +1044,94 @@ mod tests {
         assert!(p(&["micro", "user", "set", "password", "--old-password", "a"]).is_ok());
         assert!(p(&["micro", "user", "namespace", "set", "foo"]).is_ok());
         assert!(p(&["micro", "auth", "create", "rule", "r"]).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10").unwrap(), 10);
+        assert_eq!(parse_size("1K").unwrap(), 1024);
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1gb").unwrap(), 1 << 30);
+        for bad in ["", "G", "1X", "1.5G", "-1", "0", "99999999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn events_commands_parse() {
+        let p = |a: &[&str]| Cli::try_parse_from(a.iter().copied());
+        match p(&[
+            "micro",
+            "events",
+            "publish",
+            "t",
+            "-1",
+            "--metadata",
+            "a=b=c",
+            "--id",
+            "x",
+        ])
+        .unwrap()
+        .command
+        {
+            Some(Command::Events(EventsArgs {
+                command:
+                    EventsCommand::Publish {
+                        payload,
+                        metadata,
+                        id,
+                        ..
+                    },
+            })) => {
+                assert_eq!(payload, "-1");
+                assert_eq!(metadata, [("a".to_string(), "b=c".to_string())]);
+                assert_eq!(id.as_deref(), Some("x"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match p(&[
+            "micro", "events", "consume", "t", "--since", "10m", "--count", "2",
+        ])
+        .unwrap()
+        .command
+        {
+            Some(Command::Events(EventsArgs {
+                command: EventsCommand::Consume(c),
+            })) => {
+                assert_eq!(c.since, Some(Duration::from_secs(600)));
+                assert_eq!((c.from, c.new, c.count), (None, false, Some(2)));
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &["micro", "events", "consume", "t", "--from", "1", "--new"][..],
+            &[
+                "micro", "events", "consume", "t", "--since", "1m", "--from", "2",
+            ],
+            &["micro", "events", "consume", "t", "--ack-wait", "0"],
+            &["micro", "events", "consume", "t", "--ack-wait", "0ms"],
+            &["micro", "events", "consume", "t", "--max-deliver", "0"],
+            &["micro", "events", "consume", "t", "--since", "10x"],
+            &["micro", "events", "consume", "t", "--count", "0"],
+            &["micro", "events", "consume", "t", "--bogus"],
+            &[
+                "micro",
+                "events",
+                "publish",
+                "t",
+                "p",
+                "--metadata",
+                "novalue",
+            ],
+            &["micro", "events", "create", "t", "--max-bytes", "1Q"],
+            &["micro", "events", "create", "t", "--max-age", "7y"],
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
+        assert!(p(&["micro", "broker", "subscribe", "t", "--queue", "q"]).is_ok());
+        assert!(p(&["micro", "broker", "publish", "t", "{}", "--header", "k=v"]).is_ok());
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! session's access token.
 
 pub mod auth;
+pub mod broker;
 pub mod call;
 pub mod cluster;
 pub mod config;
 pub mod env;
+pub mod events;
 pub mod new;
 pub mod runtime;
 pub mod server;
@@ -243,6 +245,8 @@ pub async fn dispatch(cli: &Cli) -> Result<(), Failure> {
         Some(Command::User(a)) => user::run(ctx, a).await,
         Some(Command::Auth(a)) => auth::run(ctx, a).await,
         Some(Command::Cluster(a)) => cluster::run(ctx, a).await,
+        Some(Command::Events(a)) => events::run(ctx, a).await,
+        Some(Command::Broker(a)) => broker::run(ctx, a).await,
         Some(Command::External(words)) => call::dynamic(ctx, words).await,
         Some(Command::Server(_)) | None => unreachable!("handled in main"),
     }
