@@ -1,0 +1,3 @@
+fn main() {
+    micro::build::compile(&["proto/chat.proto"]).expect("compile proto/chat.proto");
+}
