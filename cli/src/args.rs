@@ -676,8 +676,11 @@ pub enum EventsCommand {
     Topics,
     /// Show a topic's retention, size, sequences and groups with their progress
     Info { topic: String },
-    /// Create a topic with retention limits, or change a topic's limits
-    /// (a limit not given is none; the oldest events are discarded first)
+    /// Create a topic with retention limits, or change its limits
+    ///
+    /// A limit not given is none; beyond a limit the oldest events are
+    /// discarded first. Durations: ms, s, m, h, d. Sizes: K, M, G (powers
+    /// of 1024).
     Create {
         topic: String,
         /// Discard events older than this, e.g. 7d, 12h
@@ -701,6 +704,7 @@ pub enum EventsCommand {
 
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
+    /// The topic
     pub topic: String,
     /// Consume as a member of this group: members share its events, and its
     /// progress is replicated

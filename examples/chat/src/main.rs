@@ -32,11 +32,9 @@ fn topic(room: &str) -> Result<String, Status> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !ok {
-        return Err(errors::bad_request(
-            NAME,
-            "a room is 1 to 64 letters, digits, '-' or '_'",
-        )
-        .into());
+        return Err(
+            errors::bad_request(NAME, "a room is 1 to 64 letters, digits, '-' or '_'").into(),
+        );
     }
     Ok(format!("chat-{room}"))
 }
@@ -82,11 +80,7 @@ impl proto::chat_server::Chat for Handlers {
         }
         // The last `limit` messages: newest first from the end, then turned
         // around so the reply reads in the order they were sent.
-        let events = match micro::events::read(&topic)
-            .limit(req.limit)
-            .desc()
-            .await
-        {
+        let events = match micro::events::read(&topic).limit(req.limit).desc().await {
             Ok(events) => events,
             // A room nobody wrote to yet has no topic.
             Err(micro::Error::Status(s)) if s.code() == tonic::Code::NotFound => Vec::new(),
