@@ -291,7 +291,7 @@ pub fn rfc3339(ms: i64) -> String {
 /// Bytes in the largest unit that divides them exactly: `1G`, `512M`, `10`.
 fn size(n: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }
@@ -306,7 +306,7 @@ fn duration(ms: u64) -> String {
         (60_000, "m"),
         (1000, "s"),
     ] {
-        if ms >= per && ms % per == 0 {
+        if ms >= per && ms.is_multiple_of(per) {
             return format!("{}{unit}", ms / per);
         }
     }
