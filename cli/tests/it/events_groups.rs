@@ -200,7 +200,11 @@ async fn members_of_a_group_share_its_events_and_acked_ones_are_not_delivered_ag
         "both members got events: {got_a:?} {got_b:?}"
     );
     let union: BTreeSet<u64> = got_a.iter().chain(&got_b).copied().collect();
-    assert_eq!(union.len(), 20, "no event went to both: {got_a:?} {got_b:?}");
+    assert_eq!(
+        union.len(),
+        20,
+        "no event went to both: {got_a:?} {got_b:?}"
+    );
     assert_eq!(union, (1..=20).collect());
     for got in [&got_a, &got_b] {
         assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
@@ -222,7 +226,10 @@ async fn members_of_a_group_share_its_events_and_acked_ones_are_not_delivered_ag
     let got = take(&mut again, 8).await;
     assert_eq!(seqs(&got), (13..=20).collect::<Vec<_>>());
     assert!(got.iter().all(|e| e.deliveries == 2), "a second delivery");
-    assert!(next(&mut again, 500).await.is_none(), "nothing acked comes again");
+    assert!(
+        next(&mut again, 500).await.is_none(),
+        "nothing acked comes again"
+    );
 
     // Deleting the group ends its members' streams with one sentence.
     ev.delete(DeleteRequest {
@@ -274,12 +281,20 @@ async fn unacked_events_come_again_after_a_nack_or_the_ack_wait_and_go_dead_afte
     .expect("nack");
     let e = take(&mut m, 1).await.remove(0);
     assert_eq!((e.seq, e.deliveries), (1, 2));
-    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
     // Unacked: delivered again after the ack wait.
     let t = std::time::Instant::now();
     let e = take(&mut m, 1).await.remove(0);
     assert_eq!((e.seq, e.deliveries), (1, 3));
-    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
     // Three deliveries without an ack: to the dead-letter topic, with why.
     assert!(
         next(&mut m, 1500).await.is_none(),
@@ -292,7 +307,10 @@ async fn unacked_events_come_again_after_a_nack_or_the_ack_wait_and_go_dead_afte
         d.metadata.get("dead-reason").map(String::as_str),
         Some("delivered 3 times without an ack")
     );
-    assert_eq!(d.metadata.get("dead-topic").map(String::as_str), Some("pay"));
+    assert_eq!(
+        d.metadata.get("dead-topic").map(String::as_str),
+        Some("pay")
+    );
     assert_eq!(d.metadata.get("dead-seq").map(String::as_str), Some("1"));
     assert_eq!(d.metadata.get("dead-group").map(String::as_str), Some("g"));
     // A nack of what is not claimed any more is refused.
@@ -441,8 +459,14 @@ async fn group_members_on_any_node_get_events_and_resume_after_their_node_dies()
     for i in 1..=10 {
         publish(&mut pub1, "clicks", &format!("c{i}")).await;
     }
-    assert_eq!(seqs(&take(&mut watch, 10).await), (1..=10).collect::<Vec<_>>());
-    assert_eq!(seqs(&take(&mut member, 10).await), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&take(&mut watch, 10).await),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&take(&mut member, 10).await),
+        (1..=10).collect::<Vec<_>>()
+    );
     ack(&mut on2, "clicks", "counter", &[1, 2, 3, 4, 5, 6]).await;
     // The node the member consumed through dies; a new member through the
     // third node gets the unacked events (after the ack wait) and not the

@@ -165,8 +165,17 @@ fn last_seq(r: &Reader, ns: &str, topic: &str, now: u64) -> Result<Option<u64>, 
     }
 }
 
-fn get_event(r: &Reader, ns: &str, topic: &str, seq: u64, now: u64) -> Result<Option<Event>, Status> {
-    match r.get(&keys::log_key(ns, topic, seq), now).map_err(reader_err)? {
+fn get_event(
+    r: &Reader,
+    ns: &str,
+    topic: &str,
+    seq: u64,
+    now: u64,
+) -> Result<Option<Event>, Status> {
+    match r
+        .get(&keys::log_key(ns, topic, seq), now)
+        .map_err(reader_err)?
+    {
         Some(rec) => Ok(Some(keys::decode_event(topic, seq, &rec.value)?)),
         None => Ok(None),
     }
@@ -175,7 +184,13 @@ fn get_event(r: &Reader, ns: &str, topic: &str, seq: u64, now: u64) -> Result<Op
 /// The first stored event with a timestamp at or after `since`, found by
 /// bisection (timestamps follow the sequence: each is the committing
 /// proposer's clock). `None` when every stored event is older.
-fn seq_since(r: &Reader, ns: &str, topic: &str, since: i64, now: u64) -> Result<Option<u64>, Status> {
+fn seq_since(
+    r: &Reader,
+    ns: &str,
+    topic: &str,
+    since: i64,
+    now: u64,
+) -> Result<Option<u64>, Status> {
     let (Some(first), Some(last)) = (first_seq(r, ns, topic, now)?, last_seq(r, ns, topic, now)?)
     else {
         return Ok(None);
@@ -236,7 +251,9 @@ pub async fn consume(
     keys::check_topic(&req.topic)?;
     let start = requested_start(&req)?;
     if req.ack_wait_ms == Some(0) {
-        return Err(Status::invalid_argument("ack_wait_ms must be at least 1 ms"));
+        return Err(Status::invalid_argument(
+            "ack_wait_ms must be at least 1 ms",
+        ));
     }
     if req.max_deliver == Some(0) {
         return Err(Status::invalid_argument("max_deliver must be at least 1"));
@@ -994,14 +1011,22 @@ fn read_claims(
     let mut out = BTreeMap::new();
     for item in r.scan(&keys::claims_prefix(ns, topic, group), now, false) {
         let (key, rec) = item.map_err(status)?;
-        let Some(seq) = keys::seq_of(&key) else { continue };
+        let Some(seq) = keys::seq_of(&key) else {
+            continue;
+        };
         out.insert(seq, (keys::decode("claim", &rec.value)?, rec.version));
     }
     Ok(out)
 }
 
 /// A group's acks above its floor (and any stray below it).
-fn read_acked(r: &Reader, ns: &str, topic: &str, group: &str, now: u64) -> Result<BTreeSet<u64>, Status> {
+fn read_acked(
+    r: &Reader,
+    ns: &str,
+    topic: &str,
+    group: &str,
+    now: u64,
+) -> Result<BTreeSet<u64>, Status> {
     let mut out = BTreeSet::new();
     for item in r.scan(&keys::acked_prefix(ns, topic, group), now, false) {
         let (key, _) = item.map_err(status)?;
@@ -1015,11 +1040,14 @@ fn read_acked(r: &Reader, ns: &str, topic: &str, group: &str, now: u64) -> Resul
 // ---------------------------------------------------------------------------
 // Ack
 
+/// Where an ack's outcome goes.
+type AckReply = oneshot::Sender<Result<(), Status>>;
+
 /// Acks waiting for this node's next ack transaction of one group.
 #[derive(Default)]
 struct AckQueue {
     running: bool,
-    waiting: Vec<(Vec<u64>, oneshot::Sender<Result<(), Status>>)>,
+    waiting: Vec<(Vec<u64>, AckReply)>,
 }
 
 pub async fn ack(ev: &Arc<Events>, ns: &str, req: AckRequest) -> Result<AckResponse, Status> {
@@ -1043,9 +1071,21 @@ pub async fn ack(ev: &Arc<Events>, ns: &str, req: AckRequest) -> Result<AckRespo
     }
     let gkey = keys::group_key(ns, &req.topic, &req.group);
     // Known here: no barrier needed. Unknown: maybe only not applied yet.
-    if ev.replica.reader().get(&gkey, now_millis()).map_err(status)?.is_none() {
+    if ev
+        .replica
+        .reader()
+        .get(&gkey, now_millis())
+        .map_err(status)?
+        .is_none()
+    {
         barrier(&ev.replica, false).await?;
-        if ev.replica.reader().get(&gkey, now_millis()).map_err(status)?.is_none() {
+        if ev
+            .replica
+            .reader()
+            .get(&gkey, now_millis())
+            .map_err(status)?
+            .is_none()
+        {
             return Err(no_group(&req.topic, &req.group));
         }
     }
@@ -1079,7 +1119,9 @@ async fn run_acks(ev: Arc<Events>, gid: GroupId) {
     loop {
         let batch = {
             let mut queues = ev.groups.acks();
-            let Some(q) = queues.get_mut(&gid) else { return };
+            let Some(q) = queues.get_mut(&gid) else {
+                return;
+            };
             let mut n = 0;
             let mut take = 0;
             for (seqs, _) in &q.waiting {
@@ -1119,8 +1161,7 @@ async fn run_acks(ev: Arc<Events>, gid: GroupId) {
         let outcome = if ops.is_empty() {
             Ok(())
         } else {
-            let mut txn =
-                Txn::ops(ops).when(Cond::Exists(keys::group_key(ns, topic, group)));
+            let mut txn = Txn::ops(ops).when(Cond::Exists(keys::group_key(ns, topic, group)));
             txn.now = now;
             match ev.replica.write(txn).await {
                 Ok(r) if r.succeeded => Ok(()),
@@ -1184,11 +1225,17 @@ pub fn group_infos(ev: &Events, ns: &str, topic: &str) -> Result<Vec<GroupInfo>,
     let mut out = Vec::new();
     for item in r.scan(&prefix, now, false) {
         let (key, rec) = item.map_err(status)?;
-        let Some(name) = key.get(prefix.len()..).and_then(|n| std::str::from_utf8(n).ok()) else {
+        let Some(name) = key
+            .get(prefix.len()..)
+            .and_then(|n| std::str::from_utf8(n).ok())
+        else {
             continue;
         };
         let cfg: GroupConfig = keys::decode("group", &rec.value)?;
-        let floor = match r.get(&keys::floor_key(ns, topic, name), now).map_err(status)? {
+        let floor = match r
+            .get(&keys::floor_key(ns, topic, name), now)
+            .map_err(status)?
+        {
             Some(f) => keys::decode_floor(&f.value)?,
             None => 0,
         };
@@ -1249,12 +1296,16 @@ async fn keep_floors(ev: &Events) -> Result<(), Status> {
     let now = now_millis();
     let r = ev.replica.reader().clone();
     for ns in r.children(b"events/", b'/', now).map_err(status)? {
-        let Ok(ns) = String::from_utf8(ns) else { continue };
+        let Ok(ns) = String::from_utf8(ns) else {
+            continue;
+        };
         let topics = r
             .children(&keys::namespace_prefix(&ns), b'/', now)
             .map_err(status)?;
         for topic in topics {
-            let Ok(topic) = String::from_utf8(topic) else { continue };
+            let Ok(topic) = String::from_utf8(topic) else {
+                continue;
+            };
             let prefix = keys::groups_prefix(&ns, &topic);
             let groups: Vec<String> = r
                 .scan(&prefix, now, false)
@@ -1297,7 +1348,9 @@ async fn advance_floor(
         .take(FLOOR_STEP)
     {
         let (key, _) = item.map_err(status)?;
-        let Some(seq) = keys::seq_of(&key) else { continue };
+        let Some(seq) = keys::seq_of(&key) else {
+            continue;
+        };
         if seq <= new {
             stray = true;
         } else if seq == new + 1 {
@@ -1331,4 +1384,106 @@ async fn advance_floor(
     txn.now = now;
     ev.replica.write(txn).await.map_err(status)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn events(dir: &std::path::Path) -> Arc<Events> {
+        let r = Replica::open(dir, 1, micro_raft::Options::default())
+            .await
+            .expect("open");
+        r.bootstrap_alone("127.0.0.1:0".into())
+            .await
+            .expect("bootstrap");
+        Events::start(r, 1)
+    }
+
+    async fn publish(ev: &Events, n: usize) {
+        for i in 0..n {
+            super::super::topics::publish(
+                ev,
+                "ns",
+                PublishRequest {
+                    topic: "t".into(),
+                    payload: format!("e{i}").into_bytes(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("publish");
+        }
+    }
+
+    #[tokio::test]
+    async fn info_counts_a_groups_floor_pending_acked_and_lag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ev = events(dir.path()).await;
+        publish(&ev, 6).await;
+        let mut s = consume(
+            &ev,
+            "ns".into(),
+            ConsumeRequest {
+                topic: "t".into(),
+                group: "g".into(),
+                max_in_flight: 4,
+                ack_wait_ms: Some(60_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("consume");
+        use futures::StreamExt;
+        for want in 1..=4 {
+            let e = s.next().await.expect("an event").expect("no error");
+            assert_eq!(e.seq, want);
+        }
+        // Acks of 1, 2 and 4: the floor moves over 1 and 2 (the leader's
+        // keeper), 4 stays acked above it, 3 is pending, 5 and 6 come next.
+        ack(
+            &ev,
+            "ns",
+            AckRequest {
+                topic: "t".into(),
+                group: "g".into(),
+                seqs: vec![1, 2, 4],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("ack");
+        for want in 5..=6 {
+            let e = s.next().await.expect("an event").expect("no error");
+            assert_eq!(e.seq, want, "credit came back with the acks");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let info = loop {
+            let infos = group_infos(&ev, "ns", "t").expect("infos");
+            if infos.first().is_some_and(|g| g.ack_floor == 2) {
+                break infos;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "floor: {infos:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            info,
+            vec![GroupInfo {
+                name: "g".into(),
+                ack_floor: 2,
+                pending: 3,
+                acked: 1,
+                lag: 3,
+                ack_wait_ms: 60_000,
+                max_deliver: DEFAULT_MAX_DELIVER,
+            }]
+        );
+        delete_group(&ev, "ns", "t", "g").await.expect("delete");
+        assert!(group_infos(&ev, "ns", "t").expect("infos").is_empty());
+        let end = s.next().await.expect("the stream ends with a status");
+        assert_eq!(
+            end.expect_err("deleted").message(),
+            "group g of topic t was deleted"
+        );
+    }
 }
