@@ -206,7 +206,11 @@ async fn a_range_scan_starts_at_a_key_in_either_direction() {
     );
     assert_eq!(scan(&at(10), true)[..2], [9, 8]);
     let all: Vec<u8> = (1..=20).filter(|i| *i != 10).collect();
-    assert_eq!(scan(b"a", false), all, "a start before the prefix is clamped");
+    assert_eq!(
+        scan(b"a", false),
+        all,
+        "a start before the prefix is clamped"
+    );
     assert_eq!(
         scan(b"zz", true),
         all.iter().rev().copied().collect::<Vec<u8>>(),
