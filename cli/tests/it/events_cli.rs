@@ -367,7 +367,8 @@ fn events_cli_bad_input_gets_one_line_and_sends_nothing() {
         timed(&s, 20, args).fails_with(message);
     }
     // Nothing reached the server: no topic exists.
-    assert_eq!(s.micro(&["events", "read", "t"]).ok(), "");
+    assert_eq!(s.micro(&["events", "topics"]).ok(), "");
+    s.micro(&["events", "read", "t"]).fails_with("Not found");
     // The server's own refusals are one line too.
     s.micro(&["events", "publish", "bad/topic", "x"])
         .fails_with(
@@ -497,4 +498,120 @@ fn chat_example_sends_and_replays_history() {
         r#"{"room":"a b","user":"x","text":"y"}"#,
     ])
     .fails_with("a room is 1 to 64 letters, digits, '-' or '_'");
+}
+
+/// The framework's consumer, against a real node: auto-ack acks an event
+/// when the next one is asked for, a dropped stream acks nothing (the event
+/// comes back), manual ack and nack do what they say, and `handler` acks
+/// after `Ok` and nacks after `Err`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framework_consume_acks_after_the_caller_is_done() {
+    use micro::events;
+    let s = Server::start();
+    let client = s.client("micro").await;
+    for n in 1..=3u32 {
+        let seq = events::publish_with(&client, "work", &serde_json::json!({ "n": n }))
+            .metadata("k", "v")
+            .await
+            .unwrap();
+        assert_eq!(seq, u64::from(n));
+    }
+    let dup = events::publish_bytes_with(&client, "work", "x")
+        .id("once")
+        .receipt()
+        .await
+        .unwrap();
+    let again = events::publish_bytes_with(&client, "work", "y")
+        .id("once")
+        .receipt()
+        .await
+        .unwrap();
+    assert_eq!(
+        (dup.seq, dup.duplicate, again.seq, again.duplicate),
+        (4, false, 4, true)
+    );
+
+    let wait = Duration::from_millis(1500);
+    let open = |group: &'static str| {
+        events::consume_with(&client, "work")
+            .group(group)
+            .ack_wait(wait)
+    };
+    // Auto-ack: 1 is acked when 2 is asked for; 2 is dropped unacked.
+    let mut stream = open("auto").await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!((first.seq, first.deliveries), (1, 1));
+    assert_eq!(first.metadata.get("k").map(String::as_str), Some("v"));
+    let v: serde_json::Value = first.unmarshal().unwrap();
+    assert_eq!(v["n"], 1);
+    let second = stream.next().await.unwrap().unwrap();
+    assert_eq!(second.seq, 2);
+    drop(stream);
+    // After the ack wait 2 comes back (1 does not), delivered a second time.
+    let mut stream = open("auto").await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("the unacked event came back")
+        .unwrap()
+        .unwrap();
+    assert_eq!((back.seq, back.deliveries), (2, 2));
+    stream.close().await.unwrap();
+
+    // Manual ack: nack_after redelivers, ack does not.
+    let mut stream = open("manual").manual_ack().await.unwrap();
+    let one = stream.next().await.unwrap().unwrap();
+    one.ack().await.unwrap();
+    let two = stream.next().await.unwrap().unwrap();
+    assert_eq!(two.seq, 2);
+    two.nack_after(Duration::from_millis(200)).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .unwrap();
+        seen.push((ev.seq, ev.deliveries));
+        ev.ack().await.unwrap();
+    }
+    seen.sort();
+    assert_eq!(seen, [(2, 2), (3, 1), (4, 1)]);
+    drop(stream);
+
+    // handler: Err nacks (delivered again at once), Ok acks.
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = calls.clone();
+    let run = events::consume_with(&client, "work")
+        .group("handled")
+        .handler(move |ev| {
+            let log = log.clone();
+            async move {
+                let mut log = log.lock().unwrap();
+                log.push((ev.seq, ev.deliveries));
+                if ev.seq == 1 && ev.deliveries == 1 {
+                    return Err("not yet");
+                }
+                Ok(())
+            }
+        });
+    let _ = tokio::time::timeout(Duration::from_secs(5), run).await;
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&(1, 1)) && calls.contains(&(1, 2)),
+        "{calls:?}"
+    );
+    assert_eq!(calls.iter().filter(|c| c.0 == 2).count(), 1, "{calls:?}");
+
+    // Read through the framework, newest first.
+    let last = events::read_with(&client, "work")
+        .limit(2)
+        .desc()
+        .await
+        .unwrap();
+    assert_eq!(last.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 3]);
+    // A consumer the framework knows is wrong is refused before sending.
+    assert!(matches!(
+        events::consume_with(&client, "work").manual_ack().await,
+        Err(micro::Error::Invalid(_))
+    ));
 }
