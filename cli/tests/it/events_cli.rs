@@ -615,3 +615,42 @@ async fn framework_consume_acks_after_the_caller_is_done() {
         Err(micro::Error::Invalid(_))
     ));
 }
+
+/// The framework's broker against a real node: a subscriber (in a queue)
+/// gets what is published while it is connected, headers and JSON body
+/// intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framework_broker_publish_subscribe() {
+    use micro::broker;
+    let s = Server::start();
+    let client = s.client("micro").await;
+    let mut sub = broker::subscribe_with(&client, "health")
+        .queue("q")
+        .await
+        .unwrap();
+    // Nothing is stored: publish until the subscription (once registered)
+    // receives one.
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        let publisher = client.clone();
+        let pump = tokio::spawn(async move {
+            loop {
+                broker::publish_with(&publisher, "health", &serde_json::json!({"ok": true}))
+                    .header("from", "test")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let msg = sub.next().await;
+        pump.abort();
+        msg
+    })
+    .await
+    .expect("a message arrived")
+    .expect("the subscription is open")
+    .unwrap();
+    assert_eq!(got.topic, "health");
+    assert_eq!(got.header.get("from").map(String::as_str), Some("test"));
+    let body: serde_json::Value = got.unmarshal().unwrap();
+    assert_eq!(body, serde_json::json!({"ok": true}));
+}
