@@ -624,13 +624,13 @@ async fn framework_broker_publish_subscribe() {
     use micro::broker;
     let s = Server::start();
     let client = s.client("micro").await;
-    let mut sub = broker::subscribe_with(&client, "health")
-        .queue("q")
-        .await
-        .unwrap();
     // Nothing is stored: publish until the subscription (once registered)
     // receives one.
     let got = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut sub = broker::subscribe_with(&client, "health")
+            .queue("q")
+            .await
+            .unwrap();
         let publisher = client.clone();
         let pump = tokio::spawn(async move {
             loop {
