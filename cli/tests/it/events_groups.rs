@@ -427,6 +427,18 @@ async fn bad_consume_and_ack_requests_get_one_sentence_and_change_nothing() {
         },
     )
     .await;
+    // An ack of an event not published yet would hide it: refused.
+    let st = ev
+        .ack(AckRequest {
+            topic: "t".into(),
+            group: "g".into(),
+            seqs: vec![2],
+            ..Default::default()
+        })
+        .await
+        .expect_err("no event 2 yet");
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert_eq!(st.message(), "topic t has no event 2 yet");
     let mut g = consume(&mut ev, group("t", "g")).await;
     publish(&mut ev, "t", "y").await;
     assert_eq!(take(&mut g, 1).await[0].seq, 2, "resumes from its floor");

@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -487,6 +487,7 @@ async fn join_group(
         n => n,
     } as usize;
     let (tx, rx) = mpsc::channel(max_in_flight + 1);
+    let starved = Arc::new(AtomicBool::new(false));
     let id = ev.groups.next_member.fetch_add(1, Ordering::Relaxed);
     let gid: GroupId = (ns, topic, group);
     let leave = {
@@ -508,10 +509,16 @@ async fn join_group(
             tx,
             max_in_flight,
             inflight: HashMap::new(),
+            starved: starved.clone(),
         }));
         cmds
     };
-    Ok(Box::pin(MemberStream { rx, id, leave }))
+    Ok(Box::pin(MemberStream {
+        rx,
+        id,
+        leave,
+        starved,
+    }))
 }
 
 /// Options given to a group that exists must be the ones it was made with.
@@ -552,13 +559,20 @@ struct MemberStream {
     rx: mpsc::Receiver<Result<Event, Status>>,
     id: u64,
     leave: mpsc::UnboundedSender<Cmd>,
+    /// Set by the dispatcher when a full buffer held this member's credit
+    /// back: taking an event then wakes it.
+    starved: Arc<AtomicBool>,
 }
 
 impl Stream for MemberStream {
     type Item = Result<Event, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        let r = self.rx.poll_recv(cx);
+        if matches!(r, Poll::Ready(Some(_))) && self.starved.swap(false, Ordering::Relaxed) {
+            let _ = self.leave.send(Cmd::Drained);
+        }
+        r
     }
 }
 
@@ -574,6 +588,8 @@ impl Drop for MemberStream {
 enum Cmd {
     Join(Member),
     Leave(u64),
+    /// A member whose buffer was full took an event.
+    Drained,
 }
 
 struct Member {
@@ -583,14 +599,23 @@ struct Member {
     /// Events sent to this member and still claimed for it: seq → the
     /// claim's version.
     inflight: HashMap<u64, u64>,
+    starved: Arc<AtomicBool>,
 }
 
 impl Member {
+    /// Events this member may be sent now: within its max in flight, and
+    /// within its buffer less the slot kept for a final status (events
+    /// whose claims expired may still wait there).
     fn credit(&self) -> usize {
         if self.tx.is_closed() {
             return 0;
         }
-        self.max_in_flight.saturating_sub(self.inflight.len())
+        let want = self.max_in_flight.saturating_sub(self.inflight.len());
+        let room = self.tx.capacity().saturating_sub(1);
+        if room < want {
+            self.starved.store(true, Ordering::Relaxed);
+        }
+        want.min(room)
     }
 }
 
@@ -726,6 +751,7 @@ impl Dispatcher {
                     self.release(m.inflight.into_iter().collect());
                 }
             }
+            Cmd::Drained => {}
         }
     }
 
@@ -1089,6 +1115,18 @@ pub async fn ack(ev: &Arc<Events>, ns: &str, req: AckRequest) -> Result<AckRespo
             return Err(no_group(&req.topic, &req.group));
         }
     }
+    // An ack of an event not published yet would hide it when it is.
+    let highest = req.seqs.iter().copied().max().unwrap_or(0);
+    let stored = |ev: &Events| last_seq(ev.replica.reader(), ns, &req.topic, now_millis());
+    if stored(ev)?.unwrap_or(0) < highest {
+        barrier(&ev.replica, false).await?;
+        if stored(ev)?.unwrap_or(0) < highest {
+            return Err(Status::invalid_argument(format!(
+                "topic {} has no event {highest} yet",
+                req.topic
+            )));
+        }
+    }
     if req.nack {
         nack(ev, ns, &req).await?;
         return Ok(AckResponse {});
@@ -1439,6 +1477,8 @@ mod tests {
             let e = s.next().await.expect("an event").expect("no error");
             assert_eq!(e.seq, want);
         }
+        let more = tokio::time::timeout(Duration::from_millis(300), s.next()).await;
+        assert!(more.is_err(), "four in flight: no fifth before an ack");
         // Acks of 1, 2 and 4: the floor moves over 1 and 2 (the leader's
         // keeper), 4 stays acked above it, 3 is pending, 5 and 6 come next.
         ack(
