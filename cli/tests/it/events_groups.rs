@@ -451,6 +451,28 @@ async fn bad_consume_and_ack_requests_get_one_sentence_and_change_nothing() {
         .expect("read")
         .into_inner();
     assert_eq!(read.events.len(), 2, "the topic is as it was");
+
+    // A node shutting down ends its consumers' streams with unavailable
+    // (and is not held up by them).
+    let mut all = consume(&mut ev, plain("t")).await;
+    take(&mut all, 2).await;
+    // (From another thread: this runtime must go on driving the client.)
+    let stopper = tokio::task::spawn_blocking(move || {
+        let mut s = s;
+        s.terminate()
+    });
+    for stream in [&mut g, &mut all] {
+        let end = tokio::time::timeout(Duration::from_secs(15), stream.message())
+            .await
+            .expect("the stream ends");
+        let st = end.expect_err("with a status");
+        assert_eq!(st.code(), Code::Unavailable, "{st}");
+    }
+    assert_eq!(
+        stopper.await.expect("terminate"),
+        Some(0),
+        "a clean exit with open streams"
+    );
 }
 
 #[tokio::test]
