@@ -478,6 +478,9 @@ async fn join_group(
         .when(Cond::Absent(gkey.clone()));
         txn.now = now;
         if ev.replica.write(txn).await.map_err(status)?.succeeded {
+            // Through a follower the write returns once the leader applied
+            // it: the dispatcher here reads the local replica.
+            barrier(&ev.replica, false).await?;
             break;
         }
         // Another consumer created it meanwhile: check against that one.
@@ -821,29 +824,46 @@ impl Dispatcher {
         let fatal = Stop::End;
         let now = now_millis();
         let r = self.ev.replica.reader().clone();
-        let Some(grec) = r
-            .get(&keys::group_key(&ns, &topic, &group), now)
-            .map_err(|e| Stop::Pause(status(e)))?
-        else {
-            return Err(Stop::End(deleted(&topic, &group)));
-        };
-        let cfg: GroupConfig = keys::decode("group", &grec.value).map_err(fatal)?;
+        let gkey = keys::group_key(&ns, &topic, &group);
         let fkey = keys::floor_key(&ns, &topic, &group);
-        let Some(frec) = r.get(&fkey, now).map_err(|e| Stop::Pause(status(e)))? else {
-            return Err(Stop::End(deleted(&topic, &group)));
+        let read = |r: &Reader| -> Result<_, Stop> {
+            let g = r.get(&gkey, now).map_err(|e| Stop::Pause(status(e)))?;
+            let f = r.get(&fkey, now).map_err(|e| Stop::Pause(status(e)))?;
+            Ok(g.zip(f))
         };
+        let found = match read(&r)? {
+            Some(found) => found,
+            // Gone here, or not applied here yet: the barrier decides.
+            None => {
+                self.ev
+                    .replica
+                    .linearize()
+                    .await
+                    .map_err(|e| Stop::Pause(status(e)))?;
+                read(&r)?.ok_or_else(|| Stop::End(deleted(&topic, &group)))?
+            }
+        };
+        let (grec, frec) = found;
+        let cfg: GroupConfig = keys::decode("group", &grec.value).map_err(fatal)?;
         let floor = keys::decode_floor(&frec.value).map_err(Stop::End)?;
         let claims = read_claims(&r, &ns, &topic, &group, now).map_err(Stop::Pause)?;
         let acked = read_acked(&r, &ns, &topic, &group, now).map_err(Stop::Pause)?;
 
-        // Credit comes back for events acked, nacked, expired or taken over.
+        // Credit comes back for events acked, nacked, expired or taken
+        // over. A claim this node made that the local replica has not
+        // applied yet (writes through a follower return once the leader
+        // applied them) shows as absent or older: still held.
         for m in &mut self.members {
-            m.inflight.retain(|seq, ver| {
-                claims
-                    .get(seq)
-                    .is_some_and(|(c, v)| v == ver && c.deadline > now)
+            m.inflight.retain(|seq, ver| match claims.get(seq) {
+                Some((c, v)) => (*v == *ver && c.deadline > now) || *v < *ver,
+                None => *seq > floor && !acked.contains(seq),
             });
         }
+        let held: BTreeSet<u64> = self
+            .members
+            .iter()
+            .flat_map(|m| m.inflight.keys().copied())
+            .collect();
         let mut wake = claims
             .iter()
             .filter(|(s, (c, _))| **s > floor && c.deadline > now)
@@ -869,7 +889,7 @@ impl Dispatcher {
         while seq <= last && picked.len() < want && dead.len() < CLAIM_BATCH {
             let s = seq;
             seq += 1;
-            if acked.contains(&s) {
+            if acked.contains(&s) || held.contains(&s) {
                 continue;
             }
             let prior = match claims.get(&s) {
