@@ -517,8 +517,9 @@ async fn group_members_on_any_node_get_events_and_resume_after_their_node_dies()
         match next(&mut again, 20_000).await {
             Some(e) => got.push(e),
             None => panic!(
-                "got {:?} of 7..=10; node 3's log: {}",
+                "got {:?} of 7..=10; node 1: {}\nnode 3: {}",
                 seqs(&got),
+                nodes[0].log(),
                 nodes[2].log()
             ),
         }
