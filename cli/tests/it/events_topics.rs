@@ -409,8 +409,11 @@ async fn retention_by_age_discards_old_events() {
     put(&mut ev, "ticks", "2").await;
     wait_for_seqs(&mut ev, "ticks", &[], 10).await;
     assert_eq!(info(&mut ev, "ticks").await.count, 0);
-    assert_eq!(put(&mut ev, "ticks", "3").await, 3);
-    assert_eq!(seqs(&mut ev, "ticks").await, vec![3], "a new event is kept");
+    assert_eq!(
+        put(&mut ev, "ticks", "3").await,
+        3,
+        "the topic goes on after its events aged out"
+    );
 }
 
 #[tokio::test]

@@ -296,7 +296,8 @@ impl Index {
 
 /// The topic index of this node (see the module docs). A std mutex: it is
 /// never held across an await; a scan that builds a topic's entry holds
-/// it, in the blocking pool.
+/// it, in the blocking pool (the change follower waits for it meanwhile,
+/// which is rare: once per topic after a start, a `Reset` or a lag).
 #[derive(Debug, Default)]
 pub struct Topics {
     index: Arc<Mutex<Index>>,
