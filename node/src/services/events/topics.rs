@@ -97,6 +97,11 @@ fn fresh_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// The most bytes of stored events one read returns (always at least one
+/// event): well within the 8 MiB a gRPC message may carry. A read that
+/// stops early returns fewer events than asked; reading on from the last
+/// sequence + 1 gets the rest.
+pub const MAX_READ_BYTES: usize = 4 * 1024 * 1024;
 /// How often the leader enforces retention.
 pub const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// The most events one retention entry removes.
@@ -601,6 +606,7 @@ pub async fn read(ev: &Events, ns: &str, req: ReadRequest) -> Result<ReadRespons
     let reader = ev.replica.reader();
     let now = now_millis();
     let mut events = Vec::new();
+    let mut bytes = 0;
     for item in reader
         .scan_from(&prefix, &from, now, req.desc)
         .take(limit as usize)
@@ -609,6 +615,10 @@ pub async fn read(ev: &Events, ns: &str, req: ReadRequest) -> Result<ReadRespons
         let Some(seq) = keys::seq_of(&key) else {
             continue;
         };
+        bytes += rec.value.len();
+        if bytes > MAX_READ_BYTES && !events.is_empty() {
+            break;
+        }
         events.push(keys::decode_event(&req.topic, seq, &rec.value)?);
     }
     if events.is_empty() && !exists(reader, ns, &req.topic)? {
