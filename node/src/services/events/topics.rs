@@ -465,7 +465,8 @@ fn retained_topics(reader: &Reader) -> Result<Vec<(String, String, Retention)>, 
     Ok(out)
 }
 
-/// One round of retention on the leader.
+/// One round of retention on the leader. A topic that fails is reported
+/// and the round goes on; a write the cluster cannot take ends it.
 async fn enforce_retention(ev: &Events) -> Result<(), Status> {
     let reader = ev.replica.reader().clone();
     let topics = {
@@ -475,24 +476,47 @@ async fn enforce_retention(ev: &Events) -> Result<(), Status> {
             .map_err(|e| Status::internal(format!("the retention scan failed: {e}")))??
     };
     for (ns, topic, retention) in topics {
-        let now = now_millis();
-        let upto = ev
-            .topics
-            .query(&reader, &ns, &topic, move |t| t.trim(&retention, now))
-            .await?;
-        let Some(upto) = upto else { continue };
-        let range = Op::DeleteRange {
-            start: keys::log_key(&ns, &topic, 0),
-            end: keys::log_key(&ns, &topic, upto.saturating_add(1)),
-            limit: TRIM_PER_ENTRY,
-        };
-        for _ in 0..TRIM_ENTRIES_PER_ROUND {
-            let mut txn = Txn::ops(vec![range.clone()]);
-            txn.now = now;
-            let done = ev.replica.write(txn).await.map_err(status)?;
-            if done.deleted < u64::from(TRIM_PER_ENTRY) {
-                break;
+        match trim_topic(ev, &reader, &ns, &topic, retention).await {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                return Err(e)
             }
+            Err(e) => tracing::warn!("events retention of {ns}/{topic}: {}", e.message()),
+        }
+    }
+    Ok(())
+}
+
+/// Removes a topic's events beyond its retention, judged now.
+async fn trim_topic(
+    ev: &Events,
+    reader: &Reader,
+    ns: &str,
+    topic: &str,
+    retention: Retention,
+) -> Result<(), Status> {
+    let now = now_millis();
+    let upto = ev
+        .topics
+        .query(reader, ns, topic, move |t| t.trim(&retention, now))
+        .await?;
+    let Some(upto) = upto else { return Ok(()) };
+    let range = Op::DeleteRange {
+        start: keys::log_key(ns, topic, 0),
+        end: keys::log_key(ns, topic, upto.saturating_add(1)),
+        limit: TRIM_PER_ENTRY,
+    };
+    for _ in 0..TRIM_ENTRIES_PER_ROUND {
+        let mut txn = Txn::ops(vec![range.clone()]);
+        txn.now = now;
+        let done = ev.replica.write(txn).await.map_err(status)?;
+        if done.deleted < u64::from(TRIM_PER_ENTRY) {
+            break;
         }
     }
     Ok(())
