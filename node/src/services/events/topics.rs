@@ -10,7 +10,11 @@
 //!
 //! A read seeks to its start ([`micro_raft::Reader::scan_from`]): reading
 //! from sequence N of a long log costs one seek, not a walk over the N
-//! events before it.
+//! events before it. It returns at most [`MAX_READ`] events and about
+//! [`MAX_READ_BYTES`] (always at least one event).
+//!
+//! Info's `bytes` is the stored size: each event's encoded record (payload,
+//! metadata, id and timestamp).
 //!
 //! The topic index ([`Topics`]) is kept by every node from the change
 //! stream: per topic it holds one 24-byte slot (sequence, timestamp,
