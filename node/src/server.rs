@@ -40,12 +40,14 @@ use crate::secrets::SecretBox;
 use crate::services::auth::{
     AccountsService, AuthService, AuthStore, RulesService, DEFAULT_ADMIN_PASSWORD,
 };
+use crate::services::broker::{Broker, BrokerService};
 use crate::services::events::{Events, EventsService};
 use crate::services::runtime::{Manager, RuntimeOptions, RuntimeService};
 use crate::services::{config::ConfigService, registry, store::StoreService};
 use micro_proto::auth::{
     accounts_server::AccountsServer, auth_server::AuthServer, rules_server::RulesServer,
 };
+use micro_proto::broker::broker_server::BrokerServer;
 use micro_proto::cluster::cluster_server::ClusterServer;
 use micro_proto::events::events_server::EventsServer;
 use tonic::service::Routes;
@@ -449,6 +451,7 @@ pub async fn run(
             proxy_cert: opts.tls.as_ref().map(|t| absolute(&t.cert)),
         },
     );
+    let broker = Broker::start(cluster.clone());
     // Core services by their paths; everything else goes to the router.
     let routes = Routes::new(health_service)
         .add_service(reflection)
@@ -478,6 +481,11 @@ pub async fn run(
         )
         .add_service(
             EventsServer::new(EventsService::new(Events::start(replica.clone(), id)))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            BrokerServer::new(BrokerService::new(broker.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
@@ -518,6 +526,7 @@ pub async fn run(
             cluster.clone(),
             local_stack.clone(),
             router.clone(),
+            broker,
         )))
         .serve_with_incoming_shutdown(member_conns, stopped());
     let cluster_server = tokio::spawn(cluster_server);
