@@ -1,5 +1,6 @@
 //! The server side of the cluster port: the `Peer` service (join, admit,
-//! Raft RPCs, forwarded writes and read barriers, status) and, for every
+//! Raft RPCs, forwarded writes and read barriers, status, the broker's
+//! deliveries and interest from other nodes) and, for every
 //! other path, the node's own gRPC stack or one of its local service
 //! instances, for calls other nodes proxy here.
 //!
