@@ -526,7 +526,7 @@ pub async fn run(
             cluster.clone(),
             local_stack.clone(),
             router.clone(),
-            broker,
+            broker.clone(),
         )))
         .serve_with_incoming_shutdown(member_conns, stopped());
     let cluster_server = tokio::spawn(cluster_server);
@@ -687,6 +687,8 @@ pub async fn run(
     {
         tracing::info!("could not deregister this node's services (no quorum); they will expire");
     }
+    // Open subscriptions would hold the gRPC server's drain up.
+    broker.close();
     let _ = stop_tx.send(true);
     let grpc_result = grpc.await;
     let _ = api.await;

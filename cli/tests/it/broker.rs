@@ -226,3 +226,22 @@ async fn the_gateway_streams_a_subscription_as_server_sent_events() {
     }
     assert!(seen.contains(wanted), "{seen}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_ends_its_subscriptions_and_exits() {
+    let mut s = Server::start();
+    let mut sub = subscribe(&s, "t", "").await;
+    let started = Instant::now();
+    let code = tokio::task::block_in_place(|| s.terminate());
+    assert_eq!(code, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a connected subscriber held the node up for {:?}",
+        started.elapsed()
+    );
+    let end = tokio::time::timeout(Duration::from_secs(2), sub.message()).await;
+    assert!(
+        matches!(end, Ok(Ok(None)) | Ok(Err(_))),
+        "the subscription ended: {end:?}"
+    );
+}

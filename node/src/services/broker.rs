@@ -7,7 +7,8 @@
 //!   node, each with a bounded queue of [`SUBSCRIBER_QUEUE`] messages. A
 //!   subscriber whose queue is full misses the message (counted, logged at
 //!   debug): a publisher never waits for a slow subscriber. A subscriber
-//!   that disconnects is removed at once (its stream's drop guard).
+//!   that disconnects is removed at once (its stream's drop guard); when
+//!   the node stops, every subscription ends ([`Broker::close`]).
 //! * Queue groups: subscribers of a topic with the same `queue` share its
 //!   messages; each message goes to one member cluster-wide, a member on
 //!   the publishing node if it has one, else one on a node picked at random
@@ -136,6 +137,14 @@ impl Broker {
     /// Messages subscribers on this node missed because their queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Ends every subscription on this node (it is stopping): their streams
+    /// end, so the gRPC server can drain instead of waiting for them.
+    pub fn close(&self) {
+        let subscribers = std::mem::take(&mut *lock(&self.hub));
+        drop(subscribers);
+        self.changed.notify_one();
     }
 
     /// Adds a subscriber; it stays until the returned guard is dropped.
