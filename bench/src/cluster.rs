@@ -42,7 +42,7 @@ struct ServerProc {
 }
 
 /// The nodes of a `cluster` run and the CLI's temporary HOME.
-struct Cluster {
+pub struct Cluster {
     micro: PathBuf,
     home: tempfile::TempDir,
     nodes: Vec<ServerProc>,
@@ -78,6 +78,112 @@ fn no_micro_env(cmd: &mut tokio::process::Command) {
 }
 
 impl Cluster {
+    /// A cluster of no node yet, run with the `micro` binary next to this
+    /// one and a temporary HOME for the CLI.
+    pub fn new() -> Result<Cluster, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let micro = exe
+            .parent()
+            .map(|d| d.join("micro"))
+            .filter(|m| m.exists())
+            .ok_or_else(|| {
+                format!(
+                    "no `micro` next to {}: build it with `cargo build --release -p micro-cli`",
+                    exe.display()
+                )
+            })?;
+        let home = tempfile::Builder::new()
+            .prefix("micro-bench-home-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        Ok(Cluster {
+            micro,
+            home,
+            nodes: Vec::new(),
+        })
+    }
+
+    /// Starts `nodes` servers, node i on 127.0.0.i: the first founds the
+    /// cluster, the others join it one after the other; returns once every
+    /// node is a voter (or the leader) and seen alive, with the leader's
+    /// Raft id. Leaves a CLI session on every node (environment `n<i>`).
+    pub async fn form(&mut self, nodes: usize) -> Result<u64, String> {
+        let forming = Instant::now();
+
+        // The founder, and a session on it that can read the join token.
+        self.start_server(None).await?;
+        let first = &self.nodes[0];
+        let (env1, proxy1, seed) = (
+            first.env.clone(),
+            first.proxy.clone(),
+            first.cluster.clone(),
+        );
+        self.cli(&["env", "add", &env1, &proxy1]).await?;
+        self.cli(&["env", "set", &env1]).await?;
+        self.cli(&["login", "--username", "admin", "--password", "micro"])
+            .await?;
+        let token = self.cli(&["cluster", "token"]).await?.trim().to_string();
+        if token.is_empty() {
+            return Err("`micro cluster token` printed nothing".into());
+        }
+
+        // The others join through the founder, one after the other.
+        for _ in 1..nodes {
+            self.start_server(Some((&seed, &token))).await?;
+        }
+
+        // Formed: every node listed, a voter or the leader, and seen alive.
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.node_id).collect();
+        let deadline = Instant::now() + CLUSTER_PATIENCE;
+        let leader_id = loop {
+            let seen = self.members(&env1).await.unwrap_or_default();
+            let formed = seen.len() == ids.len()
+                && seen.iter().all(|m| {
+                    ids.contains(&m.id)
+                        && m.gossip == "alive"
+                        && (m.role == "leader" || m.role == "voter")
+                });
+            let leader = seen.iter().find(|m| m.role == "leader").map(|m| m.id);
+            if let (true, Some(id)) = (formed, leader) {
+                break id;
+            }
+            if Instant::now() > deadline {
+                let last = self
+                    .cli(&["cluster", "members"])
+                    .await
+                    .unwrap_or_else(|e| e);
+                return Err(format!(
+                    "the cluster did not form within {} s; last members table:\n{last}",
+                    CLUSTER_PATIENCE.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        println!(
+            "cluster formed in {:.1} s: node ids {}",
+            forming.elapsed().as_secs_f64(),
+            ids.iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // A session on every other node too, for asking a survivor who leads.
+        for node in &self.nodes[1..] {
+            self.cli(&["env", "add", &node.env, &node.proxy]).await?;
+            self.cli(&[
+                "--env",
+                &node.env,
+                "login",
+                "--username",
+                "admin",
+                "--password",
+                "micro",
+            ])
+            .await?;
+        }
+        Ok(leader_id)
+    }
+
     /// Runs `micro ARGS` with the benchmark's HOME; its stdout, or why it failed.
     async fn cli(&self, args: &[&str]) -> Result<String, String> {
         let mut cmd = tokio::process::Command::new(&self.micro);
@@ -213,7 +319,7 @@ impl Cluster {
 
     /// SIGTERM to every running server, up to 10 s for them to exit, then
     /// SIGKILL to those still running.
-    async fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         for node in &self.nodes {
             if let Some(pid) = node.child.as_ref().and_then(|c| c.id()) {
                 let _ = tokio::process::Command::new("kill")
@@ -242,7 +348,7 @@ impl Cluster {
 
     /// Keeps the nodes' directories (normally removed) and prints where
     /// their logs are.
-    fn keep_logs(&mut self) {
+    pub fn keep_logs(&mut self) {
         for (i, node) in std::mem::take(&mut self.nodes).into_iter().enumerate() {
             let dir = node.dir.keep();
             eprintln!(
@@ -253,6 +359,43 @@ impl Cluster {
                 dir.display()
             );
         }
+    }
+
+    /// How many nodes were started.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The gRPC endpoint of node `i` (0-based).
+    pub fn proxy(&self, i: usize) -> &str {
+        &self.nodes[i].proxy
+    }
+
+    /// The `micro` binary the servers run.
+    pub fn micro(&self) -> &std::path::Path {
+        &self.micro
+    }
+
+    /// The process ids of the running servers (for their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().and_then(|c| c.id()))
+            .collect()
+    }
+
+    /// The index of the node that leads now, as node 1 sees it.
+    pub async fn leader(&self) -> Result<usize, String> {
+        if self.nodes.len() == 1 {
+            return Ok(0);
+        }
+        let members = self.members(&self.nodes[0].env).await?;
+        let id = members
+            .iter()
+            .find(|m| m.role == "leader")
+            .map(|m| m.id)
+            .ok_or("the cluster has no leader")?;
+        self.index_of(id)
     }
 
     /// The index of the node with Raft id `id`.
@@ -273,26 +416,7 @@ pub async fn cluster(
     if !(1..=9).contains(&nodes) {
         return Err("--nodes must be between 1 and 9".into());
     }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let micro = exe
-        .parent()
-        .map(|d| d.join("micro"))
-        .filter(|m| m.exists())
-        .ok_or_else(|| {
-            format!(
-                "no `micro` next to {}: build it with `cargo build --release -p micro-cli`",
-                exe.display()
-            )
-        })?;
-    let home = tempfile::Builder::new()
-        .prefix("micro-bench-home-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    let mut c = Cluster {
-        micro,
-        home,
-        nodes: Vec::new(),
-    };
+    let mut c = Cluster::new()?;
     let started = Instant::now();
     let result = cluster_run(&mut c, nodes, clients, seconds, value_size).await;
     c.stop().await;
@@ -314,76 +438,8 @@ async fn cluster_run(
     println!(
         "micro-bench cluster: {nodes} `micro server` processes on 127.0.0.1..{nodes}, {clients} clients, {value_size}-byte values, {seconds}s per phase"
     );
-    let forming = Instant::now();
-
-    // The founder, and a session on it that can read the join token.
-    c.start_server(None).await?;
-    let first = &c.nodes[0];
-    let (env1, proxy1, seed) = (
-        first.env.clone(),
-        first.proxy.clone(),
-        first.cluster.clone(),
-    );
-    c.cli(&["env", "add", &env1, &proxy1]).await?;
-    c.cli(&["env", "set", &env1]).await?;
-    c.cli(&["login", "--username", "admin", "--password", "micro"])
-        .await?;
-    let token = c.cli(&["cluster", "token"]).await?.trim().to_string();
-    if token.is_empty() {
-        return Err("`micro cluster token` printed nothing".into());
-    }
-
-    // The others join through the founder, one after the other.
-    for _ in 1..nodes {
-        c.start_server(Some((&seed, &token))).await?;
-    }
-
-    // Formed: every node listed, a voter or the leader, and seen alive.
-    let ids: Vec<u64> = c.nodes.iter().map(|n| n.node_id).collect();
-    let deadline = Instant::now() + CLUSTER_PATIENCE;
-    let leader_id = loop {
-        let seen = c.members(&env1).await.unwrap_or_default();
-        let formed = seen.len() == ids.len()
-            && seen.iter().all(|m| {
-                ids.contains(&m.id)
-                    && m.gossip == "alive"
-                    && (m.role == "leader" || m.role == "voter")
-            });
-        let leader = seen.iter().find(|m| m.role == "leader").map(|m| m.id);
-        if let (true, Some(id)) = (formed, leader) {
-            break id;
-        }
-        if Instant::now() > deadline {
-            let last = c.cli(&["cluster", "members"]).await.unwrap_or_else(|e| e);
-            return Err(format!(
-                "the cluster did not form within {} s; last members table:\n{last}",
-                CLUSTER_PATIENCE.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    println!(
-        "cluster formed in {:.1} s: node ids {}",
-        forming.elapsed().as_secs_f64(),
-        ids.iter()
-            .map(|id| id.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    // A session on every other node too, for asking a survivor who leads.
-    for node in &c.nodes[1..] {
-        c.cli(&["env", "add", &node.env, &node.proxy]).await?;
-        c.cli(&[
-            "--env",
-            &node.env,
-            "login",
-            "--username",
-            "admin",
-            "--password",
-            "micro",
-        ])
-        .await?;
-    }
+    let leader_id = c.form(nodes).await?;
+    let env1 = c.nodes[0].env.clone();
 
     let leader = c.index_of(leader_id)?;
     let follower = (0..nodes).find(|&i| i != leader);

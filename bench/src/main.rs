@@ -32,7 +32,10 @@
 //! end; on failure their directories are kept and their logs named.
 
 mod cluster;
+mod cpu;
+mod events;
 mod helloworld;
+mod nats;
 mod phase;
 mod store;
 
@@ -90,6 +93,34 @@ enum What {
         #[arg(long, default_value_t = 100)]
         value_size: usize,
     },
+    /// Events and broker on 1- and 3-node clusters next to nats-server -js
+    /// (JetStream R1 and R3) and core NATS, started by this run
+    Events {
+        /// Seconds per case, for each system in each round
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds; they alternate which system goes first
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Concurrent publishers of the publish cases, each awaiting its ack
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        publishers: Vec<usize>,
+        /// Publishes per second of the publish→consume case
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Broker subscribers of the fan-out case, spread over the 3 nodes
+        #[arg(long, default_value_t = 6)]
+        subscribers: usize,
+        /// Broker publishers of the fan-out case, spread over the 3 nodes
+        #[arg(long, default_value_t = 16)]
+        fanout_publishers: usize,
+        /// Payload bytes
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// The cases to run (publish, latency, fanout); default all
+        #[arg(long, value_delimiter = ',')]
+        cases: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -119,6 +150,28 @@ fn main() -> std::process::ExitCode {
                 seconds,
                 value_size,
             } => cluster::cluster(nodes, clients, seconds, value_size).await,
+            What::Events {
+                seconds,
+                rounds,
+                publishers,
+                rate,
+                subscribers,
+                fanout_publishers,
+                payload,
+                cases,
+            } => {
+                events::events(events::Opts {
+                    seconds,
+                    rounds,
+                    publishers,
+                    rate,
+                    subscribers,
+                    fanout_publishers,
+                    payload,
+                    cases,
+                })
+                .await
+            }
         }
     });
     match result {
