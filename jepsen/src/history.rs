@@ -58,10 +58,13 @@ pub enum Kind {
     /// registering the test service `value` through the registry (`key`
     /// is its name)
     Register,
+    /// publishing the event `value` (also its message id) to the topic
+    /// `key`; `version` is the sequence the reply gave
+    Publish,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::WriteUnique,
         Kind::ReadUnique,
         Kind::WriteRegister,
@@ -70,6 +73,7 @@ impl Kind {
         Kind::Append,
         Kind::ReadList,
         Kind::Register,
+        Kind::Publish,
     ];
 
     /// Whether `value` is what the op stored at `key` (a write or a CAS).
@@ -103,6 +107,7 @@ impl Kind {
             Kind::Append => "append to list",
             Kind::ReadList => "read list",
             Kind::Register => "register service",
+            Kind::Publish => "publish event",
         }
     }
 }
@@ -225,6 +230,10 @@ impl fmt::Display for Op {
             },
             Kind::ReadList => format!("read   {:<8}", self.key),
             Kind::Register => format!("register service {}", self.key),
+            Kind::Publish => match self.version {
+                Some(seq) => format!("publish {:<8} {} -> seq {seq}", self.key, show(&self.value)),
+                None => format!("publish {:<8} {}", self.key, show(&self.value)),
+            },
         };
         let outcome = match self.outcome {
             Outcome::Ok => "ok".to_string(),

@@ -16,6 +16,7 @@
 
 mod checker;
 mod cluster;
+mod events;
 mod history;
 mod lazyfs;
 mod nemesis;
@@ -362,6 +363,20 @@ async fn exercise(
         stop.clone(),
         Duration::from_secs(args.op_timeout.max(1)),
     ));
+    let event_log = Arc::new(events::Log::default());
+    let consumers = if args.workload.contains(&Workload::Events) {
+        events::spawn_consumers(
+            cluster.addrs.clone(),
+            slots,
+            seed,
+            Duration::from_secs(args.op_timeout.max(1)),
+            clock,
+            stop.clone(),
+            event_log.clone(),
+        )
+    } else {
+        Vec::new()
+    };
     println!(
         "{} workload started: {clients} clients for {}s",
         clock.stamp(),
@@ -426,6 +441,9 @@ async fn exercise(
         parts.push(t.await.context("a client task panicked")?);
     }
     parts.push(registrar.await.context("the registry task panicked")?);
+    for c in consumers {
+        c.await.context("an events consumer panicked")?;
+    }
     let mut history = history::merge(parts);
     println!(
         "{} clients done: {} ops; waiting for a healthy cluster",
@@ -465,9 +483,34 @@ async fn exercise(
     )
     .await;
     history::append(&mut history, finals);
+    let event_finals = if args.workload.contains(&Workload::Events) {
+        println!(
+            "{} reading the topic on every node and draining the group",
+            clock.stamp()
+        );
+        Some(events::final_phase(cluster.addrs.clone(), &nodes, clock, &event_log).await)
+    } else {
+        None
+    };
     println!("{} checking {} ops", clock.stamp(), history.len());
 
     let (mut violations, notes) = checker::check(&history, &scans, &nodes);
+    if let Some(finals) = &event_finals {
+        let (deliveries, acks, streams) = event_log.snapshot();
+        let (found, n) = checker::events::check(&history, &deliveries, &acks, &streams, finals);
+        println!(
+            "{} events: {} stored; {} group deliveries ({} redeliveries, {} in the final drain), {} plain-stream deliveries; acks: {} ok, {} failed or unknown",
+            clock.stamp(),
+            n.stored,
+            n.group_deliveries,
+            n.redeliveries,
+            n.drained,
+            n.plain_deliveries,
+            n.acks_ok,
+            n.acks_other
+        );
+        violations.extend(found);
+    }
     println!(
         "{} checked in {:.1}s ({} keys searched for a linearization, {} ops, {} steps; \
          unknown writes: {} shown applied, {} never seen and left out)",
@@ -520,6 +563,12 @@ async fn exercise(
         workload_end_us,
     };
     let written = report::write(root, &info, &history, &spans, &violations)?;
+    if event_finals.is_some() {
+        let path = root.join("events.log");
+        if let Err(e) = event_log.write(&path) {
+            println!("cannot write {}: {e}", path.display());
+        }
+    }
     println!(
         "{}  · results in {}",
         report::summary_line(&history, spans.len(), violations.len()),

@@ -17,6 +17,9 @@
 //!   one starts from a fresh read), 40% reads.
 //! * `unique`: 70% writes of a fresh key `w/<c>/<n>` = `<c>-<n>`, 30% reads
 //!   of a unique key some client has had acknowledged.
+//! * `events`: publishes of a unique event `<c>-<n>` (also its message id)
+//!   to the topic [`crate::events::TOPIC`]; the consumers and the final
+//!   reads of the topic are in [`crate::events`].
 //!
 //! Register and list keys rotate: a few are live at a time, and each is
 //! retired for a fresh one after [`OPS_PER_KEY`] ops, which bounds the
@@ -67,6 +70,9 @@ pub enum Workload {
     Append,
     /// write fresh keys w/<c>/<n> once, read acknowledged ones back
     Unique,
+    /// publish unique events to a topic, consumed by a group and by plain
+    /// streams on every node (see `events`)
+    Events,
 }
 
 /// The live keys of one kind: each slot holds a key until it has had its
@@ -142,7 +148,7 @@ pub struct ClientConfig {
     pub stale_reads: bool,
 }
 
-fn describe(s: &tonic::Status) -> String {
+pub(crate) fn describe(s: &tonic::Status) -> String {
     let mut m = format!("{:?}: {}", s.code(), s.message());
     if m.len() > 160 {
         let mut cut = 160;
@@ -156,7 +162,7 @@ fn describe(s: &tonic::Status) -> String {
 }
 
 /// The outcome of a write that got an error status.
-fn write_error(s: &tonic::Status) -> Outcome {
+pub(crate) fn write_error(s: &tonic::Status) -> Outcome {
     use tonic::Code::*;
     match s.code() {
         // Refused before anything was proposed, or a compare-and-set whose
@@ -422,6 +428,11 @@ pub async fn client(
                         ops.push(op);
                     }
                 }
+            }
+            Workload::Events => {
+                let op = crate::events::publish(client, who, &value, limit, clock).await;
+                reconnect = op.outcome != Outcome::Ok;
+                ops.push(op);
             }
             Workload::Register => {
                 let cost = if roll >= 70 { 2 } else { 1 };

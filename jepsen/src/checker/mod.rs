@@ -44,6 +44,7 @@
 //! linearizable store could have produced.
 
 pub mod append;
+pub mod events;
 pub mod linear;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -70,10 +71,12 @@ pub enum Check {
     Divergence,
     Unverified,
     Recovery,
+    DoubleDelivery,
+    Redelivered,
 }
 
 impl Check {
-    pub const ALL: [Check; 12] = [
+    pub const ALL: [Check; 14] = [
         Check::NotLinearizable,
         Check::LostWrite,
         Check::Phantom,
@@ -86,6 +89,8 @@ impl Check {
         Check::Divergence,
         Check::Unverified,
         Check::Recovery,
+        Check::DoubleDelivery,
+        Check::Redelivered,
     ];
 
     pub fn name(self) -> &'static str {
@@ -102,6 +107,8 @@ impl Check {
             Check::Divergence => "divergence",
             Check::Unverified => "unverified",
             Check::Recovery => "recovery",
+            Check::DoubleDelivery => "double-delivery",
+            Check::Redelivered => "redelivered",
         }
     }
 }
@@ -130,7 +137,16 @@ checked:
                       scanned prefixes and test services
   unverified          a final read, scan or service listing that failed after 30 s of retries
   recovery            a killed node that would not start again, or a cluster that was not healthy
-                      within 60 s of healing, or refused writes";
+                      within 60 s of healing, or refused writes
+events (with --workload events):
+  lost-write          an acknowledged publish is at the sequence its reply gave, on every node; every
+                      stored event reached the group (acked, an ack of unknown outcome, or drained)
+  duplicate/phantom   no payload stored twice; none no one published; none whose publish failed
+  incompatible-order  every consumer got what is stored at each sequence; a plain stream gets its
+                      sequences one after another from its start
+  double-delivery     no two deliveries of one event to the group with the same delivery count
+  redelivered         the final drain gets no event whose ack had succeeded
+  divergence          every node stores the same topic";
 
 /// One violation, with the operations that show it.
 pub struct Violation {
