@@ -555,7 +555,10 @@ fn decode(p: &[u8]) -> Option<(u8, u64)> {
 
 /// A gRPC status as one line.
 fn status_line(what: &str, s: &tonic::Status) -> String {
-    if s.code() == tonic::Code::Unimplemented {
+    // Unimplemented: the service exists, the call not yet; NotFound
+    // "service ... not found": the node has no such service at all.
+    let absent = s.code() == tonic::Code::NotFound && s.message().starts_with("service ");
+    if s.code() == tonic::Code::Unimplemented || absent {
         format!("{what} is not served by this micro build ({})", s.message())
     } else {
         format!("{what}: {:?}: {}", s.code(), s.message())

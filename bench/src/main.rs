@@ -5,6 +5,9 @@
 //! micro-bench store [--address HOST:PORT] [--clients 16] [--seconds 10] [--value-size 100]
 //! micro-bench helloworld [--clients 16] [--seconds 10]
 //! micro-bench cluster [--nodes 3] [--clients 16] [--seconds 10] [--value-size 100]
+//! micro-bench events [--seconds 5] [--rounds 2] [--publishers 1,16,64] [--rate 200]
+//!                    [--subscribers 6] [--fanout-publishers 16] [--payload 100]
+//!                    [--cases publish,latency,fanout]
 //! ```
 //!
 //! Without `--address` it starts a node in this process on loopback, with a
@@ -30,6 +33,13 @@
 //! between, and the new leader. All nodes run on this machine, so the
 //! figures include every node's CPU use. The servers are stopped at the
 //! end; on failure their directories are kept and their logs named.
+//!
+//! `events` starts a 1-node and a 3-node cluster the same way, and
+//! `nats-server -js` (1 server, and 3 clustered; installed with apt-get
+//! when missing) in the same run, and measures events publish throughput,
+//! publish-to-consume latency and broker fan-out next to JetStream and
+//! core NATS (see `events.rs` and bench/README.md for what each row
+//! means).
 
 mod cluster;
 mod cpu;
