@@ -449,6 +449,7 @@ pub async fn run(
             proxy_cert: opts.tls.as_ref().map(|t| absolute(&t.cert)),
         },
     );
+    let events = Events::start(replica.clone(), id);
     // Core services by their paths; everything else goes to the router.
     let routes = Routes::new(health_service)
         .add_service(reflection)
@@ -477,7 +478,7 @@ pub async fn run(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            EventsServer::new(EventsService::new(Events::start(replica.clone(), id)))
+            EventsServer::new(EventsService::new(events.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
@@ -678,6 +679,9 @@ pub async fn run(
     {
         tracing::info!("could not deregister this node's services (no quorum); they will expire");
     }
+    // Consumer streams end first, so the gRPC server's graceful shutdown
+    // does not wait on them.
+    events.groups.stop();
     let _ = stop_tx.send(true);
     let grpc_result = grpc.await;
     let _ = api.await;

@@ -28,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -173,7 +174,7 @@ impl Reader {
     }
 
     /// Live records whose keys start with `prefix`, in key order (or reverse
-    /// order), starting after `after` when given.
+    /// order).
     pub fn scan<'a>(
         &'a self,
         prefix: &[u8],
@@ -181,15 +182,66 @@ impl Reader {
         reverse: bool,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Record), crate::Error>> + 'a {
         let start = data_key(prefix);
-        let end = prefix_end(&start);
-        let iter = match end {
-            Some(end) => self.tree.range(start..end),
-            None => self.tree.range(start..),
+        let end = match prefix_end(&start) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
         };
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if reverse {
-            Box::new(iter.rev())
+        self.range(Bound::Included(start), end, now, reverse)
+    }
+
+    /// Live records whose keys start with `prefix`, beginning at `from`
+    /// (included when it exists): in key order the keys at or after it, in
+    /// reverse order the keys at or before it. One seek to `from`, however
+    /// many keys lie before it: reading from sequence N of a long log costs
+    /// what reading from its start does. A `from` outside the prefix is
+    /// clamped to it.
+    pub fn scan_from<'a>(
+        &'a self,
+        prefix: &[u8],
+        from: &[u8],
+        now: Millis,
+        reverse: bool,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Record), crate::Error>> + 'a {
+        let first = data_key(prefix);
+        let end = prefix_end(&first);
+        let at = data_key(from);
+        let (lo, hi) = if reverse {
+            let hi = match &end {
+                Some(end) if at >= *end => Bound::Excluded(end.clone()),
+                _ => Bound::Included(at),
+            };
+            (Bound::Included(first), hi)
         } else {
-            Box::new(iter)
+            let hi = match end {
+                Some(end) => Bound::Excluded(end),
+                None => Bound::Unbounded,
+            };
+            (Bound::Included(at.max(first)), hi)
+        };
+        self.range(lo, hi, now, reverse)
+    }
+
+    /// Live records with raw (`sm` tree) keys within the bounds, returned
+    /// with the data prefix stripped. An empty range yields nothing.
+    fn range<'a>(
+        &'a self,
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+        now: Millis,
+        reverse: bool,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Record), crate::Error>> + 'a {
+        let empty = match (&lo, &hi) {
+            (Bound::Included(l), Bound::Included(h)) => l > h,
+            (Bound::Included(l), Bound::Excluded(h)) => l >= h,
+            _ => false,
+        };
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if empty {
+            // sled panics on a range whose start lies after its end.
+            Box::new(std::iter::empty())
+        } else if reverse {
+            Box::new(self.tree.range((lo, hi)).rev())
+        } else {
+            Box::new(self.tree.range((lo, hi)))
         };
         iter.filter_map(move |item| match item {
             Err(e) => Some(Err(e.into())),

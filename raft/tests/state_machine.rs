@@ -168,6 +168,61 @@ async fn append_assigns_ordered_sequence_keys() {
 }
 
 #[tokio::test]
+async fn a_range_scan_starts_at_a_key_in_either_direction() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = replica(dir.path()).await;
+    let mut ops: Vec<Op> = (1..=20u8)
+        .map(|i| Op::Append {
+            prefix: b"ev/".to_vec(),
+            value: vec![i],
+            expires_at: None,
+        })
+        .collect();
+    // Neighbours on both sides of the prefix must never show up.
+    for k in ["eu/x", "ev", "ev0", "ew/1"] {
+        ops.push(Op::Put {
+            key: k.as_bytes().to_vec(),
+            value: vec![0],
+            expires_at: None,
+        });
+    }
+    ops.push(Op::Delete {
+        key: micro_raft::sequence_key(b"ev/", 10),
+    });
+    r.write(Txn::ops(ops)).await.unwrap();
+    let at = |seq: u64| micro_raft::sequence_key(b"ev/", seq);
+    let scan = |from: &[u8], reverse: bool| -> Vec<u8> {
+        r.reader()
+            .scan_from(b"ev/", from, micro_raft::now_millis(), reverse)
+            .map(|i| i.unwrap().1.value[0])
+            .collect()
+    };
+    assert_eq!(scan(&at(15), false), vec![15, 16, 17, 18, 19, 20]);
+    assert_eq!(scan(&at(5), true), vec![5, 4, 3, 2, 1]);
+    assert_eq!(
+        scan(&at(10), false)[..2],
+        [11, 12],
+        "a missing start key begins at the next one"
+    );
+    assert_eq!(scan(&at(10), true)[..2], [9, 8]);
+    let all: Vec<u8> = (1..=20).filter(|i| *i != 10).collect();
+    assert_eq!(
+        scan(b"a", false),
+        all,
+        "a start before the prefix is clamped"
+    );
+    assert_eq!(
+        scan(b"zz", true),
+        all.iter().rev().copied().collect::<Vec<u8>>(),
+        "a start after the prefix is clamped"
+    );
+    assert!(scan(b"zz", false).is_empty());
+    assert!(scan(b"a", true).is_empty());
+    assert!(scan(&at(21), false).is_empty());
+    r.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_index_names_the_appended_key_and_a_range_delete_trims_the_oldest() {
     let dir = tempfile::tempdir().unwrap();
     let r = replica(dir.path()).await;

@@ -71,6 +71,11 @@ pub fn dead_topic(topic: &str) -> String {
     format!("{topic}{DEAD_SUFFIX}")
 }
 
+/// `events/`: the namespaces that hold events are its children.
+pub fn root_prefix() -> Vec<u8> {
+    b"events/".to_vec()
+}
+
 /// `events/<ns>/`: the topics of a namespace are its children.
 pub fn namespace_prefix(ns: &str) -> Vec<u8> {
     format!("events/{ns}/").into_bytes()
@@ -271,6 +276,19 @@ pub fn decode_event(topic: &str, seq: u64, raw: &[u8]) -> Result<Event, Status> 
     Ok(ev)
 }
 
+/// The timestamp of a stored event, read without copying its payload or
+/// metadata (the decoder skips the fields it does not name).
+pub fn event_timestamp(raw: &[u8]) -> Result<i64, Status> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Stamp {
+        #[prost(int64, tag = "4")]
+        timestamp: i64,
+    }
+    Stamp::decode(raw)
+        .map(|s| s.timestamp)
+        .map_err(|e| Status::internal(format!("corrupt event record: {e}")))
+}
+
 /// Decodes a topic's retention record.
 pub fn decode_retention(raw: &[u8]) -> Result<Retention, Status> {
     Retention::decode(raw).map_err(|e| Status::internal(format!("corrupt retention record: {e}")))
@@ -303,5 +321,15 @@ mod tests {
             Some(Kind::Meta)
         );
         assert_eq!(parse(b"store/ns/db/t/k"), None);
+        let ev = Event {
+            id: "x".into(),
+            timestamp: 1_700_000_000_123,
+            payload: vec![7; 100],
+            ..Default::default()
+        };
+        assert_eq!(
+            event_timestamp(&encode_event(&ev)).ok(),
+            Some(1_700_000_000_123)
+        );
     }
 }
