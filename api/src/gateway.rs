@@ -7,6 +7,17 @@
 //! `Micro-Namespace` picks the namespace; other headers travel as metadata.
 //! Errors are `{"id","code","detail","status"}` with the code as HTTP status.
 //!
+//! A server-streaming method answers with a JSON array of every reply once
+//! the stream ended, or, when the request has `Accept: text/event-stream`,
+//! with server-sent events as the replies arrive: one `data: <reply JSON>`
+//! event per message, and `event: error` with the error JSON as the last
+//! event if the stream failed (a call that fails before its first reply is
+//! a plain error answer). The response ends when the service's stream does;
+//! a client that goes away ends the call. For example
+//! `curl -N -H 'Accept: text/event-stream' 'localhost:8080/broker/subscribe?topic=health'`
+//! follows the broker's `health` topic. A comment line every 15 s keeps an
+//! idle stream's connection open.
+//!
 //! Everything here runs before the node checks who is calling, so every
 //! input is bounded first: URI length, number of fields, nesting depth
 //! (dotted keys and JSON bodies), body size, and the headers passed on.
@@ -15,16 +26,18 @@
 //! with more than [`MAX_FIELDS`] fields from a request, or pass on more
 //! metadata than [`MAX_METADATA`] / [`MAX_METADATA_BYTES`].
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use micro::errors::Error;
 use serde_json::{Map, Value};
 
-use crate::{Backend, Call};
+use crate::{Backend, Call, Reply, ReplyStream};
 
 /// The largest request body the gateway accepts.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -310,10 +323,54 @@ pub async fn handle<B: Backend>(State(backend): State<Arc<B>>, req: Request) -> 
         metadata,
         token: micro::bearer::from_headers(&parts.headers).map(str::to_string),
     };
-    match backend.call(call).await {
-        Ok(reply) => axum::Json(reply).into_response(),
+    if !wants_events(&parts.headers) {
+        return match backend.call(call).await {
+            Ok(reply) => axum::Json(reply).into_response(),
+            Err(e) => ApiError(e).into_response(),
+        };
+    }
+    match backend.call_stream(call).await {
+        Ok(Reply::Unary(reply)) => axum::Json(reply).into_response(),
+        Ok(Reply::Stream(replies)) => events(replies).into_response(),
         Err(e) => ApiError(e).into_response(),
     }
+}
+
+/// Whether the client asked for server-sent events.
+fn wants_events(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// A stream of replies as server-sent events: `data: <reply JSON>` each,
+/// and `event: error` with the error JSON last if the stream failed.
+fn events(replies: ReplyStream) -> impl IntoResponse {
+    use futures::StreamExt;
+    let events = replies
+        .scan(false, |failed, item| {
+            // Nothing after an error.
+            let next = (!*failed).then(|| {
+                *failed = item.is_err();
+                let event = match item {
+                    Ok(reply) => Event::default().data(reply.to_string()),
+                    Err(e) => Event::default()
+                        .event("error")
+                        .data(serde_json::to_string(&e).unwrap_or_default()),
+                };
+                Ok::<_, Infallible>(event)
+            });
+            std::future::ready(next)
+        })
+        .boxed();
+    Sse::new(events).keep_alive(KeepAlive::default())
 }
 
 #[cfg(test)]

@@ -59,6 +59,19 @@ pub struct Call {
     pub token: Option<String>,
 }
 
+/// A server-streaming method's replies as the service sends them; an
+/// error, if any, is the last item.
+pub type ReplyStream =
+    futures::stream::BoxStream<'static, Result<serde_json::Value, micro::errors::Error>>;
+
+/// The answer to [`Backend::call_stream`]: what the method gives.
+pub enum Reply {
+    /// A method that is not server-streaming: its one reply.
+    Unary(serde_json::Value),
+    /// A server-streaming method: its replies, one by one.
+    Stream(ReplyStream),
+}
+
 /// What the HTTP side needs from the node.
 pub trait Backend: Send + Sync + 'static {
     /// The running version of Micro.
@@ -78,6 +91,13 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         call: Call,
     ) -> impl Future<Output = Result<serde_json::Value, micro::errors::Error>> + Send;
+    /// Calls a service endpoint like [`Backend::call`], but a
+    /// server-streaming method's replies come one by one, as they arrive;
+    /// dropping the stream ends the call.
+    fn call_stream(
+        &self,
+        call: Call,
+    ) -> impl Future<Output = Result<Reply, micro::errors::Error>> + Send;
 }
 
 /// The API gateway's routes: `GET /` for the version, every other path a
@@ -226,6 +246,48 @@ mod tests {
 
     struct Fake;
 
+    /// Set when the endless stream of `Echo.Forever` was dropped.
+    static FOREVER_DROPPED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    struct OnDrop;
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            FOREVER_DROPPED.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// `Echo.Stream`: `n` replies `{"i": …}`, then an error if `fail` is
+    /// set; `Echo.Forever`: one reply, then nothing, never ending.
+    fn fake_stream(call: &Call) -> Option<ReplyStream> {
+        use futures::StreamExt;
+        match call.endpoint.as_str() {
+            "Echo.Stream" => {
+                let n: u64 = call.request["n"].as_str()?.parse().ok()?;
+                let mut items: Vec<Result<serde_json::Value, micro::errors::Error>> =
+                    (0..n).map(|i| Ok(serde_json::json!({ "i": i }))).collect();
+                if call.request.get("fail").is_some() {
+                    items.push(Err(micro::errors::internal_server_error(
+                        "echo",
+                        "the stream broke",
+                    )));
+                    items.push(Ok(serde_json::json!({"after": "the error"})));
+                }
+                Some(futures::stream::iter(items).boxed())
+            }
+            "Echo.Forever" => {
+                let guard = OnDrop;
+                let first = futures::stream::iter([Ok(serde_json::json!({"first": true}))]);
+                let rest = futures::stream::pending().map(move |()| {
+                    let _ = &guard;
+                    Ok(serde_json::Value::Null)
+                });
+                Some(first.chain(rest).boxed())
+            }
+            _ => None,
+        }
+    }
+
     impl Backend for Fake {
         fn version(&self) -> &str {
             "9.9.9"
@@ -264,10 +326,25 @@ mod tests {
                     format!("service {} not found", call.service),
                 ));
             }
+            if let Some(replies) = fake_stream(&call) {
+                // Collected, as the node does without the Accept header.
+                use futures::StreamExt;
+                let all: Vec<_> = replies.collect().await;
+                return all
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(serde_json::Value::Array);
+            }
             Ok(
                 serde_json::json!({"endpoint": call.endpoint, "request": call.request, "ns": call.namespace,
                 "meta": call.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()}),
             )
+        }
+        async fn call_stream(&self, call: Call) -> Result<Reply, micro::errors::Error> {
+            match fake_stream(&call) {
+                Some(replies) => Ok(Reply::Stream(replies)),
+                None => self.call(call).await.map(Reply::Unary),
+            }
         }
     }
 
@@ -373,6 +450,68 @@ mod tests {
         let req = Request::post("/echo").body(Body::from(big)).unwrap();
         let (status, _) = send(gw(), req).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    fn events_request(uri: &str) -> Request<Body> {
+        Request::get(uri)
+            .header("accept", "application/json, text/event-stream")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn streams_are_server_sent_events_when_asked_for() {
+        let resp = gw()
+            .oneshot(events_request("/echo/stream?n=2&fail=1"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert_eq!(
+            text,
+            "data: {\"i\":0}\n\ndata: {\"i\":1}\n\nevent: error\ndata: \
+             {\"id\":\"echo\",\"code\":500,\"detail\":\"the stream broke\",\"status\":\"Internal Server Error\"}\n\n",
+            "one event per reply, the error last and nothing after it"
+        );
+        // Without the header: today's array.
+        let (status, text) = body(gw(), "/echo/stream?n=2").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(text, r#"[{"i":0},{"i":1}]"#);
+        // A unary method answers as always, and errors before the stream
+        // are plain error answers.
+        let resp = gw()
+            .oneshot(events_request("/echo/call?a=1"))
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let resp = gw().oneshot(events_request("/nope/stream")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn events_arrive_as_they_come_and_a_client_that_leaves_ends_the_call() {
+        use http_body_util::BodyExt;
+        let mut body = None;
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let resp = gw().oneshot(events_request("/echo/forever")).await.unwrap();
+            body.insert(resp.into_body()).frame().await
+        })
+        .await
+        .expect("the first event comes before the stream ends");
+        let frame = first.unwrap().unwrap();
+        let body = body.expect("a response");
+        let data = frame.into_data().unwrap();
+        assert_eq!(&data[..], b"data: {\"first\":true}\n\n");
+        assert!(!FOREVER_DROPPED.load(std::sync::atomic::Ordering::SeqCst));
+        drop(body);
+        assert!(
+            FOREVER_DROPPED.load(std::sync::atomic::Ordering::SeqCst),
+            "the call ends with the response"
+        );
     }
 
     fn from(origin: &str, preflight: bool) -> Request<Body> {

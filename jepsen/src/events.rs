@@ -362,6 +362,8 @@ async fn member(
                 continue;
             }
         };
+        // Acks go out concurrently, as a real consumer's would.
+        let mut acking = tokio::task::JoinSet::new();
         let why = loop {
             match next(&mut events, &stop).await {
                 None => break None,
@@ -378,13 +380,19 @@ async fn member(
                     });
                     let roll = rng.gen_range(0..100);
                     if roll < 90 {
-                        send_ack(&client, (me, at), ev.seq, roll >= 80, limit, clock, &log).await;
+                        let (client, log) = (client.clone(), log.clone());
+                        acking.spawn(async move {
+                            send_ack(&client, (me, at), ev.seq, roll >= 80, limit, clock, &log)
+                                .await
+                        });
                     }
+                    while acking.try_join_next().is_some() {}
                 }
                 Some(Ok(None)) => break Some("the stream ended".to_string()),
                 Some(Err(s)) => break Some(describe(&s)),
             }
         };
+        while acking.join_next().await.is_some() {}
         drop(events);
         log.close(stream, why, clock);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -523,7 +531,12 @@ async fn read_pages(c: &micro::Client) -> Result<BTreeMap<u64, String>, String> 
 }
 
 /// Reads the topic on every node, then drains the group through the first.
-pub async fn final_phase(addrs: Arc<Addrs>, nodes: &[usize], clock: Clock, log: &Log) -> Finals {
+pub async fn final_phase(
+    addrs: Arc<Addrs>,
+    nodes: &[usize],
+    clock: Clock,
+    log: &Arc<Log>,
+) -> Finals {
     let mut logs = Vec::new();
     for &node in nodes {
         logs.push((node, read_all(&addrs, node).await));
@@ -537,7 +550,8 @@ pub async fn final_phase(addrs: Arc<Addrs>, nodes: &[usize], clock: Clock, log: 
 
 /// Consumes the group through `node`, acking everything, until nothing
 /// came for twice the ack wait and a few seconds (at most 90 s).
-async fn drain(addrs: &Addrs, node: usize, clock: Clock, log: &Log) -> Result<(), String> {
+async fn drain(addrs: &Addrs, node: usize, clock: Clock, log: &Arc<Log>) -> Result<(), String> {
+    let mut acking = tokio::task::JoinSet::new();
     let quiet = Duration::from_millis(2 * ACK_WAIT_MS + 3000);
     let end = Instant::now() + Duration::from_secs(90);
     let mut last = Instant::now();
@@ -570,6 +584,7 @@ async fn drain(addrs: &Addrs, node: usize, clock: Clock, log: &Log) -> Result<()
         loop {
             let left = quiet.saturating_sub(last.elapsed());
             if left.is_zero() {
+                while acking.join_next().await.is_some() {}
                 log.close(stream, None, clock);
                 return Ok(());
             }
@@ -588,13 +603,17 @@ async fn drain(addrs: &Addrs, node: usize, clock: Clock, log: &Log) -> Result<()
                         at_us: clock.now(),
                     });
                     // acked until it sticks: an unacked event would come back
-                    for _ in 0..5 {
-                        let ok = send_ack(&client, (DRAIN, node), ev.seq, false, limit, clock, log)
-                            .await;
-                        if ok == Outcome::Ok {
-                            break;
+                    let (client, log) = (client.clone(), log.clone());
+                    acking.spawn(async move {
+                        for _ in 0..5 {
+                            let ok =
+                                send_ack(&client, (DRAIN, node), ev.seq, false, limit, clock, &log)
+                                    .await;
+                            if ok == Outcome::Ok {
+                                break;
+                            }
                         }
-                    }
+                    });
                 }
                 Ok(Ok(None)) => {
                     log.close(stream, Some("the stream ended".into()), clock);

@@ -2,14 +2,18 @@
 //! [`micro_api::Backend`]. Gateway calls are turned from JSON into the
 //! service's protobuf request with its registered descriptor and sent
 //! through the router, without a network hop to this node's own endpoint.
+//! A server-streaming method's replies come back whole (an array) through
+//! `call`, or one by one as the service sends them through `call_stream`
+//! (the gateway's server-sent events).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use micro::errors::{self, Error};
-use micro_api::{Backend, Call, NodeSummary, ServiceSummary};
+use micro_api::{Backend, Call, NodeSummary, Reply, ServiceSummary};
 use micro_raft::Replica;
-use prost_reflect::DescriptorPool;
+use prost_reflect::{DescriptorPool, MethodDescriptor};
 
 use crate::auth::Authority;
 use crate::router::Router;
@@ -90,6 +94,88 @@ impl NodeBackend {
         }
         Err(not_found())
     }
+
+    /// Checks the caller and turns the JSON request into the method's
+    /// encoded message and the metadata to send with it.
+    fn prepare(
+        &self,
+        call: &mut Call,
+    ) -> Result<(MethodDescriptor, bytes::Bytes, http::HeaderMap), Error> {
+        let service = call.service.as_str();
+        self.authority
+            .authorize(
+                call.token.as_deref(),
+                &call.namespace,
+                service,
+                &call.endpoint,
+            )
+            .map_err(|status| Error::from_status(service, &status))?;
+        let pool = self.descriptor(&call.namespace, service)?;
+        let method = micro::dynamic::method(&pool, service, &call.endpoint)
+            .map_err(|e| errors::not_found(service, e.to_string()))?;
+        micro::dynamic::coerce_strings(&mut call.request, &method.input());
+        let message = micro::dynamic::encode_request(&method, &call.request)
+            .map_err(|e| errors::bad_request(service, e.to_string()))?;
+        let mut metadata = http::HeaderMap::new();
+        if let Some(t) = &call.token {
+            // The service learns who called, as on the gRPC endpoint.
+            if let Ok(v) = http::HeaderValue::try_from(format!("Bearer {t}")) {
+                metadata.insert(http::header::AUTHORIZATION, v);
+            }
+        }
+        for (k, v) in &call.metadata {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::try_from(k.as_str()),
+                http::HeaderValue::try_from(v.as_str()),
+            ) {
+                metadata.append(k, v);
+            }
+        }
+        Ok((method, message, metadata))
+    }
+
+    /// Makes the call and returns the whole reply: a unary method's
+    /// message, or every message of a stream as an array.
+    async fn collected(
+        &self,
+        call: &Call,
+        method: &MethodDescriptor,
+        message: bytes::Bytes,
+        metadata: &http::HeaderMap,
+    ) -> Result<serde_json::Value, Error> {
+        let service = call.service.as_str();
+        let replies = self
+            .router
+            .call(
+                &call.namespace,
+                service,
+                &micro::dynamic::path(method),
+                message,
+                metadata,
+            )
+            .await
+            .map_err(|status| Error::from_status(service, &status))?;
+        let decode = |b: &bytes::Bytes| {
+            micro::dynamic::decode_reply(method, b)
+                .map_err(|e| errors::internal_server_error(service, e.to_string()))
+        };
+        if method.is_server_streaming() {
+            // Without `Accept: text/event-stream` a stream arrives whole,
+            // as an array.
+            return replies
+                .iter()
+                .map(decode)
+                .collect::<Result<Vec<_>, _>>()
+                .map(serde_json::Value::Array);
+        }
+        match replies.first() {
+            Some(b) => decode(b),
+            None => Err(errors::internal_server_error(
+                service,
+                "the service sent no reply",
+            )),
+        }
+    }
 }
 
 impl Backend for NodeBackend {
@@ -132,65 +218,36 @@ impl Backend for NodeBackend {
     }
 
     async fn call(&self, mut call: Call) -> Result<serde_json::Value, Error> {
-        let service = call.service.as_str();
-        self.authority
-            .authorize(
-                call.token.as_deref(),
-                &call.namespace,
-                service,
-                &call.endpoint,
-            )
-            .map_err(|status| Error::from_status(service, &status))?;
-        let pool = self.descriptor(&call.namespace, service)?;
-        let method = micro::dynamic::method(&pool, service, &call.endpoint)
-            .map_err(|e| errors::not_found(service, e.to_string()))?;
-        micro::dynamic::coerce_strings(&mut call.request, &method.input());
-        let message = micro::dynamic::encode_request(&method, &call.request)
-            .map_err(|e| errors::bad_request(service, e.to_string()))?;
-        let mut metadata = http::HeaderMap::new();
-        if let Some(t) = &call.token {
-            // The service learns who called, as on the gRPC endpoint.
-            if let Ok(v) = http::HeaderValue::try_from(format!("Bearer {t}")) {
-                metadata.insert(http::header::AUTHORIZATION, v);
-            }
+        let (method, message, metadata) = self.prepare(&mut call)?;
+        self.collected(&call, &method, message, &metadata).await
+    }
+
+    async fn call_stream(&self, mut call: Call) -> Result<Reply, Error> {
+        let (method, message, metadata) = self.prepare(&mut call)?;
+        if !method.is_server_streaming() {
+            return self
+                .collected(&call, &method, message, &metadata)
+                .await
+                .map(Reply::Unary);
         }
-        for (k, v) in &call.metadata {
-            if let (Ok(k), Ok(v)) = (
-                http::HeaderName::try_from(k.as_str()),
-                http::HeaderValue::try_from(v.as_str()),
-            ) {
-                metadata.append(k, v);
-            }
-        }
-        let replies = self
+        let service = call.service.clone();
+        let frames = self
             .router
-            .call(
+            .call_stream(
                 &call.namespace,
-                service,
+                &service,
                 &micro::dynamic::path(&method),
                 message,
                 &metadata,
             )
             .await
-            .map_err(|status| Error::from_status(service, &status))?;
-        let decode = |b: &bytes::Bytes| {
-            micro::dynamic::decode_reply(&method, b)
-                .map_err(|e| errors::internal_server_error(service, e.to_string()))
-        };
-        if method.is_server_streaming() {
-            // Over plain HTTP a stream arrives whole, as an array.
-            return replies
-                .iter()
-                .map(decode)
-                .collect::<Result<Vec<_>, _>>()
-                .map(serde_json::Value::Array);
-        }
-        match replies.first() {
-            Some(b) => decode(b),
-            None => Err(errors::internal_server_error(
-                service,
-                "the service sent no reply",
-            )),
-        }
+            .map_err(|status| Error::from_status(&service, &status))?;
+        // Each reply as the service sends it; the stream ends after an error.
+        let replies = frames.map(move |frame| {
+            let bytes = frame.map_err(|status| Error::from_status(&service, &status))?;
+            micro::dynamic::decode_reply(&method, &bytes)
+                .map_err(|e| errors::internal_server_error(&service, e.to_string()))
+        });
+        Ok(Reply::Stream(Box::pin(replies)))
     }
 }

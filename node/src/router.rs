@@ -8,7 +8,8 @@
 //! `unavailable`, `deadline exceeded` or `internal` without a reply) is
 //! retried once on another instance. The request is buffered (it is at most
 //! one message under the gRPC size limit) so it can be sent twice; replies
-//! stream straight through.
+//! stream straight through. For the gateway, `call` collects a reply and
+//! `call_stream` yields its messages as they arrive.
 //!
 //! In a cluster the router sees every node's instances (the registry is
 //! replicated). An instance on another node is reached through that node's
@@ -24,7 +25,9 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::Stream;
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -244,6 +247,50 @@ impl Router {
         }
     }
 
+    /// The gRPC request of a gateway call: one encoded message.
+    fn gateway_request(
+        namespace: &str,
+        service: &str,
+        path: &str,
+        message: &[u8],
+        metadata: &HeaderMap,
+    ) -> Result<Request<Body>, Status> {
+        let mut req = Request::builder()
+            .method(http::Method::POST)
+            .uri(path)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .header(micro::NAMESPACE_HEADER, namespace)
+            .header("micro-service", service);
+        for (k, v) in metadata.iter() {
+            req = req.header(k, v);
+        }
+        req.body(Body::from(micro::dynamic::frame(message)))
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// A call with one encoded request, for the gateway, whose reply
+    /// messages are yielded as the service sends them; the stream ends
+    /// with the service's (after an error, if it failed). Dropping the
+    /// stream drops the call.
+    pub async fn call_stream(
+        &self,
+        namespace: &str,
+        service: &str,
+        path: &str,
+        message: Bytes,
+        metadata: &HeaderMap,
+    ) -> Result<ReplyFrames, Status> {
+        let req = Self::gateway_request(namespace, service, path, &message, metadata)?;
+        let resp = self.forward(req).await;
+        if let Some(status) = Status::from_header_map(resp.headers()) {
+            if status.code() != tonic::Code::Ok {
+                return Err(status);
+            }
+        }
+        Ok(Box::pin(reply_frames(resp.into_body())))
+    }
+
     /// A call with one encoded request, for the gateway: returns the reply
     /// messages (one for unary methods, each streamed one otherwise), or the
     /// status the service (or routing) gave.
@@ -255,19 +302,7 @@ impl Router {
         message: Bytes,
         metadata: &HeaderMap,
     ) -> Result<Vec<Bytes>, Status> {
-        let mut req = Request::builder()
-            .method(http::Method::POST)
-            .uri(path)
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header("te", "trailers")
-            .header(micro::NAMESPACE_HEADER, namespace)
-            .header("micro-service", service);
-        for (k, v) in metadata.iter() {
-            req = req.header(k, v);
-        }
-        let req = req
-            .body(Body::from(micro::dynamic::frame(&message)))
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let req = Self::gateway_request(namespace, service, path, &message, metadata)?;
         let resp = self.forward(req).await;
         if let Some(status) = Status::from_header_map(resp.headers()) {
             if status.code() != tonic::Code::Ok {
@@ -288,6 +323,71 @@ impl Router {
         }
         micro::dynamic::unframe(collected.to_bytes()).map_err(|e| Status::internal(e.to_string()))
     }
+}
+
+/// A streamed reply's messages, as they arrive.
+pub type ReplyFrames = BoxStream<'static, Result<Bytes, Status>>;
+
+/// The messages of a gRPC reply body, each as soon as it is whole; a
+/// failure (a broken body, an error in the trailers, a truncated or
+/// oversized message) is the last item.
+fn reply_frames(body: Body) -> impl Stream<Item = Result<Bytes, Status>> + Send + 'static {
+    futures::stream::unfold(Some((body, BytesMut::new())), |state| async move {
+        let (mut body, mut buf) = state?;
+        loop {
+            match next_message(&mut buf) {
+                Ok(Some(msg)) => return Some((Ok(msg), Some((body, buf)))),
+                Ok(None) => {}
+                Err(status) => return Some((Err(status), None)),
+            }
+            match body.frame().await {
+                None if buf.is_empty() => return None,
+                None => {
+                    return Some((
+                        Err(Status::internal("the reply ended inside a message")),
+                        None,
+                    ))
+                }
+                Some(Err(e)) => {
+                    return Some((
+                        Err(Status::unavailable(format!("the reply broke off: {e}"))),
+                        None,
+                    ))
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => buf.extend_from_slice(&data),
+                    Err(frame) => {
+                        let failed = frame
+                            .trailers_ref()
+                            .and_then(Status::from_header_map)
+                            .filter(|s| s.code() != tonic::Code::Ok);
+                        if let Some(status) = failed {
+                            return Some((Err(status), None));
+                        }
+                    }
+                },
+            }
+        }
+    })
+}
+
+/// Takes the first whole gRPC message out of `buf`, if it holds one.
+fn next_message(buf: &mut BytesMut) -> Result<Option<Bytes>, Status> {
+    let Some(head) = buf.get(..5) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_MESSAGE {
+        return Err(Status::resource_exhausted(format!(
+            "a reply message is {len} bytes; the limit is {MAX_MESSAGE}"
+        )));
+    }
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    let whole = buf.split_to(5 + len).freeze();
+    let mut msgs = micro::dynamic::unframe(whole).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(msgs.pop())
 }
 
 /// The live instances of `service` in `namespace`, as registered.

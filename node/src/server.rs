@@ -40,12 +40,14 @@ use crate::secrets::SecretBox;
 use crate::services::auth::{
     AccountsService, AuthService, AuthStore, RulesService, DEFAULT_ADMIN_PASSWORD,
 };
+use crate::services::broker::{Broker, BrokerService};
 use crate::services::events::{Events, EventsService};
 use crate::services::runtime::{Manager, RuntimeOptions, RuntimeService};
 use crate::services::{config::ConfigService, registry, store::StoreService};
 use micro_proto::auth::{
     accounts_server::AccountsServer, auth_server::AuthServer, rules_server::RulesServer,
 };
+use micro_proto::broker::broker_server::BrokerServer;
 use micro_proto::cluster::cluster_server::ClusterServer;
 use micro_proto::events::events_server::EventsServer;
 use tonic::service::Routes;
@@ -450,6 +452,7 @@ pub async fn run(
         },
     );
     let events = Events::start(replica.clone(), id);
+    let broker = Broker::start(cluster.clone());
     // Core services by their paths; everything else goes to the router.
     let routes = Routes::new(health_service)
         .add_service(reflection)
@@ -479,6 +482,11 @@ pub async fn run(
         )
         .add_service(
             EventsServer::new(EventsService::new(events.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            BrokerServer::new(BrokerService::new(broker.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
@@ -519,6 +527,7 @@ pub async fn run(
             cluster.clone(),
             local_stack.clone(),
             router.clone(),
+            broker.clone(),
         )))
         .serve_with_incoming_shutdown(member_conns, stopped());
     let cluster_server = tokio::spawn(cluster_server);
@@ -682,6 +691,8 @@ pub async fn run(
     // Consumer streams end first, so the gRPC server's graceful shutdown
     // does not wait on them.
     events.groups.stop();
+    // Open subscriptions would hold the gRPC server's drain up.
+    broker.close();
     let _ = stop_tx.send(true);
     let grpc_result = grpc.await;
     let _ = api.await;

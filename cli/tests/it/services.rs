@@ -63,6 +63,21 @@ fn the_gateway_calls_services_and_maps_errors() {
         (status, body.as_str()),
         (200, r#"[{"count":"0"},{"count":"1"},{"count":"2"}]"#)
     );
+    // Asked for server-sent events, the same stream comes one event per reply.
+    let (status, body) = http_send(
+        &s.api,
+        "GET",
+        "/helloworld/Stream?count=2",
+        &[("Accept", "text/event-stream")],
+        b"",
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            200,
+            "data: {\"count\":\"0\"}\n\ndata: {\"count\":\"1\"}\n\n"
+        )
+    );
 
     // the service's own error code passes through
     let (status, body) = http_get(&s.api, "/helloworld/Call");

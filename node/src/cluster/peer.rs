@@ -1,5 +1,6 @@
 //! The server side of the cluster port: the `Peer` service (join, admit,
-//! Raft RPCs, forwarded writes and read barriers, status) and, for every
+//! Raft RPCs, forwarded writes and read barriers, status, the broker's
+//! deliveries and interest from other nodes) and, for every
 //! other path, the node's own gRPC stack or one of its local service
 //! instances, for calls other nodes proxy here.
 //!
@@ -36,6 +37,7 @@ use super::tokens;
 use super::transport::{decode, encode, status_for_peer, MAX_PEER_MESSAGE};
 use super::Cluster;
 use crate::router::Router;
+use crate::services::broker::Broker;
 
 /// The header a proxied service call names its local instance with.
 pub const INSTANCE_HEADER: &str = "micro-instance";
@@ -52,12 +54,20 @@ fn peer_node<T>(req: &Request<T>) -> Option<NodeId> {
 /// The Peer service.
 pub struct PeerService {
     cluster: Arc<Cluster>,
+    /// The node's broker (none on the join server, which serves only Join).
+    broker: Option<Arc<Broker>>,
 }
 
 impl PeerService {
     /// Requires the caller to be a member (by certificate).
     fn member<T>(&self, req: &Request<T>) -> Result<NodeId, Status> {
         self.cluster.check_peer(peer_node(req))
+    }
+
+    fn broker(&self) -> Result<&Broker, Status> {
+        self.broker
+            .as_deref()
+            .ok_or_else(|| Status::unavailable("this server has no broker"))
     }
 }
 
@@ -185,16 +195,18 @@ impl Peer for PeerService {
         &self,
         req: Request<BrokerDeliverRequest>,
     ) -> Result<Response<BrokerDeliverResponse>, Status> {
-        self.member(&req)?;
-        Err(Status::unimplemented("the broker is not built yet"))
+        let from = self.member(&req)?;
+        self.broker()?.deliver(from, req.into_inner())?;
+        Ok(Response::new(BrokerDeliverResponse {}))
     }
 
     async fn broker_interest(
         &self,
         req: Request<BrokerInterestRequest>,
     ) -> Result<Response<BrokerInterestResponse>, Status> {
-        self.member(&req)?;
-        Err(Status::unimplemented("the broker is not built yet"))
+        let from = self.member(&req)?;
+        self.broker()?.interest(from, req.into_inner());
+        Ok(Response::new(BrokerInterestResponse {}))
     }
 }
 
@@ -204,9 +216,12 @@ const JOIN_PATH: &str = "/cluster.Peer/Join";
 /// The routes for connections without a client certificate: `Join`, and
 /// for everything else the answer that a certificate is needed.
 pub fn join_routes(cluster: Arc<Cluster>) -> axum::Router {
-    let peer = PeerServer::new(PeerService { cluster })
-        .max_decoding_message_size(MAX_JOIN_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE);
+    let peer = PeerServer::new(PeerService {
+        cluster,
+        broker: None,
+    })
+    .max_decoding_message_size(MAX_JOIN_MESSAGE)
+    .max_encoding_message_size(MAX_PEER_MESSAGE);
     tonic::service::Routes::new(peer)
         .into_axum_router()
         .layer(axum::middleware::from_fn(
@@ -227,10 +242,17 @@ const MAX_JOIN_MESSAGE: usize = 64 * 1024;
 
 /// The cluster port's routes: the Peer service, and for any other path
 /// (from a member only) the local instance named by [`INSTANCE_HEADER`] or
-/// else the node's own gRPC stack `local`.
-pub fn routes(cluster: Arc<Cluster>, local: axum::Router, router: Arc<Router>) -> axum::Router {
+/// else the node's own gRPC stack `local`. `broker` takes the broker's
+/// fan-out from other nodes.
+pub fn routes(
+    cluster: Arc<Cluster>,
+    local: axum::Router,
+    router: Arc<Router>,
+    broker: Arc<Broker>,
+) -> axum::Router {
     let peer = PeerServer::new(PeerService {
         cluster: cluster.clone(),
+        broker: Some(broker),
     })
     .max_decoding_message_size(MAX_PEER_MESSAGE)
     .max_encoding_message_size(MAX_PEER_MESSAGE);

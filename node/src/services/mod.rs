@@ -3,6 +3,7 @@
 //! `.proto`.
 
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod events;
 pub mod registry;

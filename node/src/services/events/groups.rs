@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -478,6 +478,9 @@ async fn join_group(
         .when(Cond::Absent(gkey.clone()));
         txn.now = now;
         if ev.replica.write(txn).await.map_err(status)?.succeeded {
+            // Through a follower the write returns once the leader applied
+            // it: the dispatcher here reads the local replica.
+            barrier(&ev.replica, false).await?;
             break;
         }
         // Another consumer created it meanwhile: check against that one.
@@ -487,6 +490,7 @@ async fn join_group(
         n => n,
     } as usize;
     let (tx, rx) = mpsc::channel(max_in_flight + 1);
+    let starved = Arc::new(AtomicBool::new(false));
     let id = ev.groups.next_member.fetch_add(1, Ordering::Relaxed);
     let gid: GroupId = (ns, topic, group);
     let leave = {
@@ -508,10 +512,16 @@ async fn join_group(
             tx,
             max_in_flight,
             inflight: HashMap::new(),
+            starved: starved.clone(),
         }));
         cmds
     };
-    Ok(Box::pin(MemberStream { rx, id, leave }))
+    Ok(Box::pin(MemberStream {
+        rx,
+        id,
+        leave,
+        starved,
+    }))
 }
 
 /// Options given to a group that exists must be the ones it was made with.
@@ -552,13 +562,20 @@ struct MemberStream {
     rx: mpsc::Receiver<Result<Event, Status>>,
     id: u64,
     leave: mpsc::UnboundedSender<Cmd>,
+    /// Set by the dispatcher when a full buffer held this member's credit
+    /// back: taking an event then wakes it.
+    starved: Arc<AtomicBool>,
 }
 
 impl Stream for MemberStream {
     type Item = Result<Event, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        let r = self.rx.poll_recv(cx);
+        if matches!(r, Poll::Ready(Some(_))) && self.starved.swap(false, Ordering::Relaxed) {
+            let _ = self.leave.send(Cmd::Drained);
+        }
+        r
     }
 }
 
@@ -574,6 +591,8 @@ impl Drop for MemberStream {
 enum Cmd {
     Join(Member),
     Leave(u64),
+    /// A member whose buffer was full took an event.
+    Drained,
 }
 
 struct Member {
@@ -583,14 +602,23 @@ struct Member {
     /// Events sent to this member and still claimed for it: seq → the
     /// claim's version.
     inflight: HashMap<u64, u64>,
+    starved: Arc<AtomicBool>,
 }
 
 impl Member {
+    /// Events this member may be sent now: within its max in flight, and
+    /// within its buffer less the slot kept for a final status (events
+    /// whose claims expired may still wait there).
     fn credit(&self) -> usize {
         if self.tx.is_closed() {
             return 0;
         }
-        self.max_in_flight.saturating_sub(self.inflight.len())
+        let want = self.max_in_flight.saturating_sub(self.inflight.len());
+        let room = self.tx.capacity().saturating_sub(1);
+        if room < want {
+            self.starved.store(true, Ordering::Relaxed);
+        }
+        want.min(room)
     }
 }
 
@@ -726,6 +754,7 @@ impl Dispatcher {
                     self.release(m.inflight.into_iter().collect());
                 }
             }
+            Cmd::Drained => {}
         }
     }
 
@@ -795,29 +824,46 @@ impl Dispatcher {
         let fatal = Stop::End;
         let now = now_millis();
         let r = self.ev.replica.reader().clone();
-        let Some(grec) = r
-            .get(&keys::group_key(&ns, &topic, &group), now)
-            .map_err(|e| Stop::Pause(status(e)))?
-        else {
-            return Err(Stop::End(deleted(&topic, &group)));
-        };
-        let cfg: GroupConfig = keys::decode("group", &grec.value).map_err(fatal)?;
+        let gkey = keys::group_key(&ns, &topic, &group);
         let fkey = keys::floor_key(&ns, &topic, &group);
-        let Some(frec) = r.get(&fkey, now).map_err(|e| Stop::Pause(status(e)))? else {
-            return Err(Stop::End(deleted(&topic, &group)));
+        let read = |r: &Reader| -> Result<_, Stop> {
+            let g = r.get(&gkey, now).map_err(|e| Stop::Pause(status(e)))?;
+            let f = r.get(&fkey, now).map_err(|e| Stop::Pause(status(e)))?;
+            Ok(g.zip(f))
         };
+        let found = match read(&r)? {
+            Some(found) => found,
+            // Gone here, or not applied here yet: the barrier decides.
+            None => {
+                self.ev
+                    .replica
+                    .linearize()
+                    .await
+                    .map_err(|e| Stop::Pause(status(e)))?;
+                read(&r)?.ok_or_else(|| Stop::End(deleted(&topic, &group)))?
+            }
+        };
+        let (grec, frec) = found;
+        let cfg: GroupConfig = keys::decode("group", &grec.value).map_err(fatal)?;
         let floor = keys::decode_floor(&frec.value).map_err(Stop::End)?;
         let claims = read_claims(&r, &ns, &topic, &group, now).map_err(Stop::Pause)?;
         let acked = read_acked(&r, &ns, &topic, &group, now).map_err(Stop::Pause)?;
 
-        // Credit comes back for events acked, nacked, expired or taken over.
+        // Credit comes back for events acked, nacked, expired or taken
+        // over. A claim this node made that the local replica has not
+        // applied yet (writes through a follower return once the leader
+        // applied them) shows as absent or older: still held.
         for m in &mut self.members {
-            m.inflight.retain(|seq, ver| {
-                claims
-                    .get(seq)
-                    .is_some_and(|(c, v)| v == ver && c.deadline > now)
+            m.inflight.retain(|seq, ver| match claims.get(seq) {
+                Some((c, v)) => (*v == *ver && c.deadline > now) || *v < *ver,
+                None => *seq > floor && !acked.contains(seq),
             });
         }
+        let held: BTreeSet<u64> = self
+            .members
+            .iter()
+            .flat_map(|m| m.inflight.keys().copied())
+            .collect();
         let mut wake = claims
             .iter()
             .filter(|(s, (c, _))| **s > floor && c.deadline > now)
@@ -843,7 +889,7 @@ impl Dispatcher {
         while seq <= last && picked.len() < want && dead.len() < CLAIM_BATCH {
             let s = seq;
             seq += 1;
-            if acked.contains(&s) {
+            if acked.contains(&s) || held.contains(&s) {
                 continue;
             }
             let prior = match claims.get(&s) {
@@ -1087,6 +1133,18 @@ pub async fn ack(ev: &Arc<Events>, ns: &str, req: AckRequest) -> Result<AckRespo
             .is_none()
         {
             return Err(no_group(&req.topic, &req.group));
+        }
+    }
+    // An ack of an event not published yet would hide it when it is.
+    let highest = req.seqs.iter().copied().max().unwrap_or(0);
+    let stored = |ev: &Events| last_seq(ev.replica.reader(), ns, &req.topic, now_millis());
+    if stored(ev)?.unwrap_or(0) < highest {
+        barrier(&ev.replica, false).await?;
+        if stored(ev)?.unwrap_or(0) < highest {
+            return Err(Status::invalid_argument(format!(
+                "topic {} has no event {highest} yet",
+                req.topic
+            )));
         }
     }
     if req.nack {
@@ -1439,6 +1497,8 @@ mod tests {
             let e = s.next().await.expect("an event").expect("no error");
             assert_eq!(e.seq, want);
         }
+        let more = tokio::time::timeout(Duration::from_millis(300), s.next()).await;
+        assert!(more.is_err(), "four in flight: no fifth before an ack");
         // Acks of 1, 2 and 4: the floor moves over 1 and 2 (the leader's
         // keeper), 4 stays acked above it, 3 is pending, 5 and 6 come next.
         ack(

@@ -10,7 +10,11 @@
 //!
 //! A read seeks to its start ([`micro_raft::Reader::scan_from`]): reading
 //! from sequence N of a long log costs one seek, not a walk over the N
-//! events before it.
+//! events before it. It returns at most [`MAX_READ`] events and about
+//! [`MAX_READ_BYTES`] (always at least one event).
+//!
+//! Info's `bytes` is the stored size: each event's encoded record (payload,
+//! metadata, id and timestamp).
 //!
 //! The topic index ([`Topics`]) is kept by every node from the change
 //! stream: per topic it holds one 24-byte slot (sequence, timestamp,
@@ -97,6 +101,11 @@ fn fresh_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// The most bytes of stored events one read returns (always at least one
+/// event): well within the 8 MiB a gRPC message may carry. A read that
+/// stops early returns fewer events than asked; reading on from the last
+/// sequence + 1 gets the rest.
+pub const MAX_READ_BYTES: usize = 4 * 1024 * 1024;
 /// How often the leader enforces retention.
 pub const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// The most events one retention entry removes.
@@ -296,7 +305,8 @@ impl Index {
 
 /// The topic index of this node (see the module docs). A std mutex: it is
 /// never held across an await; a scan that builds a topic's entry holds
-/// it, in the blocking pool.
+/// it, in the blocking pool (the change follower waits for it meanwhile,
+/// which is rare: once per topic after a start, a `Reset` or a lag).
 #[derive(Debug, Default)]
 pub struct Topics {
     index: Arc<Mutex<Index>>,
@@ -459,7 +469,8 @@ fn retained_topics(reader: &Reader) -> Result<Vec<(String, String, Retention)>, 
     Ok(out)
 }
 
-/// One round of retention on the leader.
+/// One round of retention on the leader. A topic that fails is reported
+/// and the round goes on; a write the cluster cannot take ends it.
 async fn enforce_retention(ev: &Events) -> Result<(), Status> {
     let reader = ev.replica.reader().clone();
     let topics = {
@@ -469,24 +480,47 @@ async fn enforce_retention(ev: &Events) -> Result<(), Status> {
             .map_err(|e| Status::internal(format!("the retention scan failed: {e}")))??
     };
     for (ns, topic, retention) in topics {
-        let now = now_millis();
-        let upto = ev
-            .topics
-            .query(&reader, &ns, &topic, move |t| t.trim(&retention, now))
-            .await?;
-        let Some(upto) = upto else { continue };
-        let range = Op::DeleteRange {
-            start: keys::log_key(&ns, &topic, 0),
-            end: keys::log_key(&ns, &topic, upto.saturating_add(1)),
-            limit: TRIM_PER_ENTRY,
-        };
-        for _ in 0..TRIM_ENTRIES_PER_ROUND {
-            let mut txn = Txn::ops(vec![range.clone()]);
-            txn.now = now;
-            let done = ev.replica.write(txn).await.map_err(status)?;
-            if done.deleted < u64::from(TRIM_PER_ENTRY) {
-                break;
+        match trim_topic(ev, &reader, &ns, &topic, retention).await {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                return Err(e)
             }
+            Err(e) => tracing::warn!("events retention of {ns}/{topic}: {}", e.message()),
+        }
+    }
+    Ok(())
+}
+
+/// Removes a topic's events beyond its retention, judged now.
+async fn trim_topic(
+    ev: &Events,
+    reader: &Reader,
+    ns: &str,
+    topic: &str,
+    retention: Retention,
+) -> Result<(), Status> {
+    let now = now_millis();
+    let upto = ev
+        .topics
+        .query(reader, ns, topic, move |t| t.trim(&retention, now))
+        .await?;
+    let Some(upto) = upto else { return Ok(()) };
+    let range = Op::DeleteRange {
+        start: keys::log_key(ns, topic, 0),
+        end: keys::log_key(ns, topic, upto.saturating_add(1)),
+        limit: TRIM_PER_ENTRY,
+    };
+    for _ in 0..TRIM_ENTRIES_PER_ROUND {
+        let mut txn = Txn::ops(vec![range.clone()]);
+        txn.now = now;
+        let done = ev.replica.write(txn).await.map_err(status)?;
+        if done.deleted < u64::from(TRIM_PER_ENTRY) {
+            break;
         }
     }
     Ok(())
@@ -600,6 +634,7 @@ pub async fn read(ev: &Events, ns: &str, req: ReadRequest) -> Result<ReadRespons
     let reader = ev.replica.reader();
     let now = now_millis();
     let mut events = Vec::new();
+    let mut bytes = 0;
     for item in reader
         .scan_from(&prefix, &from, now, req.desc)
         .take(limit as usize)
@@ -608,6 +643,10 @@ pub async fn read(ev: &Events, ns: &str, req: ReadRequest) -> Result<ReadRespons
         let Some(seq) = keys::seq_of(&key) else {
             continue;
         };
+        bytes += rec.value.len();
+        if bytes > MAX_READ_BYTES && !events.is_empty() {
+            break;
+        }
         events.push(keys::decode_event(&req.topic, seq, &rec.value)?);
     }
     if events.is_empty() && !exists(reader, ns, &req.topic)? {
