@@ -1,0 +1,194 @@
+//! `micro-bench`: throughput and latency of a node, measured over gRPC with
+//! N concurrent clients. Prints figures; asserts nothing.
+//!
+//! ```text
+//! micro-bench store [--address HOST:PORT] [--clients 16] [--seconds 10] [--value-size 100]
+//! micro-bench helloworld [--clients 16] [--seconds 10]
+//! micro-bench cluster [--nodes 3] [--clients 16] [--seconds 10] [--value-size 100]
+//! micro-bench events [--seconds 5] [--rounds 2] [--publishers 1,16,64] [--rate 200]
+//!                    [--subscribers 6] [--fanout-publishers 16] [--payload 100]
+//!                    [--cases publish,latency,fanout]
+//! ```
+//!
+//! Without `--address` it starts a node in this process on loopback, with a
+//! temporary data directory (the figures then include the node's own CPU
+//! use on the same machine, as a one-node deployment would).
+//!
+//! `helloworld` starts a node and the `helloworld` example (built next to
+//! this binary: `cargo build --release -p helloworld`) and measures its
+//! `Call` (a) with a gRPC client straight to the service, (b) through the
+//! node's gRPC router, (c) through the HTTP gateway.
+//!
+//! `cluster` starts `--nodes` real `micro server` processes (the `micro`
+//! binary next to this one), node i on 127.0.0.i with its own temporary
+//! data directory, HOME and log; the first bootstraps the cluster and the
+//! others join it with the token `micro cluster token` prints. Once every
+//! node is a voter and seen alive, it runs the `store` phases (a) through
+//! the leader's gRPC endpoint and (b) through a follower's, which forwards
+//! writes to the leader and serves reads at the leader's read index. With
+//! three nodes or more it then measures failover: one client writes small
+//! records, one at a time, through a follower while the leader is killed
+//! with SIGKILL; it reports the time from the kill to the first write that
+//! both started and was acknowledged after it, the writes that failed in
+//! between, and the new leader. All nodes run on this machine, so the
+//! figures include every node's CPU use. The servers are stopped at the
+//! end; on failure their directories are kept and their logs named.
+//!
+//! `events` starts a 1-node and a 3-node cluster the same way, and
+//! `nats-server -js` (1 server, and 3 clustered; installed with apt-get
+//! when missing) in the same run, and measures events publish throughput,
+//! publish-to-consume latency and broker fan-out next to JetStream and
+//! core NATS (see `events.rs` and bench/README.md for what each row
+//! means).
+
+mod cluster;
+mod cpu;
+mod events;
+mod helloworld;
+mod nats;
+mod phase;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "micro-bench",
+    about = "Measure a Micro node's throughput and latency"
+)]
+struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Store writes, then reads of the written keys
+    Store {
+        /// A running node's gRPC address; default: start one in-process
+        #[arg(long)]
+        address: Option<String>,
+        /// Concurrent clients, each with its own connection
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds per phase
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Bytes per value
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+    },
+    /// helloworld's Call: direct, through the router, through the gateway
+    Helloworld {
+        /// Concurrent clients, each with its own connection
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds per phase
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Store writes and reads on a cluster of `micro server` processes,
+    /// through the leader and through a follower, then failover time
+    Cluster {
+        /// Nodes to start, on 127.0.0.1, 127.0.0.2, ...
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Concurrent clients, each with its own connection
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds per phase
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Bytes per value
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+    },
+    /// Events and broker on 1- and 3-node clusters next to nats-server -js
+    /// (JetStream R1 and R3) and core NATS, started by this run
+    Events {
+        /// Seconds per case, for each system in each round
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds; they alternate which system goes first
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Concurrent publishers of the publish cases, each awaiting its ack
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        publishers: Vec<usize>,
+        /// Publishes per second of the publish→consume case
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Broker subscribers of the fan-out case, spread over the 3 nodes
+        #[arg(long, default_value_t = 6)]
+        subscribers: usize,
+        /// Broker publishers of the fan-out case, spread over the 3 nodes
+        #[arg(long, default_value_t = 16)]
+        fanout_publishers: usize,
+        /// Payload bytes
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// The cases to run (publish, latency, fanout); default all
+        #[arg(long, value_delimiter = ',')]
+        cases: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match args.what {
+            What::Store {
+                address,
+                clients,
+                seconds,
+                value_size,
+            } => store::store(address, clients, seconds, value_size).await,
+            What::Helloworld { clients, seconds } => helloworld::helloworld(clients, seconds).await,
+            What::Cluster {
+                nodes,
+                clients,
+                seconds,
+                value_size,
+            } => cluster::cluster(nodes, clients, seconds, value_size).await,
+            What::Events {
+                seconds,
+                rounds,
+                publishers,
+                rate,
+                subscribers,
+                fanout_publishers,
+                payload,
+                cases,
+            } => {
+                events::events(events::Opts {
+                    seconds,
+                    rounds,
+                    publishers,
+                    rate,
+                    subscribers,
+                    fanout_publishers,
+                    payload,
+                    cases,
+                })
+                .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("micro-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
