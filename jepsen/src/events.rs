@@ -282,6 +282,47 @@ async fn next(
     }
 }
 
+/// Opens a consume stream for the log's stream `stream`; on failure
+/// records why, waits a moment and returns `None` (the caller retries).
+async fn open_stream(
+    client: &micro::Client,
+    req: ConsumeRequest,
+    limit: Duration,
+    (log, stream, clock): (&Log, u64, Clock),
+) -> Option<tonic::Streaming<Event>> {
+    let why = match tokio::time::timeout(limit, client.events().consume(req)).await {
+        Ok(Ok(s)) => return Some(s.into_inner()),
+        Ok(Err(s)) => describe(&s),
+        Err(_) => format!("no stream within {}s", limit.as_secs()),
+    };
+    log.close(stream, Some(why), clock);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    None
+}
+
+impl Delivery {
+    /// `ev` as consumer `consumer` got it on `stream`, now.
+    fn of(
+        consumer: usize,
+        stream: u64,
+        node: usize,
+        group: bool,
+        ev: &Event,
+        clock: Clock,
+    ) -> Self {
+        Delivery {
+            consumer,
+            stream,
+            node,
+            group,
+            seq: ev.seq,
+            payload: String::from_utf8_lossy(&ev.payload).into_owned(),
+            deliveries: ev.deliveries,
+            at_us: clock.now(),
+        }
+    }
+}
+
 /// Sends one ack (or nack) and records it.
 async fn send_ack(
     client: &micro::Client,
@@ -345,22 +386,10 @@ async fn member(
             continue;
         };
         let stream = log.open(me, at, true, 0, clock);
-        let opened = tokio::time::timeout(limit, client.events().consume(group_request())).await;
-        let mut events = match opened {
-            Ok(Ok(s)) => s.into_inner(),
-            Ok(Err(s)) => {
-                log.close(stream, Some(describe(&s)), clock);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            Err(_) => {
-                log.close(
-                    stream,
-                    Some("no stream within the op timeout".into()),
-                    clock,
-                );
-                continue;
-            }
+        let Some(mut events) =
+            open_stream(&client, group_request(), limit, (&log, stream, clock)).await
+        else {
+            continue;
         };
         // Acks go out concurrently, as a real consumer's would.
         let mut acking = tokio::task::JoinSet::new();
@@ -368,16 +397,7 @@ async fn member(
             match next(&mut events, &stop).await {
                 None => break None,
                 Some(Ok(Some(ev))) => {
-                    log.delivered(Delivery {
-                        consumer: me,
-                        stream,
-                        node: at,
-                        group: true,
-                        seq: ev.seq,
-                        payload: String::from_utf8_lossy(&ev.payload).into_owned(),
-                        deliveries: ev.deliveries,
-                        at_us: clock.now(),
-                    });
+                    log.delivered(Delivery::of(me, stream, at, true, &ev, clock));
                     let roll = rng.gen_range(0..100);
                     if roll < 90 {
                         let (client, log) = (client.clone(), log.clone());
@@ -427,35 +447,17 @@ async fn follower(
             from_seq: from,
             ..Default::default()
         };
-        let opened =
-            tokio::time::timeout(Duration::from_secs(10), client.events().consume(req)).await;
-        let mut events = match opened {
-            Ok(Ok(s)) => s.into_inner(),
-            Ok(Err(s)) => {
-                log.close(stream, Some(describe(&s)), clock);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            Err(_) => {
-                log.close(stream, Some("no stream within 10s".into()), clock);
-                continue;
-            }
+        let Some(mut events) =
+            open_stream(&client, req, Duration::from_secs(10), (&log, stream, clock)).await
+        else {
+            continue;
         };
         let why = loop {
             match next(&mut events, &stop).await {
                 None => break None,
                 Some(Ok(Some(ev))) => {
                     from = from.max(ev.seq + 1);
-                    log.delivered(Delivery {
-                        consumer: me,
-                        stream,
-                        node,
-                        group: false,
-                        seq: ev.seq,
-                        payload: String::from_utf8_lossy(&ev.payload).into_owned(),
-                        deliveries: ev.deliveries,
-                        at_us: clock.now(),
-                    });
+                    log.delivered(Delivery::of(me, stream, node, false, &ev, clock));
                 }
                 Some(Ok(None)) => break Some("the stream ended".to_string()),
                 Some(Err(s)) => break Some(describe(&s)),
@@ -568,19 +570,11 @@ async fn drain(addrs: &Addrs, node: usize, clock: Clock, log: &Arc<Log>) -> Resu
             continue;
         };
         let stream = log.open(DRAIN, node, true, 0, clock);
-        let mut events =
-            match tokio::time::timeout(limit, client.events().consume(group_request())).await {
-                Ok(Ok(s)) => s.into_inner(),
-                Ok(Err(s)) => {
-                    log.close(stream, Some(describe(&s)), clock);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                Err(_) => {
-                    log.close(stream, Some("no stream within 15s".into()), clock);
-                    continue;
-                }
-            };
+        let Some(mut events) =
+            open_stream(&client, group_request(), limit, (log, stream, clock)).await
+        else {
+            continue;
+        };
         loop {
             let left = quiet.saturating_sub(last.elapsed());
             if left.is_zero() {
@@ -592,16 +586,7 @@ async fn drain(addrs: &Addrs, node: usize, clock: Clock, log: &Arc<Log>) -> Resu
                 Err(_) => continue, // quiet: checked above
                 Ok(Ok(Some(ev))) => {
                     last = Instant::now();
-                    log.delivered(Delivery {
-                        consumer: DRAIN,
-                        stream,
-                        node,
-                        group: true,
-                        seq: ev.seq,
-                        payload: String::from_utf8_lossy(&ev.payload).into_owned(),
-                        deliveries: ev.deliveries,
-                        at_us: clock.now(),
-                    });
+                    log.delivered(Delivery::of(DRAIN, stream, node, true, &ev, clock));
                     // acked until it sticks: an unacked event would come back
                     let (client, log) = (client.clone(), log.clone());
                     acking.spawn(async move {

@@ -5,11 +5,10 @@
 //! user's service, keeps a room's history in a topic.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{http_send, services_target_dir, wait_for_nodes, Run, Server, MICRO};
+use crate::harness::{http_send, wait_for_nodes, Run, Server, MICRO};
 
 /// A CLI process running in the background, killed if a failed test
 /// leaves it running.
@@ -376,31 +375,6 @@ fn events_cli_bad_input_gets_one_line_and_sends_nothing() {
         );
 }
 
-/// The chat example's binary, built once per test run in the services'
-/// target dir (as the harness builds helloworld).
-fn chat_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let target = services_target_dir();
-            let out = Command::new(cargo)
-                .args(["build", "--locked", "--quiet", "-p", "chat", "--target-dir"])
-                .arg(&target)
-                .current_dir(&workspace)
-                .output()
-                .expect("run cargo");
-            assert!(
-                out.status.success(),
-                "cannot build examples/chat: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            target.join("debug").join("chat")
-        })
-        .clone()
-}
-
 /// A running chat service, stopped when dropped.
 struct Chat(Child);
 
@@ -416,7 +390,7 @@ fn chat_example_sends_and_replays_history() {
     let s = Server::start();
     let log = s.home.path().join("chat.log");
     let _chat = Chat(
-        Command::new(chat_bin())
+        Command::new(crate::harness::example_bin("chat"))
             .env("MICRO_PROXY_ADDRESS", &s.proxy)
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))

@@ -453,37 +453,45 @@ pub fn services_target_dir() -> PathBuf {
         .join("micro-runtime")
 }
 
-/// The helloworld example's binary, built once per test run. `cargo test`
-/// builds only the example's test harness, not its binary; this builds it
-/// in a target dir of its own so it does not wait on the outer cargo.
+/// The binary of the workspace example `package`, built once per test run.
+/// `cargo test` builds only an example's test harness, not its binary;
+/// this builds it in the services' target dir so it does not wait on the
+/// outer cargo.
+pub fn example_bin(package: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, bin)) = built.iter().find(|(p, _)| p == package) {
+        return bin.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = services_target_dir();
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "--locked",
+            "--quiet",
+            "-p",
+            package,
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(&workspace)
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cannot build examples/{package}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = target.join("debug").join(package);
+    built.push((package.to_string(), bin.clone()));
+    bin
+}
+
+/// The helloworld example's binary, built once per test run.
 pub fn helloworld_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let target = services_target_dir();
-            let out = Command::new(cargo)
-                .args([
-                    "build",
-                    "--locked",
-                    "--quiet",
-                    "-p",
-                    "helloworld",
-                    "--target-dir",
-                ])
-                .arg(&target)
-                .current_dir(&workspace)
-                .output()
-                .expect("run cargo");
-            assert!(
-                out.status.success(),
-                "cannot build examples/helloworld: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            target.join("debug").join("helloworld")
-        })
-        .clone()
+    example_bin("helloworld")
 }
 
 impl Instance {
