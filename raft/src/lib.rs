@@ -32,6 +32,7 @@
 mod durable;
 mod log_store;
 mod network;
+mod snapshot;
 mod state_machine;
 pub mod txn;
 

@@ -33,8 +33,7 @@ use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership,
+    EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, RwLock};
@@ -49,10 +48,10 @@ const SEQ: u8 = b'q';
 const REQUEST: u8 = b'i';
 const REQUEST_AGE: u8 = b'j';
 const REQUEST_COUNT: &[u8] = b"k";
-const META_APPLIED: &[u8] = b"mapplied";
-const META_MEMBERSHIP: &[u8] = b"mmembership";
-const SNAP_META: &[u8] = b"meta";
-const SNAP_DATA: &[u8] = b"data";
+pub(crate) const META_APPLIED: &[u8] = b"mapplied";
+pub(crate) const META_MEMBERSHIP: &[u8] = b"mmembership";
+pub(crate) const SNAP_META: &[u8] = b"meta";
+pub(crate) const SNAP_DATA: &[u8] = b"data";
 
 type SErr = StorageError<NodeId>;
 
@@ -132,7 +131,7 @@ fn seq_key(prefix: &[u8]) -> Vec<u8> {
     k
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
     bincode::serialize(v)
 }
 
@@ -636,21 +635,16 @@ fn apply_txn(
     Ok(result)
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
 /// The state machine openraft drives. Also builds and installs snapshots.
 #[derive(Clone)]
 pub struct StateMachine {
-    durable: Durable,
-    tree: sled::Tree,
-    snap: sled::Tree,
+    pub(crate) durable: Durable,
+    pub(crate) tree: sled::Tree,
+    pub(crate) snap: sled::Tree,
     /// Apply and snapshot install take it for writing, snapshot builds for
     /// reading, so a snapshot is a consistent cut of the state.
-    gate: Arc<RwLock<()>>,
-    changes: broadcast::Sender<Arc<Vec<Change>>>,
+    pub(crate) gate: Arc<RwLock<()>>,
+    pub(crate) changes: broadcast::Sender<Arc<Vec<Change>>>,
 }
 
 impl StateMachine {
@@ -675,7 +669,10 @@ impl StateMachine {
         }
     }
 
-    fn meta<T: for<'de> Deserialize<'de> + Default>(&self, key: &[u8]) -> Result<T, SErr> {
+    pub(crate) fn meta<T: for<'de> Deserialize<'de> + Default>(
+        &self,
+        key: &[u8],
+    ) -> Result<T, SErr> {
         match self
             .tree
             .get(key)
@@ -688,7 +685,7 @@ impl StateMachine {
     }
 }
 
-fn sm_write_err(e: impl std::error::Error + 'static) -> SErr {
+pub(crate) fn sm_write_err(e: impl std::error::Error + 'static) -> SErr {
     StorageIOError::write_state_machine(&e).into()
 }
 
@@ -754,7 +751,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+        self.begin_receiving().await
     }
 
     async fn install_snapshot(
@@ -762,117 +759,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
-        let bytes = snapshot.into_inner();
-        let body: SnapshotBody = bincode::deserialize(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        {
-            let _gate = self.gate.write().await;
-            let mut batch = sled::Batch::default();
-            for k in self.tree.iter().keys() {
-                batch.remove(k.map_err(sm_write_err)?);
-            }
-            for (k, v) in body.pairs {
-                batch.insert(k, v);
-            }
-            batch.insert(
-                META_APPLIED,
-                encode(&meta.last_log_id).map_err(sm_write_err)?,
-            );
-            batch.insert(
-                META_MEMBERSHIP,
-                encode(&meta.last_membership).map_err(sm_write_err)?,
-            );
-            self.tree.apply_batch(batch).map_err(sm_write_err)?;
-        }
-        self.save_snapshot(meta, &bytes).await?;
-        let _ = self.changes.send(Arc::new(vec![Change::Reset]));
-        Ok(())
+        self.install(meta, snapshot).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        let read_err = |e: String| -> SErr {
-            StorageIOError::read_snapshot(None, openraft::AnyError::error(e)).into()
-        };
-        let meta = self
-            .snap
-            .get(SNAP_META)
-            .map_err(|e| read_err(e.to_string()))?;
-        let data = self
-            .snap
-            .get(SNAP_DATA)
-            .map_err(|e| read_err(e.to_string()))?;
-        match (meta, data) {
-            (Some(meta), Some(data)) => {
-                let meta: SnapshotMeta<NodeId, BasicNode> =
-                    bincode::deserialize(&meta).map_err(|e| read_err(e.to_string()))?;
-                Ok(Some(Snapshot {
-                    meta,
-                    snapshot: Box::new(Cursor::new(data.to_vec())),
-                }))
-            }
-            _ => Ok(None),
-        }
-    }
-}
-
-impl StateMachine {
-    /// Keeps `bytes` as the current snapshot, durably.
-    async fn save_snapshot(
-        &self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        bytes: &[u8],
-    ) -> Result<(), SErr> {
-        let err = |e: String| -> SErr {
-            StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e))
-                .into()
-        };
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAP_META, encode(meta).map_err(|e| err(e.to_string()))?);
-        batch.insert(SNAP_DATA, bytes);
-        self.snap
-            .apply_batch(batch)
-            .map_err(|e| err(e.to_string()))?;
-        self.durable.sync().await.map_err(|e| err(e.to_string()))?;
-        Ok(())
-    }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        let (bytes, last_applied, membership) = {
-            let _gate = self.gate.read().await;
-            let last_applied: Option<LogId<NodeId>> = self.meta(META_APPLIED)?;
-            let membership: StoredMembership<NodeId, BasicNode> = self.meta(META_MEMBERSHIP)?;
-            let mut pairs = Vec::new();
-            for item in self.tree.iter() {
-                let (k, v) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
-                if k.first() != Some(&b'm') {
-                    pairs.push((k.to_vec(), v.to_vec()));
-                }
-            }
-            let bytes = encode(&SnapshotBody { pairs })
-                .map_err(|e| StorageIOError::read_state_machine(&e))?;
-            (bytes, last_applied, membership)
-        };
-        let snapshot_id = match &last_applied {
-            Some(id) => format!(
-                "{}-{}-{}",
-                id.leader_id.term,
-                id.index,
-                crate::txn::now_millis()
-            ),
-            None => format!("0-0-{}", crate::txn::now_millis()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        self.save_snapshot(&meta, &bytes).await?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
-        })
+        self.current_snapshot().await
     }
 }
 
