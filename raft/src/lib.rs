@@ -128,6 +128,14 @@ impl From<sled::Error> for Error {
     }
 }
 
+/// How often a leader tells its followers it is alive (and sends them new
+/// entries when there are none waiting).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(100);
+/// How long a follower waits without hearing from a leader before it
+/// stands for election: a random time in this range.
+pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(400), Duration::from_millis(800));
+
 /// Tuning of the Raft group.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -144,18 +152,24 @@ pub struct Options {
     pub keep_after_snapshot: u64,
     /// Group commit: how writes are gathered into entries.
     pub batch: BatchLimits,
+    /// At most this many entries per AppendEntries RPC. openraft 0.9 gives
+    /// each AppendEntries one heartbeat interval to complete, follower
+    /// fsync included; a bounded payload (this × the batch byte bound)
+    /// keeps a lagging follower's catch-up RPCs inside it.
+    pub max_entries_per_rpc: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            heartbeat: Duration::from_millis(250),
-            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            heartbeat: DEFAULT_HEARTBEAT,
+            election_timeout: DEFAULT_ELECTION_TIMEOUT,
             snapshot_after: 20_000,
             leader_wait: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             keep_after_snapshot: 1000,
             batch: BatchLimits::default(),
+            max_entries_per_rpc: 8,
         }
     }
 }
@@ -237,6 +251,7 @@ impl Replica {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_after),
             max_in_snapshot_log_to_keep: options.keep_after_snapshot,
             install_snapshot_timeout: 10_000,
+            max_payload_entries: options.max_entries_per_rpc.max(1),
             ..Default::default()
         }
         .validate()

@@ -43,7 +43,7 @@ impl Default for BatchLimits {
     fn default() -> Self {
         BatchLimits {
             max_txns: 1024,
-            max_bytes: 512 * 1024,
+            max_bytes: 256 * 1024,
             in_flight: 2,
         }
     }
