@@ -16,7 +16,7 @@
 //! nothing and returns the remembered result. Ids are forgotten when a
 //! later transaction's `now` is more than [`REQUEST_WINDOW_MS`] past theirs,
 //! or oldest first beyond [`REQUEST_CAP`] ids, at most
-//! [`PRUNE_PER_ENTRY`] per entry; all of it judged from replicated data
+//! [`PRUNE_PER_ENTRY`] per transaction; all of it judged from replicated data
 //! only, so every replica remembers the same ids. The table lives in the
 //! `sm` tree, so snapshots carry it.
 //!
@@ -60,8 +60,8 @@ type SErr = StorageError<NodeId>;
 pub const REQUEST_WINDOW_MS: Millis = 10 * 60 * 1000;
 /// At most this many request ids are remembered; the oldest go first.
 pub const REQUEST_CAP: u64 = 100_000;
-/// At most this many remembered ids are forgotten per applied entry, so an
-/// entry's work stays bounded (the table shrinks a little late, never
+/// At most this many remembered ids are forgotten per applied transaction,
+/// so a transaction's work stays bounded (the table shrinks a little late, never
 /// wrongly).
 pub const PRUNE_PER_ENTRY: usize = 64;
 
@@ -377,6 +377,28 @@ impl<'a> Pending<'a> {
         Ok(keys.into_keys().take(limit).collect())
     }
 
+    /// The first key (raw, in the `sm` tree) in `from..end`, tree and
+    /// pending writes merged.
+    fn first_key(&self, from: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, crate::Error> {
+        let mut in_tree = None;
+        for item in self.tree.range(from..end) {
+            let (k, _) = item?;
+            if !matches!(self.writes.get(k.as_ref()), Some(None)) {
+                in_tree = Some(k.to_vec());
+                break;
+            }
+        }
+        let pending = self
+            .writes
+            .range(from.to_vec()..end.to_vec())
+            .find(|(_, v)| v.is_some())
+            .map(|(k, _)| k.clone());
+        Ok(match (in_tree, pending) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
     /// Removes a record and its expiry index entry; reports whether it existed.
     fn delete_record(
         &mut self,
@@ -450,9 +472,14 @@ impl<'a> Pending<'a> {
     ) -> Result<(), crate::Error> {
         let mut count = self.get(REQUEST_COUNT)?.map(|r| be_u64(&r)).unwrap_or(0);
         let cutoff = now.saturating_sub(REQUEST_WINDOW_MS);
-        let start = [REQUEST_AGE];
         let end = [REQUEST_AGE + 1];
-        for age in self.keys_with_prefix(&start, Some(&end), PRUNE_PER_ENTRY)? {
+        let mut cursor = vec![REQUEST_AGE];
+        // Oldest first, one key at a time: usually the first one is young
+        // enough and nothing more is read.
+        for _ in 0..PRUNE_PER_ENTRY {
+            let Some(age) = self.first_key(&cursor, &end)? else {
+                break;
+            };
             let stamp = be_u64(&age[1..]);
             if stamp >= cutoff && count < cap {
                 break;
@@ -463,6 +490,8 @@ impl<'a> Pending<'a> {
                 k.extend_from_slice(&old);
                 self.remove(k);
             }
+            cursor = age.clone();
+            cursor.push(0);
             self.remove(age);
             count = count.saturating_sub(1);
         }
