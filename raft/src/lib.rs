@@ -37,7 +37,6 @@ mod state_machine;
 pub mod txn;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +60,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Txn,
         R = TxnResult,
+        SnapshotData = tokio::fs::File,
 );
 
 /// A log entry.
@@ -135,6 +135,14 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Log entries kept after a snapshot, for followers that lag a little.
     pub keep_after_snapshot: u64,
+    /// Bytes of a snapshot sent per message to a member that catches up.
+    pub snapshot_chunk: u64,
+    /// How long one snapshot chunk may take to be received; the last one
+    /// includes installing the whole snapshot.
+    pub snapshot_chunk_timeout: Duration,
+    /// Bytes of sled's page cache (sled's own default is 1 GiB, which a
+    /// node with that much state would fill: resident memory grows with it).
+    pub cache_capacity: u64,
 }
 
 impl Default for Options {
@@ -146,6 +154,9 @@ impl Default for Options {
             leader_wait: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             keep_after_snapshot: 1000,
+            snapshot_chunk: 3 * 1024 * 1024,
+            snapshot_chunk_timeout: Duration::from_secs(120),
+            cache_capacity: 64 * 1024 * 1024,
         }
     }
 }
@@ -153,7 +164,7 @@ impl Default for Options {
 /// Opens the log store and state machine in `dir`, for tests and tools that
 /// drive openraft's storage directly.
 pub fn open_storage(dir: &Path) -> Result<(LogStore, StateMachine), Error> {
-    let (db, durable) = open_db(dir)?;
+    let (db, durable) = open_db(dir, &Options::default())?;
     let (tx, _) = broadcast::channel(1024);
     Ok((
         LogStore::open(&db, durable.clone())?,
@@ -163,8 +174,11 @@ pub fn open_storage(dir: &Path) -> Result<(LogStore, StateMachine), Error> {
 
 /// Opens sled in `dir` with the build's flush policy, and the handle that
 /// makes its writes durable. Blocking (sled reads and recovers its log).
-fn open_db(dir: &Path) -> Result<(sled::Db, Durable), Error> {
-    let db = durable::configure(sled::Config::new().path(dir)).open()?;
+fn open_db(dir: &Path, options: &Options) -> Result<(sled::Db, Durable), Error> {
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(options.cache_capacity);
+    let db = durable::configure(config).open()?;
     let durable = Durable::open(db.clone(), dir).map_err(|e| {
         Error::Storage(format!(
             "cannot sync the replicated state in {}: {e}",
@@ -205,13 +219,19 @@ impl Replica {
         N: openraft::RaftNetworkFactory<TypeConfig>,
     {
         let dir = dir.to_path_buf();
-        // sled's open reads and recovers the whole log: keep it off the runtime.
-        let (db, durable) = tokio::task::spawn_blocking(move || open_db(&dir))
-            .await
-            .map_err(|e| Error::Storage(e.to_string()))??;
         let (changes, _) = broadcast::channel(4096);
+        // sled's open reads and recovers the whole log, and the state
+        // machine may finish an interrupted snapshot install: keep both off
+        // the runtime.
+        let (opts, tx) = (options.clone(), changes.clone());
+        let (db, durable, sm) = tokio::task::spawn_blocking(move || {
+            let (db, durable) = open_db(&dir, &opts)?;
+            let sm = StateMachine::open(&db, durable.clone(), tx)?;
+            Ok::<_, Error>((db, durable, sm))
+        })
+        .await
+        .map_err(|e| Error::Storage(e.to_string()))??;
         let log = LogStore::open(&db, durable.clone())?;
-        let sm = StateMachine::open(&db, durable, changes.clone())?;
         let reader = sm.reader();
         let config = openraft::Config {
             cluster_name: "micro".into(),
@@ -220,7 +240,8 @@ impl Replica {
             election_timeout_max: options.election_timeout.1.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_after),
             max_in_snapshot_log_to_keep: options.keep_after_snapshot,
-            install_snapshot_timeout: 10_000,
+            install_snapshot_timeout: options.snapshot_chunk_timeout.as_millis() as u64,
+            snapshot_max_chunk_size: options.snapshot_chunk,
             ..Default::default()
         }
         .validate()
