@@ -490,7 +490,11 @@ fn accept(dir: &Path, mut file: File) -> io::Result<String> {
     };
     let mut file = file;
     file.seek(SeekFrom::Start(0))?;
-    verify(&file)?;
+    if let Err(e) = verify(&file) {
+        // Refused: the sender starts a new stream.
+        remove(dir, &name, Kind::Part);
+        return Err(e);
+    }
     file.sync_all()?;
     std::fs::rename(
         file_path(dir, &name, Kind::Part)?,
