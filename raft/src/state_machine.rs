@@ -23,8 +23,14 @@
 //! Apply uses no clock and no randomness: expiry is judged against the `now`
 //! carried in each transaction. The state machine knows nothing of services.
 //!
-//! Must never: apply a remembered request id again, or let a replica's own
-//! clock decide what is remembered.
+//! Snapshots (`snapshot.rs`) are built while apply goes on: apply holds the
+//! gate for writing and, before each entry's batch, hands the keys it
+//! writes to [`Cut::record`], which keeps their before-images while a build
+//! walks the tree. That call is apply's whole part in snapshots.
+//!
+//! Must never: apply a remembered request id again, let a replica's own
+//! clock decide what is remembered, or apply a batch before the cut has
+//! seen its keys.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
