@@ -879,6 +879,77 @@ mod tests {
         assert!(check(b"not a snapshot").contains("not a Micro snapshot"));
     }
 
+    #[tokio::test]
+    async fn an_install_cut_short_by_a_crash_is_finished_on_open() {
+        use openraft::storage::RaftStateMachine;
+        use openraft::{CommittedLeaderId, EntryPayload};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let a = tempfile::tempdir().unwrap();
+        let (_la, mut sma) = crate::open_storage(a.path()).unwrap();
+        let entries: Vec<crate::Entry> = (1..=300u64)
+            .map(|i| crate::Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(crate::Txn::put(format!("k{i:03}"), "v", None)),
+            })
+            .collect();
+        sma.apply(entries).await.unwrap();
+        let snap = sma.build_snapshot().await.unwrap();
+        let mut bytes = Vec::new();
+        let mut file = snap.snapshot;
+        file.read_to_end(&mut bytes).await.unwrap();
+
+        let b = tempfile::tempdir().unwrap();
+        let (lb, mut smb) = crate::open_storage(b.path()).unwrap();
+        let mut incoming = smb.begin_receiving_snapshot().await.unwrap();
+        incoming.write_all(&bytes).await.unwrap();
+        smb.install_snapshot(&snap.meta, incoming).await.unwrap();
+        // As if the node crashed half-way through the load: the marker is
+        // there, half the keys and the applied log id are not.
+        let name = current_name(&smb.snap).unwrap().unwrap();
+        let marker = encode(&Installing {
+            meta: snap.meta.clone(),
+            file: name,
+        })
+        .unwrap();
+        smb.snap.insert(SNAP_INSTALLING, marker).unwrap();
+        let keys: Vec<sled::IVec> = smb
+            .tree
+            .iter()
+            .keys()
+            .step_by(2)
+            .map(|k| k.unwrap())
+            .collect();
+        for k in keys {
+            smb.tree.remove(k).unwrap();
+        }
+        smb.tree.remove(META_APPLIED).unwrap();
+        smb.durable.sync().await.unwrap();
+        assert!(smb.reader().get(b"k001", 0).unwrap().is_none());
+        drop((lb, smb));
+
+        // sled lets go of its lock from its own threads a moment later.
+        let mut tries = 0;
+        let (_lb, mut smb) = loop {
+            match crate::open_storage(b.path()) {
+                Ok(s) => break s,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        for i in 1..=300u64 {
+            let got = smb.reader().get(format!("k{i:03}").as_bytes(), 0).unwrap();
+            assert_eq!(got.map(|r| r.value), Some(b"v".to_vec()), "k{i:03}");
+        }
+        let (applied, _) = smb.applied_state().await.unwrap();
+        assert_eq!(applied, snap.meta.last_log_id);
+        assert!(smb.snap.get(SNAP_INSTALLING).unwrap().is_none());
+        assert!(smb.get_current_snapshot().await.unwrap().is_some());
+    }
+
     #[test]
     fn ids_from_outside_never_become_paths() {
         let dir = Path::new("/d");

@@ -789,3 +789,142 @@ fn a_node_whose_raft_state_is_lost_or_foreign_refuses_to_start() {
     a.login_admin();
     assert_eq!(read(&a, "k").ok(), "kept\n");
 }
+
+/// `VmHWM` and `VmRSS` of a process, in MiB.
+fn memory_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb / 1024)
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// A measurement, not a check: fills a 3-node cluster with about
+/// `MICRO_MEASURE_MIB` MiB (default 1024) of 128 KiB values (openraft
+/// batches up to 300 entries per append, which must stay under the peer
+/// message limit of 64 MiB) while one node is
+/// down, then restarts it so it catches up from a snapshot, and prints the
+/// peak resident memory (VmHWM, reset before the transfer through
+/// `/proc/PID/clear_refs`) of every node during the transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: writes ~1 GiB per node; run by hand with --ignored --nocapture"]
+async fn measure_memory_of_a_snapshot_transfer() {
+    let mib: usize = std::env::var("MICRO_MEASURE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let env = [("MICRO_RAFT_SNAPSHOT_AFTER", "500")];
+    let mut nodes = cluster(2, &env);
+    nodes[2].kill9();
+    let started = Instant::now();
+    let client = nodes[0].client("micro").await;
+    let mut writers = Vec::new();
+    let values = mib * 8;
+    for w in 0..2usize {
+        let client = client.clone();
+        writers.push(tokio::spawn(async move {
+            for i in (w..values).step_by(2) {
+                let mut value = vec![0u8; 128 << 10];
+                let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                for chunk in value.chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+                }
+                // A debug build on a loaded machine can miss the write
+                // timeout; writing the same record again is harmless here.
+                let mut tries = 0;
+                loop {
+                    let written = client
+                        .store()
+                        .write(WriteRequest {
+                            record: Some(Record {
+                                key: format!("big/{i:05}"),
+                                value: value.clone(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        })
+                        .await;
+                    match written {
+                        Ok(_) => break,
+                        Err(e) if tries < 20 => {
+                            tries += 1;
+                            eprintln!("write big/{i:05} again: {}", e.message());
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => panic!("write big/{i:05}: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    println!("wrote {mib} MiB in {:?}", started.elapsed());
+    for (i, n) in nodes.iter().enumerate().take(2) {
+        let (hwm, rss) = memory_mib(n.pid());
+        println!("node {i} after the writes: peak {hwm} MiB, now {rss} MiB");
+        std::fs::write(format!("/proc/{}/clear_refs", n.pid()), "5").unwrap();
+    }
+    let lead = leader(&nodes[0]);
+    let started = Instant::now();
+    nodes[2].restart();
+    let pids: Vec<u32> = nodes.iter().map(|n| n.pid()).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (pids, done) = (pids.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut peak = vec![0u64; pids.len()];
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for (p, pid) in peak.iter_mut().zip(&pids) {
+                    *p = (*p).max(memory_mib(*pid).1);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    };
+    let last = format!("big/{:05}", values - 1);
+    let n3 = nodes[2].client("micro").await;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let got = n3
+            .store()
+            .read(ReadRequest {
+                key: last.clone(),
+                ..Default::default()
+            })
+            .await;
+        if got.is_ok_and(|r| !r.into_inner().records.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never caught up");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sampled = sampler.join().unwrap();
+    println!("the restarted node caught up in {:?}", started.elapsed());
+    for (i, n) in nodes.iter().enumerate() {
+        let role = if n.node_id == lead {
+            "leader"
+        } else if i == 2 {
+            "new member"
+        } else {
+            "follower"
+        };
+        let (hwm, rss) = memory_mib(n.pid());
+        println!(
+            "node {i} ({role}) during the transfer: VmHWM {hwm} MiB, highest VmRSS sampled {} MiB, now {rss} MiB",
+            sampled[i]
+        );
+    }
+}
