@@ -1,6 +1,7 @@
 //! A measurement, not a check: the peak resident memory of building,
 //! sending and installing a snapshot of about `MICRO_MEASURE_MIB` MiB
-//! (default 1024) of 128 KiB values, through openraft's storage API, phase
+//! (default 1024) of `MICRO_MEASURE_VALUE_KIB` KiB values (default 128),
+//! through openraft's storage API, phase
 //! by phase (the peak is reset through `/proc/self/clear_refs` between
 //! phases). Run by hand:
 //! `cargo test -p micro-raft --test snapshot_memory -- --ignored --nocapture`.
@@ -46,15 +47,20 @@ async fn measure_memory_of_building_sending_and_installing_a_snapshot() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
+    let kib: u64 = std::env::var("MICRO_MEASURE_VALUE_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
+    let per_mib = (1024 / kib).max(1);
     let a = tempfile::tempdir().unwrap();
     let (_la, mut leader) = open_storage(a.path()).unwrap();
     let started = Instant::now();
-    let mut index = 0;
+    let mut index = 0u64;
     for i in 0..mib {
         let mut entries: Vec<Entry> = Vec::new();
-        for j in 0..8u64 {
+        for j in 0..per_mib {
             index += 1;
-            let mut value = vec![0u8; 128 << 10];
+            let mut value = vec![0u8; (kib << 10) as usize];
             let mut x = index.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             for c in value.chunks_mut(8) {
                 x ^= x << 13;
@@ -109,6 +115,6 @@ async fn measure_memory_of_building_sending_and_installing_a_snapshot() {
     let started = Instant::now();
     member.install_snapshot(&meta, incoming).await.unwrap();
     phase("member: installed the snapshot", started);
-    let last = format!("big/{:05}/7", mib - 1);
+    let last = format!("big/{:05}/{}", mib - 1, per_mib - 1);
     assert!(member.reader().get(last.as_bytes(), 0).unwrap().is_some());
 }
