@@ -257,3 +257,31 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+// Helpers for the snapshot files, which live next to sled's files but are
+// not sled's: the snapshot module writes them and makes them durable itself.
+impl Durable {
+    /// The data directory sled was opened in.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// [`Durable::sync`] for callers already on the blocking pool (or
+    /// opening, where blocking is allowed).
+    pub(crate) fn sync_blocking(&self) -> std::io::Result<()> {
+        if cfg!(feature = "no-fsync") {
+            return Ok(());
+        }
+        self.inner.sync_blocking(false)
+    }
+}
+
+/// Makes `file`'s contents and its entry in `dir` durable (`fsync` of the
+/// file, then of the directory). Blocking.
+pub(crate) fn sync_file_and_dir(file: &File, dir: &Path) -> std::io::Result<()> {
+    if cfg!(feature = "no-fsync") {
+        return Ok(());
+    }
+    file.sync_all()?;
+    sync_dir(dir)
+}

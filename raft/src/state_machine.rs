@@ -23,11 +23,16 @@
 //! Apply uses no clock and no randomness: expiry is judged against the `now`
 //! carried in each transaction. The state machine knows nothing of services.
 //!
-//! Must never: apply a remembered request id again, or let a replica's own
-//! clock decide what is remembered.
+//! Snapshots (`snapshot.rs`) are built while apply goes on: apply holds the
+//! gate for writing and, before each entry's batch, hands the keys it
+//! writes to [`Cut::record`], which keeps their before-images while a build
+//! walks the tree. That call is apply's whole part in snapshots.
+//!
+//! Must never: apply a remembered request id again, let a replica's own
+//! clock decide what is remembered, or apply a batch before the cut has
+//! seen its keys.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -36,9 +41,10 @@ use openraft::{
     EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, RwLock};
+use tokio::sync::{broadcast, Mutex, RwLock};
 
 use crate::durable::Durable;
+use crate::snapshot::{BuildHook, Cut};
 use crate::txn::{sequence_key, Cond, Millis, Op, Record, RequestId, Txn, TxnResult};
 use crate::{BasicNode, NodeId, TypeConfig};
 
@@ -50,8 +56,6 @@ const REQUEST_AGE: u8 = b'j';
 const REQUEST_COUNT: &[u8] = b"k";
 pub(crate) const META_APPLIED: &[u8] = b"mapplied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"mmembership";
-pub(crate) const SNAP_META: &[u8] = b"meta";
-pub(crate) const SNAP_DATA: &[u8] = b"data";
 
 type SErr = StorageError<NodeId>;
 
@@ -676,24 +680,41 @@ pub struct StateMachine {
     pub(crate) durable: Durable,
     pub(crate) tree: sled::Tree,
     pub(crate) snap: sled::Tree,
-    /// Apply and snapshot install take it for writing, snapshot builds for
-    /// reading, so a snapshot is a consistent cut of the state.
+    /// Apply and snapshot install take it for writing, a snapshot build
+    /// for reading while it takes its cut (not while it walks the tree).
     pub(crate) gate: Arc<RwLock<()>>,
     pub(crate) changes: broadcast::Sender<Arc<Vec<Change>>>,
+    /// `<data dir>/snapshots`.
+    pub(crate) snap_dir: std::path::PathBuf,
+    /// Before-images of keys written while a snapshot is built.
+    pub(crate) cut: Arc<Cut>,
+    /// One build at a time; an install waits for a running build.
+    pub(crate) builds: Arc<Mutex<()>>,
+    pub(crate) build_hook: Arc<std::sync::Mutex<Option<BuildHook>>>,
 }
 
 impl StateMachine {
+    /// Opens the state machine in `db`, finishing a snapshot install a
+    /// crash interrupted. Blocking (that install reads a file and writes
+    /// the tree): call it where opening sled may block.
     pub(crate) fn open(
         db: &sled::Db,
         durable: Durable,
         changes: broadcast::Sender<Arc<Vec<Change>>>,
     ) -> Result<Self, crate::Error> {
+        let tree = db.open_tree("sm")?;
+        let snap = db.open_tree("snapshot")?;
+        let snap_dir = crate::snapshot::open_dir(&tree, &snap, &durable)?;
         Ok(StateMachine {
             durable,
-            tree: db.open_tree("sm")?,
-            snap: db.open_tree("snapshot")?,
+            tree,
+            snap,
             gate: Arc::new(RwLock::new(())),
             changes,
+            snap_dir,
+            cut: Arc::default(),
+            builds: Arc::default(),
+            build_hook: Arc::default(),
         })
     }
 
@@ -770,6 +791,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 META_APPLIED.to_vec(),
                 encode(&Some(entry.log_id)).map_err(sm_write_err)?,
             );
+            // A snapshot being built keeps what these keys held at its cut.
+            self.cut
+                .record(&self.tree, p.writes.keys())
+                .map_err(sm_write_err)?;
             self.tree
                 .apply_batch(p.into_batch())
                 .map_err(sm_write_err)?;
@@ -786,14 +811,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, SErr> {
         self.begin_receiving().await
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), SErr> {
         self.install(meta, snapshot).await
     }

@@ -5,7 +5,7 @@
 //! the first outcome; ids age out by replicated time only, identically on
 //! every replica; snapshots carry the table.
 
-use std::io::Cursor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use micro_raft::{open_storage, Batch, Entry, Op, StateMachine, Txn, TxnResult, REQUEST_WINDOW_MS};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -41,6 +41,13 @@ fn list(sm: &StateMachine) -> Vec<Vec<u8>> {
         .scan(b"list/", 0, false)
         .map(|r| r.expect("scan").1.value)
         .collect()
+}
+
+/// The bytes of a snapshot file.
+async fn bytes(mut file: Box<tokio::fs::File>) -> Vec<u8> {
+    let mut out = Vec::new();
+    file.read_to_end(&mut out).await.expect("read snapshot");
+    out
 }
 
 /// Applies entries of one transaction each (or none): one outcome per entry.
@@ -163,7 +170,7 @@ async fn request_ids_age_out_by_replicated_time_on_every_replica_alike() {
         .build_snapshot()
         .await
         .unwrap();
-    assert_eq!(sa.snapshot.into_inner(), sb.snapshot.into_inner());
+    assert_eq!(bytes(sa.snapshot).await, bytes(sb.snapshot).await);
 }
 
 #[tokio::test]
@@ -182,10 +189,11 @@ async fn a_snapshot_carries_the_remembered_requests() {
     // proposed again: it must not apply it a second time.
     let b = tempfile::tempdir().unwrap();
     let (_lb, mut smb) = open_storage(b.path()).unwrap();
-    let bytes = snap.snapshot.into_inner();
-    smb.install_snapshot(&snap.meta, Box::new(Cursor::new(bytes)))
-        .await
-        .unwrap();
+    let data = bytes(snap.snapshot).await;
+    let mut incoming = smb.begin_receiving_snapshot().await.unwrap();
+    incoming.write_all(&data).await.unwrap();
+    incoming.flush().await.unwrap();
+    smb.install_snapshot(&snap.meta, incoming).await.unwrap();
     assert_eq!(list(&smb), vec![b"a".to_vec()]);
     let again = apply(&mut smb, vec![entry(2, 2, 2, append("a", NOW, Some(7)))]).await;
     assert_eq!(again[0], first[0]);
