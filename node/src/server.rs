@@ -369,9 +369,9 @@ pub async fn run(
         &dir.join("raft"),
         id,
         raft_options,
-        RaftNet {
+        Arc::new(RaftNet {
             peers: peers.clone(),
-        },
+        }),
         Arc::new(Forwarder {
             peers: peers.clone(),
         }),

@@ -29,6 +29,7 @@
 // return the same type so `?` composes, so the size lint does not apply.
 #![allow(clippy::result_large_err)]
 
+mod admin;
 mod durable;
 mod log_store;
 mod network;
@@ -46,9 +47,10 @@ use openraft::error::{ClientWriteError, RaftError};
 pub use openraft::BasicNode;
 use tokio::sync::broadcast;
 
+pub use admin::{Membership, MembershipChange, Role, Status};
 pub use durable::Durable;
 pub use log_store::LogStore;
-pub use network::{Forward, NoPeers};
+pub use network::{Forward, NoPeers, RaftTransport, RpcKind, TransportError};
 pub use state_machine::{Change, Reader, StateMachine};
 pub use state_machine::{PRUNE_PER_ENTRY, REQUEST_CAP, REQUEST_WINDOW_MS};
 pub use txn::{now_millis, sequence_key, Cond, Millis, Op, Record, RequestId, Txn, TxnResult};
@@ -66,8 +68,8 @@ openraft::declare_raft_types!(
 /// A log entry.
 pub type Entry = openraft::Entry<TypeConfig>;
 
-/// The openraft handle.
-pub type Raft = openraft::Raft<TypeConfig>;
+/// The openraft handle (only this crate holds it).
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
 
 /// What went wrong with the replicated state.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,12 @@ pub enum Error {
     Unknown(String),
     #[error("{0}")]
     Timeout(String),
+    /// A peer's message could not be read.
+    #[error("cannot read {0}")]
+    BadMessage(String),
+    /// A peer asked for something this replica does not grant it.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -183,27 +191,28 @@ pub struct Replica {
     changes: broadcast::Sender<Arc<Vec<Change>>>,
     options: Options,
     forward: Arc<dyn Forward>,
+    transport: Arc<dyn RaftTransport>,
 }
 
 impl Replica {
     /// Opens (or creates) a replica that never talks to peers: a node alone.
     pub async fn open(dir: &Path, id: NodeId, options: Options) -> Result<Self, Error> {
-        Self::open_with(dir, id, options, NoPeers, Arc::new(NoPeers)).await
+        Self::open_with(dir, id, options, Arc::new(NoPeers), Arc::new(NoPeers)).await
     }
 
     /// Opens (or creates) the replica's storage in `dir` and starts Raft,
-    /// reaching peers through `network` (Raft RPCs) and `forward` (writes
-    /// and read barriers sent to the leader).
-    pub async fn open_with<N>(
+    /// reaching peers through `transport` (Raft RPCs, hand-overs) and
+    /// `forward` (writes and read barriers sent to the leader).
+    pub async fn open_with(
         dir: &Path,
         id: NodeId,
         options: Options,
-        network: N,
+        transport: Arc<dyn RaftTransport>,
         forward: Arc<dyn Forward>,
-    ) -> Result<Self, Error>
-    where
-        N: openraft::RaftNetworkFactory<TypeConfig>,
-    {
+    ) -> Result<Self, Error> {
+        let network = network::Network {
+            transport: transport.clone(),
+        };
         let dir = dir.to_path_buf();
         // sled's open reads and recovers the whole log: keep it off the runtime.
         let (db, durable) = tokio::task::spawn_blocking(move || open_db(&dir))
@@ -235,6 +244,7 @@ impl Replica {
             changes,
             options,
             forward,
+            transport,
         })
     }
 
@@ -465,11 +475,6 @@ impl Replica {
     /// Whether this replica leads the group right now.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
-    }
-
-    /// The openraft handle, for metrics and membership.
-    pub fn raft(&self) -> &Raft {
-        &self.raft
     }
 
     /// Runs the expiry sweeper until the replica stops: while this replica
