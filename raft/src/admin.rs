@@ -302,11 +302,10 @@ impl Replica {
     }
 
     /// Hands leadership over to the most caught-up other voter, if this
-    /// replica leads: stops heartbeats, lets the chosen voter catch up
-    /// (bounded by `within`), asks it to campaign, and waits (also within
-    /// `within`) until this replica sees another leader. Returns the
-    /// voter asked, or `None` when this replica does not lead or no other
-    /// voter exists. On failure heartbeats resume, so a replica that keeps
+    /// replica leads: stops heartbeats, lets the chosen voter catch up,
+    /// asks it to campaign, and waits until this replica sees another
+    /// leader, all within `within`. Returns the voter that took over, or
+    /// `None` when this replica does not lead or no other voter exists. On failure heartbeats resume, so a replica that keeps
     /// running stays a working leader until an election says otherwise.
     pub async fn hand_over(&self, within: Duration) -> Result<Option<NodeId>, Error> {
         let status = self.status();
@@ -314,26 +313,58 @@ impl Replica {
             return Ok(None);
         }
         let matched = status.matched.clone().unwrap_or_default();
-        // The most caught-up voter; of equals, the lowest id.
-        let Some(target) = status
+        // The most caught-up voters first; of equals, the lowest id. One
+        // that cannot be reached (down) passes the turn to the next.
+        let mut order: Vec<NodeId> = status
             .membership
             .voters
             .iter()
             .filter(|v| **v != self.id)
-            .max_by_key(|v| (matched.get(v).copied().unwrap_or(0), std::cmp::Reverse(**v)))
             .copied()
-        else {
-            return Ok(None);
-        };
+            .collect();
+        order.sort_by_key(|v| (std::cmp::Reverse(matched.get(v).copied().unwrap_or(0)), *v));
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = None;
+        for target in order {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.hand_over_to(target, left).await {
+                Ok(()) => return Ok(Some(target)),
+                Err(e @ Error::Unreachable(_)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// Hands leadership over to voter `target` (see [`Replica::hand_over`]).
+    pub async fn hand_over_to(&self, target: NodeId, within: Duration) -> Result<(), Error> {
+        let status = self.status();
+        if status.role != Role::Leader {
+            return Err(match status.leader {
+                Some(id) => Error::NotLeader {
+                    leader_id: id,
+                    leader_addr: status.membership.addr(id).unwrap_or_default().into(),
+                },
+                None => Error::NoLeader,
+            });
+        }
+        if target == self.id || !status.membership.voters.contains(&target) {
+            return Err(Error::Refused(format!(
+                "node {target} is not another voter: leadership cannot go there"
+            )));
+        }
         self.raft.runtime_config().heartbeat(false);
-        let result = self.hand_over_to(&status, target, within).await;
+        let result = self.campaign_elsewhere(&status, target, within).await;
         if result.is_err() {
             self.raft.runtime_config().heartbeat(true);
         }
-        result.map(|()| Some(target))
+        result
     }
 
-    async fn hand_over_to(
+    async fn campaign_elsewhere(
         &self,
         status: &Status,
         target: NodeId,
@@ -349,9 +380,10 @@ impl Replica {
         // the leader: let it receive everything first (writes may still
         // arrive; the last one seen is what it must hold).
         let me = self.id;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let _ = self
             .raft
-            .wait(Some(deadline - tokio::time::Instant::now()))
+            .wait(Some(left))
             .metrics(
                 |m| {
                     let held = m
@@ -400,12 +432,13 @@ impl Replica {
             )));
         }
         if !status.membership.voters.contains(&self.id) {
-            return Err(Error::Refused(format!(
-                "node {} is not a voter",
-                self.id
-            )));
+            return Err(Error::Refused(format!("node {} is not a voter", self.id)));
         }
-        self.raft.trigger().elect().await.map_err(|_| Error::Stopped)
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|_| Error::Stopped)
     }
 }
 

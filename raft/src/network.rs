@@ -311,7 +311,10 @@ mod tests {
         // A list of entries that claims far more than the message holds.
         let mut raw = (1u64 << 40).to_le_bytes().to_vec();
         raw.extend_from_slice(&[0; 64]);
-        assert!(decode::<AppendEntriesRequest<TypeConfig>>(&raw).is_err());
-        assert!(decode::<VoteRequest<NodeId>>(&raw[..4]).is_err());
+        assert!(decode::<Vec<crate::Entry>>(&raw).is_err());
+        // A message cut short.
+        let vote = encode(&VoteRequest::<NodeId>::new(Default::default(), None)).unwrap();
+        assert!(decode::<VoteRequest<NodeId>>(&vote[..vote.len() - 1]).is_err());
+        assert!(decode::<VoteRequest<NodeId>>(&vote).is_ok());
     }
 }

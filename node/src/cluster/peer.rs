@@ -23,9 +23,9 @@ use axum::body::Body;
 use micro_proto::cluster::peer_server::{Peer, PeerServer};
 use micro_proto::cluster::{
     AdmitRequest, AdmitResponse, BrokerDeliverRequest, BrokerDeliverResponse,
-    BrokerInterestRequest, BrokerInterestResponse, ElectNowRequest, ElectNowResponse,
-    JoinRequest, JoinResponse, NodeStatus, ProposeRequest, ProposeResponse, RaftKind, RaftRequest,
-    RaftResponse, ReadIndexRequest, ReadIndexResponse, StatusRequest,
+    BrokerInterestRequest, BrokerInterestResponse, ElectNowRequest, ElectNowResponse, JoinRequest,
+    JoinResponse, NodeStatus, ProposeRequest, ProposeResponse, RaftKind, RaftRequest, RaftResponse,
+    ReadIndexRequest, ReadIndexResponse, StatusRequest,
 };
 use micro_raft::{NodeId, RpcKind, Txn};
 use tonic::{Request, Response, Status};
