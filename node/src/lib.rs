@@ -26,5 +26,12 @@ mod tls_accept;
 pub use client_tls::TlsFiles;
 pub use server::{run, ServerError, ServerOptions};
 
+/// The Raft timing a node runs with unless told otherwise (the CLI's
+/// defaults are these).
+pub use micro_raft::{
+    DEFAULT_ELECTION_TIMEOUT as DEFAULT_RAFT_ELECTION_TIMEOUT,
+    DEFAULT_HEARTBEAT as DEFAULT_RAFT_HEARTBEAT,
+};
+
 /// The version of Micro this node runs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -129,10 +129,22 @@ impl From<sled::Error> for Error {
     }
 }
 
+/// How often a leader sends heartbeats, unless told otherwise.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// How long a follower waits without hearing from a leader before it
+/// campaigns (a random time in this range), unless told otherwise.
+pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(1000), Duration::from_millis(2000));
+
 /// Tuning of the Raft group.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// How often a leader sends heartbeats (whole milliseconds).
     pub heartbeat: Duration,
+    /// The range a follower's election timeout is drawn from (whole
+    /// milliseconds); its maximum is also the leader's lease: a voter
+    /// refuses to vote while its leader was heard from more recently.
     pub election_timeout: (Duration, Duration),
     /// Build a snapshot (and compact the log) after this many entries.
     pub snapshot_after: u64,
@@ -148,13 +160,42 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            heartbeat: Duration::from_millis(250),
-            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            heartbeat: DEFAULT_HEARTBEAT,
+            election_timeout: DEFAULT_ELECTION_TIMEOUT,
             snapshot_after: 20_000,
             leader_wait: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             keep_after_snapshot: 1000,
         }
+    }
+}
+
+impl Options {
+    /// Checks the Raft timing: a heartbeat of at least 1 ms, shorter than
+    /// the election timeout's minimum, which is below its maximum (else
+    /// followers would campaign against a leader that is alive). The error
+    /// is one sentence.
+    pub fn check_timing(&self) -> Result<(), String> {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let (min, max) = self.election_timeout;
+        if self.heartbeat < Duration::from_millis(1) {
+            return Err("the Raft heartbeat must be at least 1ms".into());
+        }
+        if self.heartbeat >= min {
+            return Err(format!(
+                "the Raft heartbeat ({}) must be shorter than the election timeout's minimum ({})",
+                ms(self.heartbeat),
+                ms(min)
+            ));
+        }
+        if min >= max {
+            return Err(format!(
+                "the election timeout's minimum ({}) must be below its maximum ({})",
+                ms(min),
+                ms(max)
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -210,6 +251,7 @@ impl Replica {
         transport: Arc<dyn RaftTransport>,
         forward: Arc<dyn Forward>,
     ) -> Result<Self, Error> {
+        options.check_timing().map_err(Error::Raft)?;
         let network = network::Network {
             transport: transport.clone(),
         };

@@ -86,6 +86,59 @@ fn read(s: &Server, key: &str) -> Run {
     s.micro(&["store", "read", key])
 }
 
+/// Node `id`'s (state, term, leader) from `micro cluster status` through `s`.
+fn raft_row(s: &Server, id: u64) -> Option<(String, u64, u64)> {
+    let run = s.micro(&["cluster", "status"]);
+    run.stdout.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.first()?.parse::<u64>().ok()? != id {
+            return None;
+        }
+        Some((f.get(2)?.to_string(), f.get(3)?.parse().ok()?, f.get(4)?.parse().ok()?))
+    })
+}
+
+/// A leader stopped with SIGTERM hands over: its successor wins the first
+/// election it holds (the term goes up by exactly one; without a hand-over
+/// the survivors wait out an election timeout and, as the remaining
+/// follower still holds the old leader's lease, split their first vote),
+/// and writes through the others go on.
+#[test]
+fn a_leader_stopped_with_sigterm_hands_over_in_one_election() {
+    let mut nodes = cluster(2, &[]);
+    let lead = leader(&nodes[0]);
+    let li = nodes.iter().position(|n| n.node_id == lead).unwrap();
+    let other = (li + 1) % nodes.len();
+    nodes[other].micro(&["store", "write", "before", "1"]).ok();
+    // A leader's vote is honoured once its own lease (the longest election
+    // timeout, 2 s) has run since it was elected, as on any node that has
+    // led for a while.
+    std::thread::sleep(Duration::from_secs(3));
+    let (state, term, _) = raft_row(&nodes[li], lead).expect("the leader's status");
+    assert_eq!(state, "leader");
+
+    let stopped = Instant::now();
+    nodes[li].signal("TERM");
+    eventually(30, "a write through another node", || {
+        (nodes[other].micro(&["store", "write", "after", "1"]).code == 0).then_some(())
+    });
+    let took = stopped.elapsed();
+    assert_eq!(nodes[li].wait_exit(), Some(0), "{}", nodes[li].log());
+    eprintln!("SIGTERM of the leader to the first write through another node: {took:?}");
+    assert!(
+        nodes[li].log().contains("handed leadership over"),
+        "{}",
+        nodes[li].log()
+    );
+    let (_, new_term, new_leader) = eventually(30, "a new leader", || {
+        raft_row(&nodes[other], nodes[other].node_id).filter(|r| r.2 != 0 && r.2 != lead)
+    });
+    assert_ne!(new_leader, lead);
+    assert_eq!(new_term, term + 1, "one clean election");
+    let third = 3 - li - other;
+    assert_eq!(read(&nodes[third], "after").ok(), "1\n");
+}
+
 #[test]
 fn three_nodes_serve_everything_fail_over_and_converge() {
     let mut nodes = cluster(2, &[]);
