@@ -125,6 +125,12 @@ fn a_leader_stopped_with_sigterm_hands_over_in_one_election() {
     let took = stopped.elapsed();
     assert_eq!(nodes[li].wait_exit(), Some(0), "{}", nodes[li].log());
     eprintln!("SIGTERM of the leader to the first write through another node: {took:?}");
+    if let Some(dir) = std::env::var_os("MICRO_TEST_SHOW_LOG") {
+        for (i, n) in nodes.iter().enumerate() {
+            let role = if i == li { "old" } else if i == other { "other" } else { "third" };
+            std::fs::write(std::path::Path::new(&dir).join(format!("{role}.log")), n.log()).ok();
+        }
+    }
     assert!(
         nodes[li].log().contains("handed leadership over"),
         "{}",
