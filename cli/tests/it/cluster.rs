@@ -108,41 +108,64 @@ fn a_leader_stopped_with_sigterm_hands_over_in_one_election() {
     let mut nodes = cluster(2, &[]);
     let lead = leader(&nodes[0]);
     let li = nodes.iter().position(|n| n.node_id == lead).unwrap();
-    let other = (li + 1) % nodes.len();
-    nodes[other].micro(&["store", "write", "before", "1"]).ok();
+    let mut old = nodes.remove(li);
+    let (writer, third) = (&nodes[0], &nodes[1]);
+    writer.micro(&["store", "write", "before", "1"]).ok();
     // A leader's vote is honoured once its own lease (the longest election
     // timeout, 2 s) has run since it was elected, as on any node that has
     // led for a while.
     std::thread::sleep(Duration::from_secs(3));
-    let (state, term, _) = raft_row(&nodes[li], lead).expect("the leader's status");
+    let (state, term, _) = raft_row(&old, lead).expect("the leader's status");
     assert_eq!(state, "leader");
 
+    // Writes through another node all along, from SIGTERM until a few
+    // after the old leader has exited: the longest wait between two
+    // acknowledged writes is how long the cluster could not write.
     let stopped = Instant::now();
-    nodes[li].signal("TERM");
-    eventually(30, "a write through another node", || {
-        (nodes[other].micro(&["store", "write", "after", "1"]).code == 0).then_some(())
+    old.signal("TERM");
+    let exited = std::sync::atomic::AtomicBool::new(false);
+    let (code, acks) = std::thread::scope(|scope| {
+        let acks = scope.spawn(|| {
+            let mut acks = vec![Duration::ZERO];
+            let (mut after_exit, mut i) = (0, 0);
+            while after_exit < 3 && stopped.elapsed() < Duration::from_secs(60) {
+                i += 1;
+                let done = exited.load(std::sync::atomic::Ordering::SeqCst);
+                if writer.micro(&["store", "write", "after", &i.to_string()]).code == 0 {
+                    acks.push(stopped.elapsed());
+                    after_exit += done as usize;
+                }
+            }
+            acks
+        });
+        let code = old.wait_exit();
+        exited.store(true, std::sync::atomic::Ordering::SeqCst);
+        (code, acks.join().unwrap())
     });
-    let took = stopped.elapsed();
-    assert_eq!(nodes[li].wait_exit(), Some(0), "{}", nodes[li].log());
-    eprintln!("SIGTERM of the leader to the first write through another node: {took:?}");
-    if let Some(dir) = std::env::var_os("MICRO_TEST_SHOW_LOG") {
-        for (i, n) in nodes.iter().enumerate() {
-            let role = if i == li { "old" } else if i == other { "other" } else { "third" };
-            std::fs::write(std::path::Path::new(&dir).join(format!("{role}.log")), n.log()).ok();
-        }
-    }
-    assert!(
-        nodes[li].log().contains("handed leadership over"),
-        "{}",
-        nodes[li].log()
+    assert_eq!(code, Some(0), "{}", old.log());
+    let gap = acks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    eprintln!(
+        "leader SIGTERM: {} writes acknowledged through another node in {:?}; longest wait between two: {gap:?}",
+        acks.len() - 1,
+        acks.last().copied().unwrap_or_default()
     );
+    if let Some(dir) = std::env::var_os("MICRO_TEST_SHOW_LOG") {
+        let dir = std::path::Path::new(&dir);
+        std::fs::write(dir.join("old.log"), old.log()).ok();
+        std::fs::write(dir.join("writer.log"), writer.log()).ok();
+        std::fs::write(dir.join("third.log"), third.log()).ok();
+    }
+    assert!(acks.len() > 3, "writes went on through the others");
+    assert!(old.log().contains("handed leadership over"), "{}", old.log());
     let (_, new_term, new_leader) = eventually(30, "a new leader", || {
-        raft_row(&nodes[other], nodes[other].node_id).filter(|r| r.2 != 0 && r.2 != lead)
+        raft_row(writer, writer.node_id).filter(|r| r.2 != 0 && r.2 != lead)
     });
     assert_ne!(new_leader, lead);
     assert_eq!(new_term, term + 1, "one clean election");
-    let third = 3 - li - other;
-    assert_eq!(read(&nodes[third], "after").ok(), "1\n");
+    let last = read(writer, "after").ok().to_string();
+    eventually(30, "the third node reads the last write", || {
+        (read(third, "after").stdout == last).then_some(())
+    });
 }
 
 #[test]
