@@ -94,15 +94,19 @@ fn raft_row(s: &Server, id: u64) -> Option<(String, u64, u64)> {
         if f.first()?.parse::<u64>().ok()? != id {
             return None;
         }
-        Some((f.get(2)?.to_string(), f.get(3)?.parse().ok()?, f.get(4)?.parse().ok()?))
+        Some((
+            f.get(2)?.to_string(),
+            f.get(3)?.parse().ok()?,
+            f.get(4)?.parse().ok()?,
+        ))
     })
 }
 
-/// A leader stopped with SIGTERM hands over: its successor wins the first
-/// election it holds (the term goes up by exactly one; without a hand-over
-/// the survivors wait out an election timeout and, as the remaining
-/// follower still holds the old leader's lease, split their first vote),
-/// and writes through the others go on.
+/// A leader stopped with SIGTERM hands over: by the time it has exited the
+/// others follow its successor (without a hand-over they would still
+/// follow the node that exited, and wait out an election timeout), elected
+/// in one clean election (the term goes up by exactly one), and writes
+/// through the others go on.
 #[test]
 fn a_leader_stopped_with_sigterm_hands_over_in_one_election() {
     let mut nodes = cluster(2, &[]);
@@ -124,14 +128,18 @@ fn a_leader_stopped_with_sigterm_hands_over_in_one_election() {
     let stopped = Instant::now();
     old.signal("TERM");
     let exited = std::sync::atomic::AtomicBool::new(false);
-    let (code, acks) = std::thread::scope(|scope| {
+    let (code, followed, acks) = std::thread::scope(|scope| {
         let acks = scope.spawn(|| {
             let mut acks = vec![Duration::ZERO];
             let (mut after_exit, mut i) = (0, 0);
             while after_exit < 3 && stopped.elapsed() < Duration::from_secs(60) {
                 i += 1;
                 let done = exited.load(std::sync::atomic::Ordering::SeqCst);
-                if writer.micro(&["store", "write", "after", &i.to_string()]).code == 0 {
+                if writer
+                    .micro(&["store", "write", "after", &i.to_string()])
+                    .code
+                    == 0
+                {
                     acks.push(stopped.elapsed());
                     after_exit += done as usize;
                 }
@@ -140,10 +148,16 @@ fn a_leader_stopped_with_sigterm_hands_over_in_one_election() {
         });
         let code = old.wait_exit();
         exited.store(true, std::sync::atomic::Ordering::SeqCst);
-        (code, acks.join().unwrap())
+        // Asked at once (well within an election timeout of the exit).
+        let followed = raft_row(third, third.node_id).map(|r| r.2);
+        (code, followed, acks.join().unwrap())
     });
     assert_eq!(code, Some(0), "{}", old.log());
-    let gap = acks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let gap = acks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
     eprintln!(
         "leader SIGTERM: {} writes acknowledged through another node in {:?}; longest wait between two: {gap:?}",
         acks.len() - 1,
@@ -156,7 +170,17 @@ fn a_leader_stopped_with_sigterm_hands_over_in_one_election() {
         std::fs::write(dir.join("third.log"), third.log()).ok();
     }
     assert!(acks.len() > 3, "writes went on through the others");
-    assert!(old.log().contains("handed leadership over"), "{}", old.log());
+    // Without a hand-over the others would still follow the node that just
+    // exited, and wait out an election timeout before electing another.
+    assert!(
+        followed.is_some_and(|l| l != lead && l != 0),
+        "when the old leader exited, the others already followed its successor: {followed:?}"
+    );
+    assert!(
+        old.log().contains("handed leadership over"),
+        "{}",
+        old.log()
+    );
     let (_, new_term, new_leader) = eventually(30, "a new leader", || {
         raft_row(writer, writer.node_id).filter(|r| r.2 != 0 && r.2 != lead)
     });
