@@ -6,8 +6,10 @@
 //! Raft, binds the gRPC endpoint, the API gateway and the dashboard, registers
 //! the node's own services and shuts everything down in order.
 //!
-//! Architecture invariant: services never talk to sled or openraft directly;
-//! they go through [`micro_raft::Replica`]. Nothing here reads a terminal.
+//! Architecture invariant: nothing here talks to sled or openraft (the crate
+//! does not depend on openraft at all): membership, status and Raft traffic
+//! go through [`micro_raft::Replica`] in micro-raft's own types. Nothing
+//! here reads a terminal.
 
 pub mod auth;
 mod backend;
