@@ -398,6 +398,13 @@ pub struct ServerArgs {
     /// Compact the Raft log into a snapshot after this many entries
     #[arg(long, env = "MICRO_RAFT_SNAPSHOT_AFTER", default_value_t = 20000, value_parser = clap::value_parser!(u64).range(10..), value_name = "N", hide = true)]
     pub raft_snapshot_after: u64,
+    /// How often the Raft leader sends heartbeats; shorter than the election timeout
+    #[arg(long, env = "MICRO_RAFT_HEARTBEAT", value_parser = parse_heartbeat, default_value_t = Span(micro_node::DEFAULT_RAFT_HEARTBEAT), value_name = "DURATION")]
+    pub raft_heartbeat: Span,
+    /// How long a follower waits without a heartbeat before it campaigns: a
+    /// random time in MIN..MAX (the same on every node; MAX is also the leader's lease)
+    #[arg(long, env = "MICRO_RAFT_ELECTION_TIMEOUT", value_parser = parse_election_timeout, default_value_t = ElectionTimeout(micro_node::DEFAULT_RAFT_ELECTION_TIMEOUT), value_name = "MIN..MAX")]
+    pub raft_election_timeout: ElectionTimeout,
     /// Serve TLS to clients with this certificate (PEM, with any intermediates; needs --tls-key)
     #[arg(
         long,
@@ -427,6 +434,58 @@ pub struct ServerArgs {
     /// How long an HTTP client may take to send a request's headers
     #[arg(long, env = "MICRO_API_HEADER_TIMEOUT", value_parser = parse_duration, default_value = "10s", value_name = "DURATION", hide = true)]
     pub api_header_timeout: Duration,
+}
+
+/// A duration a flag takes and shows (its default) as `250ms` or `2s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms > 0 && ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+/// An election timeout range, `MIN..MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElectionTimeout(pub (Duration, Duration));
+
+impl std::fmt::Display for ElectionTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..{}", Span(self.0 .0), Span(self.0 .1))
+    }
+}
+
+/// A heartbeat interval: whole milliseconds, at least 1ms.
+fn parse_heartbeat(s: &str) -> Result<Span, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err("the heartbeat must be at least 1ms".into());
+    }
+    Ok(Span(d))
+}
+
+/// An election timeout range: `MIN..MAX`, like 1s..2s, MIN below MAX.
+fn parse_election_timeout(s: &str) -> Result<ElectionTimeout, String> {
+    let Some((min, max)) = s.split_once("..") else {
+        return Err("give the range as MIN..MAX, like 1s..2s".into());
+    };
+    let (min, max) = (parse_duration(min)?, parse_duration(max)?);
+    if min < Duration::from_millis(1) {
+        return Err("the election timeout must be at least 1ms".into());
+    }
+    if min >= max {
+        return Err(format!(
+            "the minimum must be below the maximum, like {}",
+            ElectionTimeout(micro_node::DEFAULT_RAFT_ELECTION_TIMEOUT)
+        ));
+    }
+    Ok(ElectionTimeout((min, max)))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -184,13 +184,13 @@ impl Backend for NodeBackend {
     }
 
     fn node(&self) -> NodeSummary {
-        let m = self.replica.raft().metrics().borrow().clone();
+        let m = self.replica.status();
         NodeSummary {
             id: m.id,
-            role: format!("{:?}", m.state).to_lowercase(),
-            term: m.current_term,
-            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-            leader: m.current_leader,
+            role: m.role.as_str().into(),
+            term: m.term,
+            applied_index: m.applied_index,
+            leader: m.leader,
         }
     }
 

@@ -49,6 +49,8 @@ pub fn status(e: micro_raft::Error) -> Status {
         }
         Unknown(m) => Status::unavailable(m),
         Timeout(m) => Status::deadline_exceeded(m),
+        e @ BadMessage(_) => Status::invalid_argument(e.to_string()),
+        Refused(m) => Status::failed_precondition(m),
     }
 }
 

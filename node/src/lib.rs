@@ -6,8 +6,10 @@
 //! Raft, binds the gRPC endpoint, the API gateway and the dashboard, registers
 //! the node's own services and shuts everything down in order.
 //!
-//! Architecture invariant: services never talk to sled or openraft directly;
-//! they go through [`micro_raft::Replica`]. Nothing here reads a terminal.
+//! Architecture invariant: nothing here talks to sled or openraft (the crate
+//! does not depend on openraft at all): membership, status and Raft traffic
+//! go through [`micro_raft::Replica`] in micro-raft's own types. Nothing
+//! here reads a terminal.
 
 pub mod auth;
 mod backend;
@@ -25,6 +27,13 @@ mod tls_accept;
 
 pub use client_tls::TlsFiles;
 pub use server::{run, ServerError, ServerOptions};
+
+/// The Raft timing a node runs with unless told otherwise (the CLI's
+/// defaults are these).
+pub use micro_raft::{
+    DEFAULT_ELECTION_TIMEOUT as DEFAULT_RAFT_ELECTION_TIMEOUT,
+    DEFAULT_HEARTBEAT as DEFAULT_RAFT_HEARTBEAT,
+};
 
 /// The version of Micro this node runs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,5 +1,6 @@
 //! The composition root of a node: data directory, replicated state,
-//! listeners, self-registration, and orderly shutdown.
+//! listeners, self-registration, and orderly shutdown (a leader hands
+//! leadership over first).
 //!
 //! Data directory layout:
 //! * `raft/`             sled database: Raft log, vote, state machine, snapshot
@@ -95,6 +96,10 @@ pub struct ServerOptions {
     pub cluster_size: usize,
     /// Raft log entries between snapshots
     pub raft_snapshot_after: u64,
+    /// how often the leader sends heartbeats
+    pub raft_heartbeat: Duration,
+    /// the range a follower's election timeout is drawn from (min, max)
+    pub raft_election_timeout: (Duration, Duration),
     /// the certificate and key the client ports serve TLS with; plaintext
     /// when `None`
     pub tls: Option<TlsFiles>,
@@ -124,6 +129,8 @@ impl ServerOptions {
             token: None,
             cluster_size: 5,
             raft_snapshot_after: RaftOptions::default().snapshot_after,
+            raft_heartbeat: RaftOptions::default().heartbeat,
+            raft_election_timeout: RaftOptions::default().election_timeout,
             tls: None,
             api_cors_origins: Vec::new(),
             http_header_timeout: micro_api::serve::HEADER_READ_TIMEOUT,
@@ -301,6 +308,16 @@ pub async fn run(
     let _ = std::fs::remove_file(&listen_file);
     let cors = micro_api::Cors::new(&opts.api_cors_origins)
         .map_err(|e| ServerError::Options(format!("--api-cors-origins: {e}")))?;
+    let raft_options = RaftOptions {
+        heartbeat: opts.raft_heartbeat,
+        election_timeout: opts.raft_election_timeout,
+        snapshot_after: opts.raft_snapshot_after,
+        keep_after_snapshot: (opts.raft_snapshot_after / 2).min(1000),
+        ..RaftOptions::default()
+    };
+    raft_options.check_timing().map_err(ServerError::Options)?;
+    // Past the lease a hand-over is no faster than an ordinary election.
+    let hand_over_within = raft_options.election_timeout.1;
 
     // Bind first, so a port in use is reported before anything else happens.
     let proxy_l = bind("gRPC endpoint", &opts.proxy_address).await?;
@@ -360,18 +377,13 @@ pub async fn run(
         (keys.seed(), secrets.key()),
         trust.clone(),
     );
-    let raft_options = RaftOptions {
-        snapshot_after: opts.raft_snapshot_after,
-        keep_after_snapshot: (opts.raft_snapshot_after / 2).min(1000),
-        ..RaftOptions::default()
-    };
     let replica = Replica::open_with(
         &dir.join("raft"),
         id,
         raft_options,
-        RaftNet {
+        Arc::new(RaftNet {
             peers: peers.clone(),
-        },
+        }),
         Arc::new(Forwarder {
             peers: peers.clone(),
         }),
@@ -672,6 +684,21 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!("shutting down");
+    // A leader hands over first, while the cluster port still answers the
+    // successor's vote request, so the cluster does not wait an election
+    // timeout; this node then drains as a follower (its writes forwarded).
+    let handing = std::time::Instant::now();
+    match replica.hand_over(hand_over_within).await {
+        Ok(Some(next)) => tracing::info!(
+            node = next,
+            "handed leadership over in {} ms",
+            handing.elapsed().as_millis()
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            "could not hand leadership over ({e}); the other nodes will elect a leader"
+        ),
+    }
     heartbeat.abort();
     // Services stop first: they deregister through this node on the way out.
     runtime.shutdown().await;

@@ -29,6 +29,7 @@
 // return the same type so `?` composes, so the size lint does not apply.
 #![allow(clippy::result_large_err)]
 
+mod admin;
 mod barrier;
 mod durable;
 mod log_store;
@@ -47,10 +48,11 @@ use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 pub use openraft::BasicNode;
 use tokio::sync::broadcast;
 
+pub use admin::{Membership, MembershipChange, Role, Status};
 use barrier::Shared;
 pub use durable::Durable;
 pub use log_store::LogStore;
-pub use network::{Forward, NoPeers};
+pub use network::{Forward, NoPeers, RaftTransport, RpcKind, TransportError};
 pub use propose::BatchLimits;
 use propose::{Proposer, Rejected};
 pub use state_machine::{Change, Reader, StateMachine};
@@ -73,8 +75,8 @@ openraft::declare_raft_types!(
 /// A log entry.
 pub type Entry = openraft::Entry<TypeConfig>;
 
-/// The openraft handle.
-pub type Raft = openraft::Raft<TypeConfig>;
+/// The openraft handle (only this crate holds it).
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
 
 /// What went wrong with the replicated state.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -102,6 +104,12 @@ pub enum Error {
     Unknown(String),
     #[error("{0}")]
     Timeout(String),
+    /// A peer's message could not be read.
+    #[error("cannot read {0}")]
+    BadMessage(String),
+    /// A peer asked for something this replica does not grant it.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -139,7 +147,11 @@ pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) =
 /// Tuning of the Raft group.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// How often a leader sends heartbeats (whole milliseconds).
     pub heartbeat: Duration,
+    /// The range a follower's election timeout is drawn from (whole
+    /// milliseconds); its maximum is also the leader's lease: a voter
+    /// refuses to vote while its leader was heard from more recently.
     pub election_timeout: (Duration, Duration),
     /// Build a snapshot (and compact the log) after this many entries.
     pub snapshot_after: u64,
@@ -190,6 +202,35 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Checks the Raft timing: a heartbeat of at least 1 ms, shorter than
+    /// the election timeout's minimum, which is below its maximum (else
+    /// followers would campaign against a leader that is alive). The error
+    /// is one sentence.
+    pub fn check_timing(&self) -> Result<(), String> {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let (min, max) = self.election_timeout;
+        if self.heartbeat < Duration::from_millis(1) {
+            return Err("the Raft heartbeat must be at least 1ms".into());
+        }
+        if self.heartbeat >= min {
+            return Err(format!(
+                "the Raft heartbeat ({}) must be shorter than the election timeout's minimum ({})",
+                ms(self.heartbeat),
+                ms(min)
+            ));
+        }
+        if min >= max {
+            return Err(format!(
+                "the election timeout's minimum ({}) must be below its maximum ({})",
+                ms(min),
+                ms(max)
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Opens the log store and state machine in `dir`, for tests and tools that
 /// drive openraft's storage directly.
 pub fn open_storage(dir: &Path) -> Result<(LogStore, StateMachine), Error> {
@@ -232,27 +273,29 @@ pub struct Replica {
     /// Read-index requests to the leader shared by concurrent reads on a
     /// follower.
     ask_leader: Shared<(NodeId, BasicNode), Result<u64, Error>>,
+    transport: Arc<dyn RaftTransport>,
 }
 
 impl Replica {
     /// Opens (or creates) a replica that never talks to peers: a node alone.
     pub async fn open(dir: &Path, id: NodeId, options: Options) -> Result<Self, Error> {
-        Self::open_with(dir, id, options, NoPeers, Arc::new(NoPeers)).await
+        Self::open_with(dir, id, options, Arc::new(NoPeers), Arc::new(NoPeers)).await
     }
 
     /// Opens (or creates) the replica's storage in `dir` and starts Raft,
-    /// reaching peers through `network` (Raft RPCs) and `forward` (writes
-    /// and read barriers sent to the leader).
-    pub async fn open_with<N>(
+    /// reaching peers through `transport` (Raft RPCs, hand-overs) and
+    /// `forward` (writes and read barriers sent to the leader).
+    pub async fn open_with(
         dir: &Path,
         id: NodeId,
         options: Options,
-        network: N,
+        transport: Arc<dyn RaftTransport>,
         forward: Arc<dyn Forward>,
-    ) -> Result<Self, Error>
-    where
-        N: openraft::RaftNetworkFactory<TypeConfig>,
-    {
+    ) -> Result<Self, Error> {
+        options.check_timing().map_err(Error::Raft)?;
+        let network = network::Network {
+            transport: transport.clone(),
+        };
         let dir = dir.to_path_buf();
         let (changes, _) = broadcast::channel(4096);
         // sled's open reads and recovers the whole log, and the state
@@ -305,6 +348,7 @@ impl Replica {
             proposer,
             confirm,
             ask_leader,
+            transport,
         })
     }
 
@@ -510,11 +554,6 @@ impl Replica {
     /// Whether this replica leads the group right now.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
-    }
-
-    /// The openraft handle, for metrics and membership.
-    pub fn raft(&self) -> &Raft {
-        &self.raft
     }
 
     /// Runs the expiry sweeper until the replica stops: while this replica

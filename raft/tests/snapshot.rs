@@ -11,90 +11,59 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use micro_raft::{
-    open_storage, BasicNode, Entry, NoPeers, NodeId, Op, Options, Raft, Replica, StateMachine, Txn,
-    TypeConfig,
-};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    open_storage, BasicNode, Entry, NoPeers, NodeId, Op, Options, RaftTransport, Replica, RpcKind,
+    StateMachine, TransportError, Txn,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Every raft of the test cluster, by id, and how many snapshot chunks
+/// Every replica of the test cluster, by id, and how many snapshot chunks
 /// were sent.
 #[derive(Clone, Default)]
 struct Mesh {
-    rafts: Arc<Mutex<HashMap<NodeId, Raft>>>,
+    replicas: Arc<Mutex<HashMap<NodeId, Replica>>>,
     chunks: Arc<AtomicU64>,
 }
 
-struct Peer {
-    target: NodeId,
-    mesh: Mesh,
-}
-
-impl Peer {
-    fn raft<E: std::error::Error>(&self) -> Result<Raft, RPCError<NodeId, BasicNode, E>> {
-        let raft = self.mesh.rafts.lock().unwrap().get(&self.target).cloned();
-        raft.ok_or_else(|| {
-            let e = std::io::Error::other(format!("node {} is not up", self.target));
-            RPCError::Unreachable(Unreachable::new(&e))
+impl RaftTransport for Mesh {
+    fn call(
+        &self,
+        target: NodeId,
+        _addr: &str,
+        kind: RpcKind,
+        body: Vec<u8>,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
+        let mesh = self.clone();
+        Box::pin(async move {
+            let replica = mesh.replicas.lock().unwrap().get(&target).cloned();
+            let replica = replica
+                .ok_or_else(|| TransportError::Unreachable(format!("node {target} is not up")))?;
+            if matches!(kind, RpcKind::InstallSnapshot) {
+                mesh.chunks.fetch_add(1, Ordering::SeqCst);
+            }
+            replica
+                .handle_rpc(kind, &body)
+                .await
+                .map_err(|e| TransportError::Network(e.to_string()))
         })
     }
-}
 
-impl RaftNetworkFactory<TypeConfig> for Mesh {
-    type Network = Peer;
-
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Peer {
-        Peer {
-            target,
-            mesh: self.clone(),
-        }
-    }
-}
-
-impl RaftNetwork<TypeConfig> for Peer {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let raft = self.raft()?;
-        raft.append_entries(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        let raft = self.raft()?;
-        self.mesh.chunks.fetch_add(1, Ordering::SeqCst);
-        raft.install_snapshot(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let raft = self.raft()?;
-        raft.vote(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    fn elect_now(
+        &self,
+        target: NodeId,
+        _addr: &str,
+        _term: u64,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        Box::pin(async move {
+            Err(TransportError::Unreachable(format!(
+                "node {target}: no hand-over in this test"
+            )))
+        })
     }
 }
 
@@ -126,10 +95,16 @@ async fn a_snapshot_of_many_chunks_brings_a_new_member_up_to_date() {
         snapshot_chunk: CHUNK,
         ..Options::default()
     };
-    let one = Replica::open_with(d1.path(), 1, opts.clone(), mesh.clone(), Arc::new(NoPeers))
-        .await
-        .unwrap();
-    mesh.rafts.lock().unwrap().insert(1, one.raft().clone());
+    let one = Replica::open_with(
+        d1.path(),
+        1,
+        opts.clone(),
+        Arc::new(mesh.clone()),
+        Arc::new(NoPeers),
+    )
+    .await
+    .unwrap();
+    mesh.replicas.lock().unwrap().insert(1, one.clone());
     one.bootstrap_alone("n1".into()).await.unwrap();
 
     // About 1.2 MiB of state: 300 records of 4 KiB, a few deleted.
@@ -148,40 +123,28 @@ async fn a_snapshot_of_many_chunks_brings_a_new_member_up_to_date() {
     }
     // A snapshot of everything, and the log before it gone: the new member
     // can only catch up from the snapshot.
-    let last = one.raft().metrics().borrow().last_log_index;
-    let mut compacted = false;
-    for _ in 0..20 {
-        one.raft().trigger().snapshot().await.unwrap();
-        compacted = one
-            .raft()
-            .wait(Some(Duration::from_millis(500)))
-            .metrics(
-                |m| m.snapshot.map(|s| s.index) >= last && m.purged.is_some(),
-                "snapshot built and log purged",
-            )
-            .await
-            .is_ok();
-        if compacted {
-            break;
-        }
-    }
-    assert!(compacted, "the leader built a snapshot and purged its log");
-
-    let two = Replica::open_with(d2.path(), 2, opts, mesh.clone(), Arc::new(NoPeers))
+    let last = one.status().last_log_index;
+    let covered = one
+        .build_snapshot(Duration::from_secs(20))
         .await
-        .unwrap();
-    mesh.rafts.lock().unwrap().insert(2, two.raft().clone());
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        one.raft()
-            .add_learner(2, BasicNode { addr: "n2".into() }, true),
+        .expect("the leader builds a snapshot");
+    assert!(covered >= last, "the snapshot covers every write");
+
+    let two = Replica::open_with(
+        d2.path(),
+        2,
+        opts,
+        Arc::new(mesh.clone()),
+        Arc::new(NoPeers),
     )
     .await
-    .expect("the learner catches up within a minute")
     .unwrap();
-    two.raft()
-        .wait(Some(Duration::from_secs(30)))
-        .applied_index_at_least(last, "caught up")
+    mesh.replicas.lock().unwrap().insert(2, two.clone());
+    tokio::time::timeout(Duration::from_secs(60), one.add_learner(2, "n2"))
+        .await
+        .expect("the learner catches up within a minute")
+        .unwrap();
+    two.wait_applied(last, Duration::from_secs(30))
         .await
         .unwrap();
 

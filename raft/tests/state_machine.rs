@@ -409,25 +409,11 @@ async fn snapshot_compacts_the_log_and_restores_on_restart() {
                 .await
                 .unwrap();
         }
-        // openraft ignores a trigger while a build (here one started by
-        // `snapshot_after`) runs: trigger until a snapshot covers all.
-        let mut built = false;
-        for _ in 0..20 {
-            r.raft().trigger().snapshot().await.unwrap();
-            built = r
-                .raft()
-                .wait(Some(Duration::from_millis(500)))
-                .metrics(
-                    |m| m.snapshot.is_some_and(|s| s.index >= 200),
-                    "snapshot built",
-                )
-                .await
-                .is_ok();
-            if built {
-                break;
-            }
-        }
-        assert!(built, "a snapshot covering every write was built");
+        let at = r
+            .build_snapshot(Duration::from_secs(10))
+            .await
+            .expect("snapshot built");
+        assert!(at >= 200, "the snapshot covers every write");
         r.shutdown().await;
     }
     let r = Replica::open(dir.path(), 1, opts).await.unwrap();

@@ -101,6 +101,8 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         token,
         cluster_size: args.cluster_size as usize,
         raft_snapshot_after: args.raft_snapshot_after,
+        raft_heartbeat: args.raft_heartbeat.0,
+        raft_election_timeout: args.raft_election_timeout.0,
         tls,
         api_cors_origins: args.api_cors_origins.clone(),
         http_header_timeout: args.api_header_timeout,

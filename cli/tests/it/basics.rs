@@ -174,3 +174,39 @@ fn a_busy_port_is_a_clear_error() {
         "{run:?}"
     );
 }
+
+#[test]
+fn bad_raft_timing_flags_are_one_clear_error() {
+    let home = Home::new();
+    let data = home.path().join("d");
+    let server = |flags: &[&str]| {
+        let mut args = vec!["server", "--data-dir", data.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        home.micro(&args)
+    };
+    let hint = "Please refer to 'micro server --help'";
+    server(&["--raft-heartbeat", "soon"]).fails_with(&format!(
+        "Invalid value 'soon' for '--raft-heartbeat <DURATION>': invalid duration 'soon': use a number and a unit (ms, s, m, h, d), like 10s or 1h30m. {hint}"
+    ));
+    server(&["--raft-heartbeat", "0"]).fails_with(&format!(
+        "Invalid value '0' for '--raft-heartbeat <DURATION>': the heartbeat must be at least 1ms. {hint}"
+    ));
+    server(&["--raft-election-timeout", "1s"]).fails_with(&format!(
+        "Invalid value '1s' for '--raft-election-timeout <MIN..MAX>': give the range as MIN..MAX, like 1s..2s. {hint}"
+    ));
+    server(&["--raft-election-timeout", "2s..1s"]).fails_with(&format!(
+        "Invalid value '2s..1s' for '--raft-election-timeout <MIN..MAX>': the minimum must be below the maximum, like 1s..2s. {hint}"
+    ));
+    // Each value fine alone, not together: followers would campaign
+    // against a live leader.
+    server(&["--raft-heartbeat", "1s", "--raft-election-timeout", "500ms..1s"]).fails_with(
+        "micro server: the Raft heartbeat (1000ms) must be shorter than the election timeout's minimum (500ms)",
+    );
+    server(&["--raft-heartbeat", "2s"]).fails_with(
+        "micro server: the Raft heartbeat (2000ms) must be shorter than the election timeout's minimum (1000ms)",
+    );
+    // The defaults show in the help, from the one place they are set.
+    let help = home.micro(&["server", "--help"]).ok().to_string();
+    assert!(help.contains("[default: 250ms]"), "{help}");
+    assert!(help.contains("[default: 1s..2s]"), "{help}");
+}

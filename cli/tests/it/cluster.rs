@@ -86,6 +86,112 @@ fn read(s: &Server, key: &str) -> Run {
     s.micro(&["store", "read", key])
 }
 
+/// Node `id`'s (state, term, leader) from `micro cluster status` through `s`.
+fn raft_row(s: &Server, id: u64) -> Option<(String, u64, u64)> {
+    let run = s.micro(&["cluster", "status"]);
+    run.stdout.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.first()?.parse::<u64>().ok()? != id {
+            return None;
+        }
+        Some((
+            f.get(2)?.to_string(),
+            f.get(3)?.parse().ok()?,
+            f.get(4)?.parse().ok()?,
+        ))
+    })
+}
+
+/// A leader stopped with SIGTERM hands over: by the time it has exited the
+/// others follow its successor (without a hand-over they would still
+/// follow the node that exited, and wait out an election timeout), elected
+/// in one clean election (the term goes up by exactly one), and writes
+/// through the others go on.
+#[test]
+fn a_leader_stopped_with_sigterm_hands_over_in_one_election() {
+    let mut nodes = cluster(2, &[]);
+    let lead = leader(&nodes[0]);
+    let li = nodes.iter().position(|n| n.node_id == lead).unwrap();
+    let mut old = nodes.remove(li);
+    let (writer, third) = (&nodes[0], &nodes[1]);
+    writer.micro(&["store", "write", "before", "1"]).ok();
+    // A leader's vote is honoured once its own lease (the longest election
+    // timeout, 2 s) has run since it was elected, as on any node that has
+    // led for a while.
+    std::thread::sleep(Duration::from_secs(3));
+    let (state, term, _) = raft_row(&old, lead).expect("the leader's status");
+    assert_eq!(state, "leader");
+
+    // Writes through another node all along, from SIGTERM until a few
+    // after the old leader has exited: the longest wait between two
+    // acknowledged writes is how long the cluster could not write.
+    let stopped = Instant::now();
+    old.signal("TERM");
+    let exited = std::sync::atomic::AtomicBool::new(false);
+    let (code, followed, acks) = std::thread::scope(|scope| {
+        let acks = scope.spawn(|| {
+            let mut acks = vec![Duration::ZERO];
+            let (mut after_exit, mut i) = (0, 0);
+            while after_exit < 3 && stopped.elapsed() < Duration::from_secs(60) {
+                i += 1;
+                let done = exited.load(std::sync::atomic::Ordering::SeqCst);
+                if writer
+                    .micro(&["store", "write", "after", &i.to_string()])
+                    .code
+                    == 0
+                {
+                    acks.push(stopped.elapsed());
+                    after_exit += done as usize;
+                }
+            }
+            acks
+        });
+        let code = old.wait_exit();
+        exited.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Asked at once (well within an election timeout of the exit).
+        let followed = raft_row(third, third.node_id).map(|r| r.2);
+        (code, followed, acks.join().unwrap())
+    });
+    assert_eq!(code, Some(0), "{}", old.log());
+    let gap = acks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "leader SIGTERM: {} writes acknowledged through another node in {:?}; longest wait between two: {gap:?}",
+        acks.len() - 1,
+        acks.last().copied().unwrap_or_default()
+    );
+    if let Some(dir) = std::env::var_os("MICRO_TEST_SHOW_LOG") {
+        let dir = std::path::Path::new(&dir);
+        std::fs::write(dir.join("old.log"), old.log()).ok();
+        std::fs::write(dir.join("writer.log"), writer.log()).ok();
+        std::fs::write(dir.join("third.log"), third.log()).ok();
+    }
+    assert!(acks.len() > 3, "writes went on through the others");
+    // Without a hand-over the others would still follow the node that just
+    // exited, and wait out an election timeout before electing another.
+    assert!(
+        followed.is_some_and(|l| l != lead && l != 0),
+        "when the old leader exited, the others already followed its successor: {followed:?}"
+    );
+    assert!(
+        old.log().contains("handed leadership over"),
+        "{}",
+        old.log()
+    );
+    let (_, new_term, new_leader) = eventually(30, "a new leader", || {
+        raft_row(writer, writer.node_id).filter(|r| r.2 != 0 && r.2 != lead)
+    });
+    assert_ne!(new_leader, lead);
+    assert_eq!(new_term, term + 1, "one clean election");
+    let last = read(writer, "after").ok().to_string();
+    eventually(30, "the third node reads the last write", || {
+        (read(third, "after").stdout == last).then_some(())
+    });
+}
+
 #[test]
 fn three_nodes_serve_everything_fail_over_and_converge() {
     let mut nodes = cluster(2, &[]);

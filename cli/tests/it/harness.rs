@@ -351,11 +351,14 @@ impl Server {
 
     /// SIGTERM, then wait for a clean exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Waits for the node to exit (after a signal sent before); returns the
+    /// exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .ok();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = c.try_wait().unwrap() {

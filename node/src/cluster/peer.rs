@@ -1,5 +1,6 @@
 //! The server side of the cluster port: the `Peer` service (join, admit,
-//! Raft RPCs, forwarded writes and read barriers, status, the broker's
+//! Raft RPCs (bytes micro-raft reads), a stopping leader's hand-over,
+//! forwarded writes and read barriers, status, the broker's
 //! deliveries and interest from other nodes) and, for every
 //! other path, the node's own gRPC stack or one of its local service
 //! instances, for calls other nodes proxy here.
@@ -22,19 +23,18 @@ use axum::body::Body;
 use micro_proto::cluster::peer_server::{Peer, PeerServer};
 use micro_proto::cluster::{
     AdmitRequest, AdmitResponse, BrokerDeliverRequest, BrokerDeliverResponse,
-    BrokerInterestRequest, BrokerInterestResponse, JoinRequest, JoinResponse, NodeStatus,
-    ProposeRequest, ProposeResponse, RaftKind, RaftRequest, RaftResponse, ReadIndexRequest,
-    ReadIndexResponse, StatusRequest,
+    BrokerInterestRequest, BrokerInterestResponse, ElectNowRequest, ElectNowResponse, JoinRequest,
+    JoinResponse, NodeStatus, ProposeRequest, ProposeResponse, RaftKind, RaftRequest, RaftResponse,
+    ReadIndexRequest, ReadIndexResponse, StatusRequest,
 };
-use micro_raft::{NodeId, Txn, TypeConfig};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use micro_raft::{NodeId, RpcKind, Txn};
 use tonic::{Request, Response, Status};
 use tower::ServiceExt;
 
 use super::pki::JoinToken;
 use super::tls::PeerInfo;
 use super::tokens;
-use super::transport::{decode, encode, status_for_peer, MAX_PEER_MESSAGE};
+use super::transport::{encode, status_for_peer, MAX_PEER_MESSAGE};
 use super::Cluster;
 use crate::router::Router;
 use crate::services::broker::Broker;
@@ -133,23 +133,41 @@ impl Peer for PeerService {
     async fn raft(&self, req: Request<RaftRequest>) -> Result<Response<RaftResponse>, Status> {
         self.member(&req)?;
         let r = req.into_inner();
-        let raft = self.cluster.replica().raft();
-        let body = match RaftKind::try_from(r.kind) {
-            Ok(RaftKind::AppendEntries) => {
-                let rpc: AppendEntriesRequest<TypeConfig> = decode(&r.body)?;
-                encode(&raft.append_entries(rpc).await)?
-            }
-            Ok(RaftKind::Vote) => {
-                let rpc: VoteRequest<NodeId> = decode(&r.body)?;
-                encode(&raft.vote(rpc).await)?
-            }
-            Ok(RaftKind::InstallSnapshot) => {
-                let rpc: InstallSnapshotRequest<TypeConfig> = decode(&r.body)?;
-                encode(&raft.install_snapshot(rpc).await)?
-            }
+        let kind = match RaftKind::try_from(r.kind) {
+            Ok(RaftKind::AppendEntries) => RpcKind::AppendEntries,
+            Ok(RaftKind::Vote) => RpcKind::Vote,
+            Ok(RaftKind::InstallSnapshot) => RpcKind::InstallSnapshot,
             Err(_) => return Err(Status::invalid_argument("unknown raft message kind")),
         };
+        let body = self
+            .cluster
+            .replica()
+            .handle_rpc(kind, &r.body)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(RaftResponse { body }))
+    }
+
+    async fn elect_now(
+        &self,
+        req: Request<ElectNowRequest>,
+    ) -> Result<Response<ElectNowResponse>, Status> {
+        let from = self.member(&req)?;
+        let term = req.into_inner().term;
+        self.cluster
+            .replica()
+            .elect_now(from, term)
+            .await
+            .map_err(|e| match e {
+                micro_raft::Error::Refused(m) => Status::failed_precondition(m),
+                e => Status::unavailable(e.to_string()),
+            })?;
+        tracing::info!(
+            from,
+            term,
+            "the leader is handing over: campaigning at once"
+        );
+        Ok(Response::new(ElectNowResponse {}))
     }
 
     async fn propose(

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use micro_gossip::Gossip;
 use micro_proto::cluster::{AdmitRequest, Member, NodeStatus, Secrets};
-use micro_raft::{now_millis, BasicNode, Cond, NodeId, Op, Replica, Txn};
-use openraft::{ChangeMembers, ServerState};
+use micro_raft::{now_millis, Cond, Membership, MembershipChange, NodeId, Op, Replica, Txn};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
@@ -108,32 +107,24 @@ impl Cluster {
     }
 
     /// The membership as this replica knows it.
-    fn membership_config(&self) -> Arc<openraft::StoredMembership<NodeId, BasicNode>> {
-        self.replica()
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .clone()
+    fn membership_config(&self) -> Membership {
+        self.replica().membership()
     }
 
     /// Voters and learners, as this replica knows them.
     pub fn membership(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
         let m = self.membership_config();
-        let voters: BTreeSet<NodeId> = m.voter_ids().collect();
-        let learners: BTreeSet<NodeId> = m.membership().learner_ids().collect();
-        (voters, learners)
+        (m.voters, m.learners)
     }
 
     /// A member's cluster address.
     pub fn node_addr(&self, id: NodeId) -> Option<String> {
-        let m = self.membership_config();
-        m.membership().get_node(&id).map(|n| n.addr.clone())
+        self.membership_config().addr(id).map(str::to_string)
     }
 
     /// The current leader, if known: (id, cluster address).
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let id = self.replica().raft().metrics().borrow().current_leader?;
+        let id = self.replica().leader()?;
         Some((id, self.node_addr(id)?))
     }
 
@@ -160,9 +151,7 @@ impl Cluster {
             )));
         }
         let m = self.membership_config();
-        let known = m.membership().get_node(&id).is_some();
-        let empty = m.membership().nodes().next().is_none();
-        if known || empty {
+        if m.contains(id) || m.is_empty() {
             Ok(id)
         } else {
             Err(Status::permission_denied(format!(
@@ -325,7 +314,6 @@ impl Cluster {
             .await
             .map_err(crate::grpc::status)?;
         let (voters, learners) = self.membership();
-        let raft = replica.raft();
         let known_addr = self.node_addr(r.node_id);
         if !voters.contains(&r.node_id)
             && (!learners.contains(&r.node_id) || known_addr.as_deref() != Some(&r.address))
@@ -333,7 +321,7 @@ impl Cluster {
             // Blocks until the learner has caught up (log or snapshot).
             tokio::time::timeout(
                 Duration::from_secs(120),
-                raft.add_learner(r.node_id, BasicNode::new(&r.address), true),
+                replica.add_learner(r.node_id, &r.address),
             )
             .await
             .map_err(|_| Status::deadline_exceeded("the new node did not catch up within 120 s"))?
@@ -346,12 +334,10 @@ impl Cluster {
             return Ok("voter".into());
         }
         if voters.len() < self.size {
-            raft.change_membership(
-                ChangeMembers::AddVoterIds(BTreeSet::from([r.node_id])),
-                false,
-            )
-            .await
-            .map_err(raft_status)?;
+            replica
+                .change_membership(MembershipChange::AddVoters(BTreeSet::from([r.node_id])))
+                .await
+                .map_err(raft_status)?;
             tracing::info!(node = r.node_id, "promoted to voter");
             return Ok("voter".into());
         }
@@ -378,15 +364,16 @@ impl Cluster {
             }]))
             .await
             .map_err(crate::grpc::status)?;
-        let raft = replica.raft();
         if voters.contains(&id) {
-            raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            replica
+                .change_membership(MembershipChange::RemoveVoters(BTreeSet::from([id])))
                 .await
                 .map_err(raft_status)?;
         }
         let (_, learners) = self.membership();
         if learners.contains(&id) {
-            raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            replica
+                .change_membership(MembershipChange::RemoveNodes(BTreeSet::from([id])))
                 .await
                 .map_err(raft_status)?;
         }
@@ -408,14 +395,10 @@ impl Cluster {
             return Ok(());
         }
         self.replica()
-            .raft()
-            .change_membership(
-                ChangeMembers::SetNodes(std::collections::BTreeMap::from([(
-                    id,
-                    BasicNode::new(addr),
-                )])),
-                false,
-            )
+            .change_membership(MembershipChange::SetAddress {
+                id,
+                addr: addr.to_string(),
+            })
             .await
             .map_err(raft_status)?;
         tracing::info!(node = id, addr, "a member's cluster address changed");
@@ -469,7 +452,7 @@ impl Cluster {
     /// Every member with its addresses, gossip state and role.
     pub fn members(&self) -> Vec<Member> {
         let (voters, learners) = self.membership();
-        let leader = self.replica().raft().metrics().borrow().current_leader;
+        let leader = self.replica().leader();
         voters
             .iter()
             .chain(learners.iter())
@@ -504,41 +487,18 @@ impl Cluster {
 
     /// This node's Raft progress.
     pub fn local_status(&self) -> NodeStatus {
-        let m = self.replica().raft().metrics().borrow().clone();
-        let state = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        };
-        // The commit index is known to the leader: the highest index a
-        // quorum of voters holds.
-        let commit = m.replication.as_ref().map(|rep| {
-            let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
-            let mut matched: Vec<u64> = voters
-                .iter()
-                .map(|v| {
-                    if *v == self.id {
-                        m.last_log_index.unwrap_or(0)
-                    } else {
-                        rep.get(v).and_then(|l| l.map(|l| l.index)).unwrap_or(0)
-                    }
-                })
-                .collect();
-            matched.sort_unstable_by(|a, b| b.cmp(a));
-            matched.get(voters.len() / 2).copied().unwrap_or(0)
-        });
+        let m = self.replica().status();
         NodeStatus {
             id: self.id,
             address: self.me.address.clone(),
-            state: state.into(),
-            term: m.current_term,
-            leader: m.current_leader.unwrap_or(0),
-            last_log_index: m.last_log_index.unwrap_or(0),
-            commit_index: commit.unwrap_or(0),
-            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            state: m.role.as_str().into(),
+            term: m.term,
+            leader: m.leader.unwrap_or(0),
+            last_log_index: m.last_log_index,
+            // Known to the leader only: the highest index a quorum holds.
+            commit_index: m.commit_index().unwrap_or(0),
+            applied_index: m.applied_index,
+            snapshot_index: m.snapshot_index,
             error: String::new(),
         }
     }

@@ -1,9 +1,10 @@
 //! The client side of node-to-node traffic: one mutual-TLS HTTP/2 channel
-//! per peer address, and over it openraft's RPCs ([`RaftNet`]) and the
-//! requests a follower forwards to the leader ([`Forwarder`]).
+//! per peer address, and over it the replica's Raft traffic ([`RaftNet`])
+//! and the requests a follower forwards to the leader ([`Forwarder`]).
 //!
-//! Raft messages travel as bincode inside the `Peer.Raft` call; their
-//! results (including openraft's own errors) come back the same way. Calls
+//! Raft messages are bytes micro-raft made (it encodes and decodes them,
+//! and knows their kinds); they travel inside the `Peer.Raft` call and
+//! their answers come back the same way. Calls
 //! meant for a given node (Raft's target, the leader) go over a channel that
 //! verifies the server's certificate names that node.
 //!
@@ -16,15 +17,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use micro_proto::cluster::peer_client::PeerClient;
-use micro_proto::cluster::{ProposeRequest, RaftKind, RaftRequest, ReadIndexRequest};
-use micro_raft::{BasicNode, Error, Forward, NodeId, Txn, TxnResult, TypeConfig};
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+use micro_proto::cluster::{
+    ElectNowRequest, ProposeRequest, RaftKind, RaftRequest, ReadIndexRequest,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+use micro_raft::{
+    BasicNode, Error, Forward, NodeId, RaftTransport, RpcKind, TransportError, Txn, TxnResult,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -156,104 +153,75 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
     bincode::deserialize(b).map_err(|e| Status::internal(format!("cannot decode: {e}")))
 }
 
-/// openraft's view of the transport.
+/// The Raft traffic of the replica: its messages, as bytes, in `Peer.Raft`
+/// calls, and hand-overs in `Peer.ElectNow`.
 #[derive(Clone)]
 pub struct RaftNet {
     pub peers: Arc<Peers>,
 }
 
-/// One peer, as openraft sees it.
-pub struct RaftPeer {
-    target: NodeId,
-    addr: String,
-    peers: Arc<Peers>,
-}
-
-impl RaftNetworkFactory<TypeConfig> for RaftNet {
-    type Network = RaftPeer;
-
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> RaftPeer {
-        RaftPeer {
-            target,
-            addr: node.addr.clone(),
-            peers: self.peers.clone(),
+impl RaftNet {
+    /// The transport's error for a failed call to node `target`.
+    fn error(target: NodeId, addr: &str, s: &Status) -> TransportError {
+        let m = format!("node {target} at {addr}: {}", describe(s));
+        if never_sent(s) {
+            TransportError::Unreachable(m)
+        } else {
+            TransportError::Network(m)
         }
     }
+
+    fn no_reply(ttl: Duration) -> Status {
+        Status::deadline_exceeded(format!("no reply within {} ms", ttl.as_millis()))
+    }
 }
 
-impl RaftPeer {
-    async fn call<Req, Resp, E>(
+impl RaftTransport for RaftNet {
+    fn call(
         &self,
-        kind: RaftKind,
-        req: &Req,
+        target: NodeId,
+        addr: &str,
+        kind: RpcKind,
+        body: Vec<u8>,
         ttl: Duration,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let net = |s: Status| {
-            let e = std::io::Error::other(format!(
-                "node {} at {}: {}",
-                self.target,
-                self.addr,
-                describe(&s)
-            ));
-            if never_sent(&s) {
-                RPCError::Unreachable(Unreachable::new(&e))
-            } else {
-                RPCError::Network(NetworkError::new(&e))
+    ) -> BoxFuture<'static, Result<Vec<u8>, TransportError>> {
+        let (peers, addr) = (self.peers.clone(), addr.to_string());
+        Box::pin(async move {
+            let fail = |s: Status| Self::error(target, &addr, &s);
+            let mut client = peers.client_to(target, &addr).map_err(fail)?;
+            let kind = match kind {
+                RpcKind::AppendEntries => RaftKind::AppendEntries,
+                RpcKind::Vote => RaftKind::Vote,
+                RpcKind::InstallSnapshot => RaftKind::InstallSnapshot,
+            };
+            let call = client.raft(RaftRequest {
+                kind: kind as i32,
+                body,
+            });
+            match tokio::time::timeout(ttl, call).await {
+                Ok(r) => Ok(r.map_err(fail)?.into_inner().body),
+                Err(_) => Err(fail(Self::no_reply(ttl))),
             }
-        };
-        let body = encode(req).map_err(net)?;
-        let mut client = self.peers.client_to(self.target, &self.addr).map_err(net)?;
-        let call = client.raft(RaftRequest {
-            kind: kind as i32,
-            body,
-        });
-        let reply = match tokio::time::timeout(ttl, call).await {
-            Ok(r) => r.map_err(net)?.into_inner(),
-            Err(_) => {
-                return Err(net(Status::deadline_exceeded(format!(
-                    "no reply within {} ms",
-                    ttl.as_millis()
-                ))))
+        })
+    }
+
+    fn elect_now(
+        &self,
+        target: NodeId,
+        addr: &str,
+        term: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let (peers, addr) = (self.peers.clone(), addr.to_string());
+        Box::pin(async move {
+            let fail = |s: Status| Self::error(target, &addr, &s);
+            let mut client = peers.client_to(target, &addr).map_err(fail)?;
+            let call = client.elect_now(ElectNowRequest { term });
+            match tokio::time::timeout(ttl, call).await {
+                Ok(r) => r.map(|_| ()).map_err(fail),
+                Err(_) => Err(fail(Self::no_reply(ttl))),
             }
-        };
-        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.body).map_err(net)?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-    }
-}
-
-impl RaftNetwork<TypeConfig> for RaftPeer {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(RaftKind::AppendEntries, &rpc, option.hard_ttl())
-            .await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        self.call(RaftKind::InstallSnapshot, &rpc, option.hard_ttl())
-            .await
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(RaftKind::Vote, &rpc, option.hard_ttl()).await
+        })
     }
 }
 

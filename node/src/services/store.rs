@@ -180,9 +180,7 @@ impl StoreService {
     async fn conflict(&self, key: &str, full: &[u8], cond: &Cond, index: u64) -> Status {
         let caught_up = self
             .replica
-            .raft()
-            .wait(Some(CONFLICT_READ_WAIT))
-            .applied_index_at_least(Some(index), "the failed write")
+            .wait_applied(index, CONFLICT_READ_WAIT)
             .await
             .is_ok();
         let current = if caught_up {
