@@ -203,10 +203,10 @@ fn bad_raft_timing_flags_are_one_clear_error() {
         "micro server: the Raft heartbeat (1000ms) must be shorter than the election timeout's minimum (500ms)",
     );
     server(&["--raft-heartbeat", "2s"]).fails_with(
-        "micro server: the Raft heartbeat (2000ms) must be shorter than the election timeout's minimum (1000ms)",
+        "micro server: the Raft heartbeat (2000ms) must be shorter than the election timeout's minimum (400ms)",
     );
     // The defaults show in the help, from the one place they are set.
     let help = home.micro(&["server", "--help"]).ok().to_string();
-    assert!(help.contains("[default: 250ms]"), "{help}");
-    assert!(help.contains("[default: 1s..2s]"), "{help}");
+    assert!(help.contains("[default: 100ms]"), "{help}");
+    assert!(help.contains("[default: 400ms..800ms]"), "{help}");
 }

@@ -139,11 +139,15 @@ impl Peer for PeerService {
             Ok(RaftKind::InstallSnapshot) => RpcKind::InstallSnapshot,
             Err(_) => return Err(Status::invalid_argument("unknown raft message kind")),
         };
-        let body = self
-            .cluster
-            .replica()
-            .handle_rpc(kind, &r.body)
+        // Run to the end even when the caller gives up: openraft gives an
+        // AppendEntries one heartbeat and then drops it, and a follower whose
+        // append (and fsync) was cut off every time would never catch up.
+        // Finished, the entries are in its log and the retry is quick.
+        let replica = self.cluster.replica().clone();
+        let handled = tokio::spawn(async move { replica.handle_rpc(kind, &r.body).await });
+        let body = handled
             .await
+            .map_err(|e| Status::internal(format!("the raft message handler failed: {e}")))?
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(RaftResponse { body }))
     }
