@@ -4,7 +4,8 @@
 //!
 //! The service is named by the `micro-service` metadata, or else by the
 //! package of the gRPC path (`/greeter.Greeter/Call` -> `greeter`). An
-//! instance is picked at random; a failed attempt (connection refused,
+//! instance on this node is picked first (at random among them), else one
+//! on another node at random; a failed attempt (connection refused,
 //! `unavailable`, `deadline exceeded` or `internal` without a reply) is
 //! retried once on another instance. The request is buffered (it is at most
 //! one message under the gRPC size limit) so it can be sent twice; replies
@@ -136,7 +137,12 @@ impl Router {
                 "every instance of {service} runs on a node that is down"
             )));
         }
+        // Local instances first (no hop to another node: a core service is
+        // served by the node the call reached), at random among them; then
+        // the others, at random.
         instances.shuffle(&mut rand::thread_rng());
+        let me = self.cluster.id;
+        instances.sort_by_key(|i| i.node.is_some_and(|n| n != me));
         let attempts = instances.len().min(2);
         let mut last = Status::unavailable(format!("no instance of {service} answered"));
         for (i, instance) in instances.iter().take(attempts).enumerate() {

@@ -19,11 +19,15 @@
 //! stops at the first torn write, so one sync makes everything written
 //! before it durable too (state machine batches included).
 //!
-//! The blocking part runs on tokio's blocking pool, never on the runtime.
-//! Concurrent callers each pay one `fdatasync`; they could share one (a
-//! sync that started after a write covers it) — group commit, left for
-//! later: the sequence of a sync and the writes it covers is all that is
-//! needed, kept here in one place.
+//! One flusher: every sync of a database goes through one thread (its
+//! flusher), never the runtime. Callers queue a request and wait; the
+//! flusher takes every request queued so far, runs one sled flush and one
+//! round of `fdatasync` for all of them, and answers them all. A request
+//! queued before a sync starts was made after its caller's writes, so that
+//! sync covers them; requests that arrive during a sync wait for the next.
+//! So concurrent appends, votes and snapshot saves share fsyncs, and sled's
+//! flush is never called concurrently (sled 0.34's concurrent
+//! `flush_async` is known to deadlock).
 //!
 //! Feature `no-fsync` (off by default, never for a real build) turns
 //! [`Durable::sync`] into a no-op and turns sled's background flusher off
@@ -38,7 +42,8 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 /// Applies the build's flush policy to a sled config: with `no-fsync`,
 /// sled's background flusher (which calls `sync_all`) is turned off.
@@ -54,6 +59,20 @@ pub(crate) fn configure(config: sled::Config) -> sled::Config {
 #[derive(Clone)]
 pub struct Durable {
     inner: Arc<Inner>,
+    /// The flusher's queue; the flusher stops when the last handle goes.
+    flush: Arc<mpsc::Sender<Waiter>>,
+    stats: Arc<Stats>,
+}
+
+type Waiter = tokio::sync::oneshot::Sender<std::io::Result<()>>;
+
+/// What the flusher did, for benchmarks and metrics.
+#[derive(Default)]
+struct Stats {
+    /// Flush rounds (each one sled flush and one `fdatasync` of the log).
+    rounds: AtomicU64,
+    /// Sync requests answered.
+    requests: AtomicU64,
 }
 
 struct Inner {
@@ -81,13 +100,24 @@ impl Durable {
     /// call it where opening sled is allowed to block.
     pub(crate) fn open(db: sled::Db, dir: &Path) -> std::io::Result<Durable> {
         let log = File::open(dir.join("db"))?;
+        let inner = Arc::new(Inner {
+            db,
+            log,
+            dir: dir.to_path_buf(),
+            seen: Mutex::new(Seen::default()),
+        });
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::channel();
+        // The flusher holds the database only during a round, so it closes
+        // when the last handle goes (a reopen finds it unlocked).
+        let (flusher, counted) = (Arc::downgrade(&inner), stats.clone());
+        std::thread::Builder::new()
+            .name("micro-raft-flush".into())
+            .spawn(move || serve(&flusher, rx, &counted))?;
         let d = Durable {
-            inner: Arc::new(Inner {
-                db,
-                log,
-                dir: dir.to_path_buf(),
-                seen: Mutex::new(Seen::default()),
-            }),
+            inner,
+            flush: Arc::new(tx),
+            stats,
         };
         if !cfg!(feature = "no-fsync") {
             if let Ok(conf) = File::open(dir.join("conf")) {
@@ -102,15 +132,48 @@ impl Durable {
         Ok(d)
     }
 
-    /// Flushes sled and fsyncs what holds it; returns once it is on disk.
+    /// Flushes sled and fsyncs what holds it; returns once everything
+    /// written before the call is on disk (sharing the flusher's next round
+    /// with every other caller queued by then).
     pub async fn sync(&self) -> std::io::Result<()> {
         if cfg!(feature = "no-fsync") {
             return Ok(());
         }
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.sync_blocking(false))
-            .await
-            .map_err(|e| std::io::Error::other(format!("the disk sync task failed: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stopped = || std::io::Error::other("the disk flusher has stopped");
+        self.flush.send(tx).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Flush rounds run and sync requests answered since the database was
+    /// opened: requests per round is how many syncs each fsync served.
+    pub fn flush_counts(&self) -> (u64, u64) {
+        (
+            self.stats.rounds.load(Ordering::Relaxed),
+            self.stats.requests.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The flusher thread: one round per batch of queued requests.
+fn serve(inner: &std::sync::Weak<Inner>, rx: mpsc::Receiver<Waiter>, stats: &Stats) {
+    while let Ok(first) = rx.recv() {
+        let mut waiters = vec![first];
+        waiters.extend(rx.try_iter());
+        let outcome = match inner.upgrade() {
+            Some(inner) => inner.sync_blocking(false),
+            None => Err(std::io::Error::other("the database is closed")),
+        };
+        stats.rounds.fetch_add(1, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(waiters.len() as u64, Ordering::Relaxed);
+        for w in waiters {
+            let _ = w.send(match &outcome {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            });
+        }
     }
 }
 

@@ -29,9 +29,11 @@
 // return the same type so `?` composes, so the size lint does not apply.
 #![allow(clippy::result_large_err)]
 
+mod barrier;
 mod durable;
 mod log_store;
 mod network;
+mod propose;
 mod snapshot;
 mod state_machine;
 pub mod txn;
@@ -42,16 +44,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 pub use openraft::BasicNode;
 use tokio::sync::broadcast;
 
+use barrier::Shared;
 pub use durable::Durable;
 pub use log_store::LogStore;
 pub use network::{Forward, NoPeers};
+pub use propose::BatchLimits;
+use propose::{Proposer, Rejected};
 pub use state_machine::{Change, Reader, StateMachine};
 pub use state_machine::{PRUNE_PER_ENTRY, REQUEST_CAP, REQUEST_WINDOW_MS};
-pub use txn::{now_millis, sequence_key, Cond, Millis, Op, Record, RequestId, Txn, TxnResult};
+pub use txn::{
+    now_millis, sequence_key, Batch, Cond, Millis, Op, Record, RequestId, Txn, TxnResult,
+};
 
 /// A node's id in the Raft group.
 pub type NodeId = u64;
@@ -59,8 +66,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// The types this Raft group replicates.
     pub TypeConfig:
-        D = Txn,
-        R = TxnResult,
+        D = Batch,
+        R = Vec<TxnResult>,
 );
 
 /// A log entry.
@@ -70,7 +77,7 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig>;
 
 /// What went wrong with the replicated state.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("storage error: {0}")]
     Storage(String),
@@ -121,6 +128,14 @@ impl From<sled::Error> for Error {
     }
 }
 
+/// How often a leader tells its followers it is alive (and sends them new
+/// entries when there are none waiting).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(100);
+/// How long a follower waits without hearing from a leader before it
+/// stands for election: a random time in this range.
+pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(400), Duration::from_millis(800));
+
 /// Tuning of the Raft group.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -135,17 +150,26 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Log entries kept after a snapshot, for followers that lag a little.
     pub keep_after_snapshot: u64,
+    /// Group commit: how writes are gathered into entries.
+    pub batch: BatchLimits,
+    /// At most this many entries per AppendEntries RPC. openraft 0.9 gives
+    /// each AppendEntries one heartbeat interval to complete, follower
+    /// fsync included; a bounded payload (this × the batch byte bound)
+    /// keeps a lagging follower's catch-up RPCs inside it.
+    pub max_entries_per_rpc: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            heartbeat: Duration::from_millis(250),
-            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            heartbeat: DEFAULT_HEARTBEAT,
+            election_timeout: DEFAULT_ELECTION_TIMEOUT,
             snapshot_after: 20_000,
             leader_wait: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             keep_after_snapshot: 1000,
+            batch: BatchLimits::default(),
+            max_entries_per_rpc: 8,
         }
     }
 }
@@ -183,6 +207,12 @@ pub struct Replica {
     changes: broadcast::Sender<Arc<Vec<Change>>>,
     options: Options,
     forward: Arc<dyn Forward>,
+    proposer: Proposer,
+    /// Leadership confirmations shared by concurrent reads on the leader.
+    confirm: Shared<(), Result<u64, Rejected>>,
+    /// Read-index requests to the leader shared by concurrent reads on a
+    /// follower.
+    ask_leader: Shared<(NodeId, BasicNode), Result<u64, Error>>,
 }
 
 impl Replica {
@@ -221,6 +251,7 @@ impl Replica {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_after),
             max_in_snapshot_log_to_keep: options.keep_after_snapshot,
             install_snapshot_timeout: 10_000,
+            max_payload_entries: options.max_entries_per_rpc.max(1),
             ..Default::default()
         }
         .validate()
@@ -228,6 +259,16 @@ impl Replica {
         let raft = Raft::new(id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
+        let proposer = Proposer::start(raft.clone(), options.batch);
+        let confirm = {
+            let raft = raft.clone();
+            let limit = options.request_timeout;
+            Shared::new(move |()| confirm_leadership(raft.clone(), limit))
+        };
+        let ask_leader = {
+            let forward = forward.clone();
+            Shared::new(move |(leader, node): (NodeId, BasicNode)| forward.read_index(leader, node))
+        };
         Ok(Replica {
             id,
             raft,
@@ -235,6 +276,9 @@ impl Replica {
             changes,
             options,
             forward,
+            proposer,
+            confirm,
+            ask_leader,
         })
     }
 
@@ -302,11 +346,10 @@ impl Replica {
     async fn write_inner(&self, txn: Txn) -> Result<TxnResult, Error> {
         let deadline = tokio::time::Instant::now() + self.options.leader_wait;
         loop {
-            let f = match self.raft.client_write(txn.clone()).await {
-                Ok(resp) => return Ok(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f,
-                Err(RaftError::APIError(e)) => return Err(Error::Raft(e.to_string())),
-                Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
+            let f = match self.proposer.propose(txn.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(Rejected::Forward(f)) => f,
+                Err(Rejected::Failed(e)) => return Err(e),
             };
             let err = match (f.leader_id, f.leader_node) {
                 (Some(id), Some(node)) if id != self.id => {
@@ -366,23 +409,21 @@ impl Replica {
     }
 
     async fn linearize_inner(&self) -> Result<(), Error> {
-        use openraft::error::CheckIsLeaderError;
         let deadline = tokio::time::Instant::now() + self.options.leader_wait;
         loop {
-            let f = match self.raft.ensure_linearizable().await {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f,
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                    return Err(Error::NoLeader)
-                }
-                Err(RaftError::Fatal(_)) => return Err(Error::Stopped),
+            let f = match self.confirm.run(()).await {
+                Some(Ok(index)) => return self.applied_at_least(index).await,
+                Some(Err(Rejected::Forward(f))) => f,
+                Some(Err(Rejected::Failed(e))) => return Err(e),
+                None => return Err(Error::Stopped),
             };
             let err = match (f.leader_id, f.leader_node) {
                 (Some(id), Some(node)) if id != self.id => {
-                    match self.forward.read_index(id, node).await {
-                        Ok(index) => return self.applied_at_least(index).await,
-                        Err(e) if e.never_took_effect() => e,
-                        Err(e) => return Err(e),
+                    match self.ask_leader.run((id, node)).await {
+                        Some(Ok(index)) => return self.applied_at_least(index).await,
+                        Some(Err(e)) if e.never_took_effect() => e,
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(Error::Stopped),
                     }
                 }
                 _ => Error::NoLeader,
@@ -402,52 +443,30 @@ impl Replica {
     }
 
     /// The leader's side of a forwarded read barrier: confirms leadership
-    /// with a quorum and returns the index a reader must have applied.
+    /// with a quorum (one confirmation for all the barriers that arrive
+    /// meanwhile) and returns the index a reader must have applied.
     pub async fn read_index(&self) -> Result<u64, Error> {
-        use openraft::error::CheckIsLeaderError;
-        let fut = self.raft.get_read_log_id();
-        match tokio::time::timeout(self.options.request_timeout, fut).await {
-            Err(_) => Err(Error::Timeout(
-                "no quorum confirmed the read index in time".into(),
-            )),
-            Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                match (f.leader_id, f.leader_node) {
-                    (Some(id), Some(node)) => Err(Error::NotLeader {
-                        leader_id: id,
-                        leader_addr: node.addr,
-                    }),
-                    _ => Err(Error::NoLeader),
-                }
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                Err(Error::NoLeader)
-            }
-            Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
+        match self.confirm.run(()).await {
+            Some(Ok(index)) => Ok(index),
+            Some(Err(Rejected::Forward(f))) => Err(not_leader(f)),
+            Some(Err(Rejected::Failed(e))) => Err(e),
+            None => Err(Error::Stopped),
         }
     }
 
     /// The leader's side of a forwarded write: applies `txn` only if this
-    /// replica leads (never forwards again, so a request cannot loop).
+    /// replica leads (never forwards again, so a request cannot loop). It
+    /// joins the leader's next batch like a local write.
     pub async fn propose_here(&self, txn: Txn) -> Result<TxnResult, Error> {
-        let fut = self.raft.client_write(txn);
+        let fut = self.proposer.propose(txn);
         match tokio::time::timeout(self.options.request_timeout, fut).await {
             Err(_) => Err(Error::Timeout(format!(
                 "the write was not committed within {}s: the cluster may have lost its quorum (the outcome is unknown)",
                 self.options.request_timeout.as_secs()
             ))),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                match (f.leader_id, f.leader_node) {
-                    (Some(id), Some(node)) => Err(Error::NotLeader {
-                        leader_id: id,
-                        leader_addr: node.addr,
-                    }),
-                    _ => Err(Error::NoLeader),
-                }
-            }
-            Ok(Err(RaftError::APIError(e))) => Err(Error::Raft(e.to_string())),
-            Ok(Err(RaftError::Fatal(_))) => Err(Error::Stopped),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(Rejected::Forward(f))) => Err(not_leader(f)),
+            Ok(Err(Rejected::Failed(e))) => Err(e),
         }
     }
 
@@ -509,5 +528,35 @@ impl Replica {
     /// Stops Raft.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// What a caller of the leader's side is told when this replica does not lead.
+fn not_leader(f: ForwardToLeader<NodeId, BasicNode>) -> Error {
+    match (f.leader_id, f.leader_node) {
+        (Some(id), Some(node)) => Error::NotLeader {
+            leader_id: id,
+            leader_addr: node.addr,
+        },
+        _ => Error::NoLeader,
+    }
+}
+
+/// One leadership confirmation round: a quorum acknowledges this replica
+/// still leads; returns the read index (what a reader must have applied).
+async fn confirm_leadership(raft: Raft, limit: Duration) -> Result<u64, Rejected> {
+    match tokio::time::timeout(limit, raft.get_read_log_id()).await {
+        Err(_) => Err(Rejected::Failed(Error::Timeout(format!(
+            "no quorum confirmed the read within {}s: the cluster may have lost its quorum",
+            limit.as_secs()
+        )))),
+        Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Err(Rejected::Forward(f))
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+            Err(Rejected::Failed(Error::NoLeader))
+        }
+        Ok(Err(RaftError::Fatal(_))) => Err(Rejected::Failed(Error::Stopped)),
     }
 }

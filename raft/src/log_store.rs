@@ -15,7 +15,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 
 use crate::durable::Durable;
-use crate::txn::decode_entry;
+use crate::txn::{decode_entry, encode_entry};
 use crate::{Entry, NodeId, TypeConfig};
 
 const VOTE: &[u8] = b"vote";
@@ -153,7 +153,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let raw = bincode::serialize(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            let raw = encode_entry(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.insert(&index_key(entry.log_id.index), raw);
         }
         self.log

@@ -79,11 +79,14 @@ fn request_key(id: RequestId) -> Vec<u8> {
     k
 }
 
-fn request_age_key(now: Millis, index: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
+/// The age index key of a request applied at `now`, as transaction `pos`
+/// of the batch at log index `index` (so ids of one batch never share a key).
+fn request_age_key(now: Millis, index: u64, pos: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(21);
     k.push(REQUEST_AGE);
     k.extend_from_slice(&now.to_be_bytes());
     k.extend_from_slice(&index.to_be_bytes());
+    k.extend_from_slice(&pos.to_be_bytes());
     k
 }
 
@@ -441,6 +444,7 @@ impl<'a> Pending<'a> {
         &mut self,
         id: RequestId,
         now: Millis,
+        pos: u32,
         result: &TxnResult,
         cap: u64,
     ) -> Result<(), crate::Error> {
@@ -469,7 +473,7 @@ impl<'a> Pending<'a> {
         .map_err(|e| crate::Error::Storage(e.to_string()))?;
         self.insert(request_key(id), raw);
         self.insert(
-            request_age_key(now, result.index),
+            request_age_key(now, result.index, pos),
             id.to_be_bytes().to_vec(),
         );
         self.insert(REQUEST_COUNT.to_vec(), (count + 1).to_be_bytes().to_vec());
@@ -488,12 +492,14 @@ impl<'a> Pending<'a> {
     }
 }
 
-/// Applies `txn` at `index` unless its request id was applied before; then
-/// changes nothing and returns the first outcome.
+/// Applies `txn`, transaction `pos` of the batch at `index`, unless its
+/// request id was applied before; then changes nothing and returns the
+/// first outcome.
 fn apply_once(
     p: &mut Pending<'_>,
     txn: &Txn,
     index: u64,
+    pos: u32,
     changes: &mut Vec<Change>,
 ) -> Result<TxnResult, crate::Error> {
     let Some(id) = txn.request else {
@@ -503,7 +509,7 @@ fn apply_once(
         return Ok(first);
     }
     let result = apply_txn(p, txn, index, changes)?;
-    p.remember(id, txn.now, &result, REQUEST_CAP)?;
+    p.remember(id, txn.now, pos, &result, REQUEST_CAP)?;
     Ok(result)
 }
 
@@ -698,7 +704,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.meta(META_APPLIED)?, self.meta(META_MEMBERSHIP)?))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<TxnResult>, SErr>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<TxnResult>>, SErr>
     where
         I: IntoIterator<Item = crate::Entry> + Send,
         I::IntoIter: Send,
@@ -707,27 +713,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut results = Vec::new();
         let mut changes = Vec::new();
         for entry in entries {
+            // One sled batch per entry: every transaction of a batch, and
+            // the new `last_applied`, become visible (and durable) together.
             let mut p = Pending::new(&self.tree);
             let index = entry.log_id.index;
-            let result = match &entry.payload {
-                EntryPayload::Blank => TxnResult {
-                    succeeded: true,
-                    index,
-                    ..Default::default()
-                },
-                EntryPayload::Normal(txn) => apply_once(&mut p, txn, index, &mut changes)
-                    .map_err(|e| StorageIOError::apply(entry.log_id, &e))?,
+            let outcomes = match &entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(batch) => {
+                    let mut outcomes = Vec::with_capacity(batch.0.len());
+                    for (pos, txn) in batch.0.iter().enumerate() {
+                        let r = apply_once(&mut p, txn, index, pos as u32, &mut changes)
+                            .map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
+                        outcomes.push(r);
+                    }
+                    outcomes
+                }
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                     p.insert(
                         META_MEMBERSHIP.to_vec(),
                         encode(&stored).map_err(sm_write_err)?,
                     );
-                    TxnResult {
-                        succeeded: true,
-                        index,
-                        ..Default::default()
-                    }
+                    Vec::new()
                 }
             };
             p.insert(
@@ -737,7 +744,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.tree
                 .apply_batch(p.into_batch())
                 .map_err(sm_write_err)?;
-            results.push(result);
+            results.push(outcomes);
         }
         if !changes.is_empty() {
             // Nobody listening is fine.
@@ -803,7 +810,7 @@ mod tests {
                 index: index as u64 + 1,
                 ..Default::default()
             };
-            p.remember(id, now, &result, 3).unwrap();
+            p.remember(id, now, 0, &result, 3).unwrap();
             tree.apply_batch(p.into_batch()).unwrap();
         }
         let p = Pending::new(&tree);

@@ -7,14 +7,14 @@
 
 use std::io::Cursor;
 
-use micro_raft::{open_storage, Entry, Op, StateMachine, Txn, TxnResult, REQUEST_WINDOW_MS};
+use micro_raft::{open_storage, Batch, Entry, Op, StateMachine, Txn, TxnResult, REQUEST_WINDOW_MS};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
 fn entry(term: u64, leader: u64, index: u64, txn: Txn) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
-        payload: EntryPayload::Normal(txn),
+        payload: EntryPayload::Normal(Batch(vec![txn])),
     }
 }
 
@@ -43,8 +43,13 @@ fn list(sm: &StateMachine) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Applies entries of one transaction each (or none): one outcome per entry.
 async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) -> Vec<TxnResult> {
-    sm.apply(entries).await.expect("apply")
+    let outcomes = sm.apply(entries).await.expect("apply");
+    outcomes
+        .into_iter()
+        .map(|o| o.into_iter().next().unwrap_or_default())
+        .collect()
 }
 
 const NOW: u64 = 1_700_000_000_000;
@@ -241,16 +246,45 @@ async fn entries_written_before_request_ids_still_read() {
     let e = micro_raft::txn::decode_entry(&raw).expect("old entry decodes");
     assert_eq!(e.log_id.index, 9);
     match e.payload {
-        EntryPayload::Normal(t) => {
+        EntryPayload::Normal(Batch(txns)) => {
+            assert_eq!(txns.len(), 1);
+            let t = &txns[0];
             assert_eq!(t.now, 5);
             assert_eq!(t.request, None);
             assert_eq!(t.ops, vec![Op::Delete { key: b"k".to_vec() }]);
         }
         _ => panic!("expected a normal entry"),
     }
-    // And the new encoding round-trips with its id.
-    let new = entry(1, 1, 1, append("v", 1, Some(u128::MAX)));
-    let raw = bincode::serialize(&new).unwrap();
+    // An entry of one transaction with a request id (before batches)
+    // decodes as a batch of it.
+    #[derive(serde::Serialize)]
+    enum TxnPayload {
+        #[allow(dead_code)]
+        Blank,
+        Normal(Txn),
+    }
+    #[derive(serde::Serialize)]
+    struct TxnEntry {
+        log_id: LogId<u64>,
+        payload: TxnPayload,
+    }
+    let one = append("v", 1, Some(7));
+    let raw = bincode::serialize(&TxnEntry {
+        log_id: LogId::new(CommittedLeaderId::new(2, 1), 4),
+        payload: TxnPayload::Normal(one.clone()),
+    })
+    .unwrap();
+    let e = micro_raft::txn::decode_entry(&raw).expect("entry of one txn decodes");
+    assert_eq!(e.payload, EntryPayload::Normal(Batch(vec![one])));
+    // And the batch encoding round-trips with its ids.
+    let new = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+        payload: EntryPayload::Normal(Batch(vec![
+            append("v", 1, Some(u128::MAX)),
+            append("w", 1, Some(3)),
+        ])),
+    };
+    let raw = micro_raft::txn::encode_entry(&new).unwrap();
     let back = micro_raft::txn::decode_entry(&raw).unwrap();
     assert_eq!(back.payload, new.payload);
 }
