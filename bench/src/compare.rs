@@ -689,6 +689,9 @@ fn num(x: Option<f64>) -> String {
     }
 }
 
+/// One figure of a sample.
+type Figure = fn(&Sample) -> Option<f64>;
+
 /// The one table: per phase four rows (rate, latency, CPU, switches and
 /// fsyncs), then failover; micro, etcd, micro/etcd.
 pub fn table(specs: &[Spec], micro: &Results, etcd: Option<&Results>, nodes: usize) -> String {
@@ -705,12 +708,11 @@ pub fn table(specs: &[Spec], micro: &Results, etcd: Option<&Results>, nodes: usi
             Some(s) => num(Some(s.rate)),
             None => "-".into(),
         };
-        let f = |s: &Option<Sample>, g: fn(&Sample) -> Option<f64>| s.as_ref().and_then(g);
-        let pair =
-            |s: &Option<Sample>, a: fn(&Sample) -> Option<f64>, b: fn(&Sample) -> Option<f64>| {
-                format!("{} / {}", num(f(s, a)), num(f(s, b)))
-            };
-        let pair_ratio = |a: fn(&Sample) -> Option<f64>, b: fn(&Sample) -> Option<f64>| {
+        let f = |s: &Option<Sample>, g: Figure| s.as_ref().and_then(g);
+        let pair = |s: &Option<Sample>, a: Figure, b: Figure| {
+            format!("{} / {}", num(f(s, a)), num(f(s, b)))
+        };
+        let pair_ratio = |a: Figure, b: Figure| {
             format!(
                 "{} / {}",
                 ratio(f(&m, a), f(&e, a)),
@@ -724,8 +726,7 @@ pub fn table(specs: &[Spec], micro: &Results, etcd: Option<&Results>, nodes: usi
             ops(&e),
             ratio(f(&m, |s| Some(s.rate)), f(&e, |s| Some(s.rate))),
         ]);
-        let (p50, p99): (fn(&Sample) -> Option<f64>, fn(&Sample) -> Option<f64>) =
-            (|s| Some(s.p50_ms), |s| Some(s.p99_ms));
+        let (p50, p99): (Figure, Figure) = (|s| Some(s.p50_ms), |s| Some(s.p99_ms));
         rows.push([
             String::new(),
             "p50 / p99 ms".into(),
