@@ -37,6 +37,8 @@ struct ServerProc {
     node_id: u64,
     /// its gRPC endpoint (the `proxy` of listen.json)
     proxy: String,
+    /// its HTTP gateway (the `api` of listen.json)
+    api: String,
     /// its cluster address (Raft, mTLS and gossip)
     cluster: String,
 }
@@ -81,17 +83,28 @@ impl Cluster {
     /// A cluster of no node yet, run with the `micro` binary next to this
     /// one and a temporary HOME for the CLI.
     pub fn new() -> Result<Cluster, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let micro = exe
-            .parent()
-            .map(|d| d.join("micro"))
-            .filter(|m| m.exists())
-            .ok_or_else(|| {
-                format!(
-                    "no `micro` next to {}: build it with `cargo build --release -p micro-cli`",
-                    exe.display()
-                )
-            })?;
+        Cluster::with_micro(None)
+    }
+
+    /// A cluster of no node yet, run with the `micro` binary `micro` (by
+    /// default the one next to this binary).
+    pub fn with_micro(micro: Option<PathBuf>) -> Result<Cluster, String> {
+        let micro = match micro {
+            Some(m) if m.is_file() => m,
+            Some(m) => return Err(format!("--micro {}: no such file", m.display())),
+            None => {
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                exe.parent()
+                    .map(|d| d.join("micro"))
+                    .filter(|m| m.exists())
+                    .ok_or_else(|| {
+                        format!(
+                            "no `micro` next to {}: build it with `cargo build --release -p micro-cli` (or give --micro PATH)",
+                            exe.display()
+                        )
+                    })?
+            }
+        };
         let home = tempfile::Builder::new()
             .prefix("micro-bench-home-")
             .tempdir()
@@ -280,6 +293,7 @@ impl Cluster {
             env: format!("n{}", i + 1),
             node_id: 0,
             proxy: String::new(),
+            api: String::new(),
             cluster: String::new(),
         });
         let node = &mut self.nodes[i];
@@ -293,8 +307,13 @@ impl Cluster {
                     let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
                     node.node_id = v["node_id"].as_u64().unwrap_or_default();
                     node.proxy = field("proxy");
+                    node.api = field("api");
                     node.cluster = field("cluster");
-                    if node.node_id == 0 || node.proxy.is_empty() || node.cluster.is_empty() {
+                    if node.node_id == 0
+                        || node.proxy.is_empty()
+                        || node.api.is_empty()
+                        || node.cluster.is_empty()
+                    {
                         return Err(format!("node {}: unexpected listen.json: {text}", i + 1));
                     }
                     return Ok(());
@@ -369,6 +388,62 @@ impl Cluster {
     /// The gRPC endpoint of node `i` (0-based).
     pub fn proxy(&self, i: usize) -> &str {
         &self.nodes[i].proxy
+    }
+
+    /// The HTTP gateway (`host:port`) of node `i` (0-based).
+    pub fn api(&self, i: usize) -> &str {
+        &self.nodes[i].api
+    }
+
+    /// The data directory of node `i` (0-based).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.nodes[i].dir.path().join("data")
+    }
+
+    /// The process id of node `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Kills node `i` with SIGKILL and waits for it to be gone.
+    pub async fn kill(&mut self, i: usize) -> Result<(), String> {
+        let mut child = self.nodes[i]
+            .child
+            .take()
+            .ok_or_else(|| format!("node {} is not running", i + 1))?;
+        child
+            .start_kill()
+            .map_err(|e| format!("cannot kill node {}: {e}", i + 1))?;
+        let _ = child.wait().await;
+        Ok(())
+    }
+
+    /// A fresh access token of the admin session on node `i` (`micro user
+    /// token`, which refreshes it); they live 10 minutes by default.
+    pub async fn token(&self, i: usize) -> Result<String, String> {
+        let token = self
+            .cli(&["--env", &self.nodes[i].env, "user", "token"])
+            .await?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            return Err("`micro user token` printed nothing".into());
+        }
+        Ok(token)
+    }
+
+    /// The index of the node that leads now, as node `i` sees it.
+    pub async fn leader_seen_by(&self, i: usize) -> Result<usize, String> {
+        if self.nodes.len() == 1 {
+            return Ok(0);
+        }
+        let members = self.members(&self.nodes[i].env).await?;
+        let id = members
+            .iter()
+            .find(|m| m.role == "leader")
+            .map(|m| m.id)
+            .ok_or("the cluster has no leader")?;
+        self.index_of(id)
     }
 
     /// The `micro` binary the servers run.

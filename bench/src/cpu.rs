@@ -26,12 +26,28 @@ fn ticks_per_second() -> f64 {
 /// User plus system CPU seconds of process `pid`, or `None` when it cannot
 /// be read.
 fn cpu_seconds(pid: u32) -> Option<f64> {
+    let (user, sys) = user_sys(pid)?;
+    Some(user + sys)
+}
+
+/// User and system CPU seconds (apart) of process `pid`, or `None` when it
+/// cannot be read.
+pub fn user_sys(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(ticks(&stat)? as f64 / ticks_per_second())
+    let (user, sys) = user_sys_ticks(&stat)?;
+    let t = ticks_per_second();
+    Some((user as f64 / t, sys as f64 / t))
 }
 
 /// utime + stime, in clock ticks, of one `/proc/<pid>/stat` line.
+#[cfg(test)]
 fn ticks(stat: &str) -> Option<u64> {
+    let (user, sys) = user_sys_ticks(stat)?;
+    Some(user + sys)
+}
+
+/// utime and stime, in clock ticks, of one `/proc/<pid>/stat` line.
+fn user_sys_ticks(stat: &str) -> Option<(u64, u64)> {
     // The command name (field 2) is in parentheses and may hold spaces and
     // parentheses; the fields after the last ')' start at field 3 (state),
     // so utime (14) and stime (15) are the 12th and 13th.
@@ -39,7 +55,7 @@ fn ticks(stat: &str) -> Option<u64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// The summed CPU seconds of `pids`, or `None` if any of them cannot be
@@ -60,6 +76,7 @@ mod tests {
         let line = "4242 (nats server) (x)) S 1 4242 4242 0 -1 4194560 1517 0 0 0 \
                     250 17 0 0 20 0 12 0 123456 1234567 890 18446744073709551615";
         assert_eq!(ticks(line), Some(267));
+        assert_eq!(user_sys_ticks(line), Some((250, 17)));
         assert_eq!(ticks("4242 (cut short) S 1 2"), None);
     }
 

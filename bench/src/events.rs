@@ -150,7 +150,7 @@ impl Side {
 }
 
 /// The `p` quantile of sorted microseconds, in milliseconds.
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     let n = sorted.len();
     if n == 0 {
         return f64::NAN;
@@ -308,7 +308,7 @@ pub async fn events(opts: Opts) -> Result<(), String> {
 }
 
 /// The first three fields of /proc/loadavg, or "unknown".
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())

@@ -8,6 +8,9 @@
 //! micro-bench events [--seconds 5] [--rounds 2] [--publishers 1,16,64] [--rate 200]
 //!                    [--subscribers 6] [--fanout-publishers 16] [--payload 100]
 //!                    [--cases publish,latency,fanout]
+//! micro-bench compare [--nodes 3] [--seconds 10] [--value-size 100]
+//!                     [--connections 16,64,256] [--failover-runs 5] [--micro PATH]
+//! micro-bench disk [--minutes 30] [--nodes 1] [--keys 10000] [--value-size 100] [--micro PATH]
 //! ```
 //!
 //! Without `--address` it starts a node in this process on loopback, with a
@@ -40,13 +43,24 @@
 //! publish-to-consume latency and broker fan-out next to JetStream and
 //! core NATS (see `events.rs` and bench/README.md for what each row
 //! means).
+//!
+//! `compare` runs a `micro` cluster and then an etcd cluster (`etcd` on
+//! PATH) of the same size and drives both with one HTTP/JSON client
+//! (`compare.rs`); `disk` watches data directory size and RSS under
+//! steady overwrites (`disk.rs`).
 
 mod cluster;
+mod compare;
 mod cpu;
+mod disk;
+mod etcd;
 mod events;
+mod fsyncs;
 mod helloworld;
+mod http;
 mod nats;
 mod phase;
+mod procstat;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -131,6 +145,48 @@ enum What {
         #[arg(long, value_delimiter = ',')]
         cases: Vec<String>,
     },
+    /// A micro cluster next to an etcd cluster of the same size, one after
+    /// the other, through the same HTTP/JSON client: writes and
+    /// linearizable reads via the leader and a follower, and failover
+    Compare {
+        /// Nodes of each cluster, on 127.0.0.1, 127.0.0.2, ...
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Seconds per phase
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Bytes per value
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Connection counts; each phase runs at each
+        #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+        connections: Vec<usize>,
+        /// Failover runs per system (each after the first on a fresh cluster)
+        #[arg(long, default_value_t = 5)]
+        failover_runs: usize,
+        /// The `micro` binary (default: the one next to micro-bench)
+        #[arg(long)]
+        micro: Option<std::path::PathBuf>,
+    },
+    /// Overwrites a fixed key set at half the max write rate and prints
+    /// each node's data directory size and RSS every 30 s
+    Disk {
+        /// Minutes of overwrites
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Nodes (1 or 3)
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Keys in the set
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Bytes per value
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// The `micro` binary (default: the one next to micro-bench)
+        #[arg(long)]
+        micro: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -160,6 +216,40 @@ fn main() -> std::process::ExitCode {
                 seconds,
                 value_size,
             } => cluster::cluster(nodes, clients, seconds, value_size).await,
+            What::Compare {
+                nodes,
+                seconds,
+                value_size,
+                connections,
+                failover_runs,
+                micro,
+            } => {
+                compare::compare(compare::Opts {
+                    nodes,
+                    seconds,
+                    value_size,
+                    connections,
+                    failover_runs,
+                    micro,
+                })
+                .await
+            }
+            What::Disk {
+                minutes,
+                nodes,
+                keys,
+                value_size,
+                micro,
+            } => {
+                disk::disk(disk::Opts {
+                    minutes,
+                    nodes,
+                    keys,
+                    value_size,
+                    micro,
+                })
+                .await
+            }
             What::Events {
                 seconds,
                 rounds,
