@@ -1,7 +1,9 @@
 //! Decoding of the messages peers send on the cluster port (bincode inside
 //! `Peer.Raft`, `Peer.Propose` and their replies), with the decoder the
-//! transport uses. Decoding must fail cleanly, never panic, overflow the
-//! stack or allocate without bound.
+//! transport uses (micro-raft decodes the Raft messages itself, in
+//! `network.rs`, with the same `bincode::deserialize` from a slice).
+//! Decoding must fail cleanly, never panic, overflow the stack or allocate
+//! without bound.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

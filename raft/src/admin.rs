@@ -314,8 +314,8 @@ impl Replica {
 
     /// Hands leadership over to the most caught-up other voter, if this
     /// replica leads: stops heartbeats, lets the chosen voter catch up,
-    /// asks it to campaign, and waits until this replica sees another
-    /// leader, all within `within`. Returns the voter that took over, or
+    /// asks it to campaign, and waits until this replica has voted for a
+    /// later term (or sees another leader), all within `within`. Returns the voter that took over, or
     /// `None` when this replica does not lead or no other voter exists. On failure heartbeats resume, so a replica that keeps
     /// running stays a working leader until an election says otherwise.
     pub async fn hand_over(&self, within: Duration) -> Result<Option<NodeId>, Error> {
@@ -415,15 +415,23 @@ impl Replica {
                 TransportError::Unreachable(m) => Error::Unreachable(m),
                 TransportError::Network(m) => Error::Unknown(m),
             })?;
+        // Done once this replica has given its vote to a later term (it no
+        // longer leads): the successor then holds its vote, and needs
+        // nothing more from it. (Seeing the new leader takes its first
+        // append, which a loaded follower may be slow to acknowledge.)
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let term = status.term;
         self.raft
             .wait(Some(left))
             .metrics(
-                |m| m.current_leader.is_some_and(|l| l != me),
+                |m| {
+                    m.current_leader.is_some_and(|l| l != me)
+                        || (m.current_term > term && m.state != ServerState::Leader)
+                },
                 "another leader",
             )
             .await
-            .map_err(|e| wait_error(e, "no other leader was elected in time"))?;
+            .map_err(|e| wait_error(e, "no other node took over in time"))?;
         Ok(())
     }
 

@@ -307,6 +307,11 @@ async fn a_leader_that_hands_over_is_succeeded_in_one_election() {
     assert_ne!(next, old.id());
     assert!(!old.is_leader(), "the old leader stepped down");
     let new = replicas.iter().find(|r| r.id() == next).unwrap();
+    for r in &replicas {
+        r.wait_for_leader(Duration::from_secs(10))
+            .await
+            .expect("a leader");
+    }
     assert!(new.is_leader(), "node {next} leads");
     assert_eq!(new.status().term, term + 1, "one election, no more");
 
