@@ -195,7 +195,7 @@ fn bad_raft_timing_flags_are_one_clear_error() {
         "Invalid value '1s' for '--raft-election-timeout <MIN..MAX>': give the range as MIN..MAX, like 1s..2s. {hint}"
     ));
     server(&["--raft-election-timeout", "2s..1s"]).fails_with(&format!(
-        "Invalid value '2s..1s' for '--raft-election-timeout <MIN..MAX>': the minimum must be below the maximum, like 1s..2s. {hint}"
+        "Invalid value '2s..1s' for '--raft-election-timeout <MIN..MAX>': the minimum must be below the maximum, like 400ms..800ms. {hint}"
     ));
     // Each value fine alone, not together: followers would campaign
     // against a live leader.
