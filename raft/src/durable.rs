@@ -42,7 +42,6 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 /// Applies the build's flush policy to a sled config: with `no-fsync`,
@@ -61,19 +60,9 @@ pub struct Durable {
     inner: Arc<Inner>,
     /// The flusher's queue; the flusher stops when the last handle goes.
     flush: Arc<mpsc::Sender<Waiter>>,
-    stats: Arc<Stats>,
 }
 
 type Waiter = tokio::sync::oneshot::Sender<std::io::Result<()>>;
-
-/// What the flusher did, for benchmarks and metrics.
-#[derive(Default)]
-struct Stats {
-    /// Flush rounds (each one sled flush and one `fdatasync` of the log).
-    rounds: AtomicU64,
-    /// Sync requests answered.
-    requests: AtomicU64,
-}
 
 struct Inner {
     db: sled::Db,
@@ -106,18 +95,16 @@ impl Durable {
             dir: dir.to_path_buf(),
             seen: Mutex::new(Seen::default()),
         });
-        let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::channel();
         // The flusher holds the database only during a round, so it closes
         // when the last handle goes (a reopen finds it unlocked).
-        let (flusher, counted) = (Arc::downgrade(&inner), stats.clone());
+        let flusher = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("micro-raft-flush".into())
-            .spawn(move || serve(&flusher, rx, &counted))?;
+            .spawn(move || serve(&flusher, rx))?;
         let d = Durable {
             inner,
             flush: Arc::new(tx),
-            stats,
         };
         if !cfg!(feature = "no-fsync") {
             if let Ok(conf) = File::open(dir.join("conf")) {
@@ -144,19 +131,10 @@ impl Durable {
         self.flush.send(tx).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
-
-    /// Flush rounds run and sync requests answered since the database was
-    /// opened: requests per round is how many syncs each fsync served.
-    pub fn flush_counts(&self) -> (u64, u64) {
-        (
-            self.stats.rounds.load(Ordering::Relaxed),
-            self.stats.requests.load(Ordering::Relaxed),
-        )
-    }
 }
 
 /// The flusher thread: one round per batch of queued requests.
-fn serve(inner: &std::sync::Weak<Inner>, rx: mpsc::Receiver<Waiter>, stats: &Stats) {
+fn serve(inner: &std::sync::Weak<Inner>, rx: mpsc::Receiver<Waiter>) {
     while let Ok(first) = rx.recv() {
         let mut waiters = vec![first];
         waiters.extend(rx.try_iter());
@@ -164,10 +142,6 @@ fn serve(inner: &std::sync::Weak<Inner>, rx: mpsc::Receiver<Waiter>, stats: &Sta
             Some(inner) => inner.sync_blocking(false),
             None => Err(std::io::Error::other("the database is closed")),
         };
-        stats.rounds.fetch_add(1, Ordering::Relaxed);
-        stats
-            .requests
-            .fetch_add(waiters.len() as u64, Ordering::Relaxed);
         for w in waiters {
             let _ = w.send(match &outcome {
                 Ok(()) => Ok(()),
