@@ -52,8 +52,9 @@ pub struct Call {
     /// the request as JSON; string values may stand for numbers or booleans
     /// (query strings and forms carry only text)
     pub request: serde_json::Value,
-    /// request headers to pass on as metadata
-    pub metadata: Vec<(String, String)>,
+    /// request headers to pass on as metadata (hop headers, the token and
+    /// cookies left out)
+    pub metadata: axum::http::HeaderMap,
     /// the caller's access token (`Authorization: Bearer` or the
     /// `micro-token` cookie)
     pub token: Option<String>,
@@ -337,7 +338,7 @@ mod tests {
             }
             Ok(
                 serde_json::json!({"endpoint": call.endpoint, "request": call.request, "ns": call.namespace,
-                "meta": call.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()}),
+                "meta": call.metadata.iter().map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or(""))).collect::<Vec<_>>()}),
             )
         }
         async fn call_stream(&self, call: Call) -> Result<Reply, micro::errors::Error> {

@@ -232,6 +232,14 @@ impl Gossip {
             .map(|row| row.member.state)
     }
 
+    /// A receiver that sees a new value whenever a member appears, changes
+    /// state or is forgotten: a caller keeping its own view of the members
+    /// re-reads [`members`](Self::members) then, instead of asking on every
+    /// use.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        lock(&self.inner.shared).changes.subscribe()
+    }
+
     /// Drops a node from the list (after it was removed from the cluster).
     ///
     /// Takes effect immediately for [`members`](Self::members) and
@@ -247,6 +255,7 @@ impl Gossip {
             let bump = shared.rows.remove(&node_id).map_or(0, |row| row.bump);
             let threshold = shared.forgotten.entry(node_id).or_insert(bump);
             *threshold = (*threshold).max(bump);
+            shared.changes.send_modify(|n| *n += 1);
         }
         let _ = self.inner.commands.send(Command::Forget(node_id));
     }

@@ -91,13 +91,25 @@ pub(crate) struct Row {
 }
 
 /// State shared between the task and the handles.
-#[derive(Default)]
 pub(crate) struct Shared {
     /// One row per node id, this node included.
     pub(crate) rows: BTreeMap<u64, Row>,
     /// Node ids dropped by `forget`, with the newest bump that was dropped:
     /// identities up to that bump stay hidden, newer ones show up again.
     pub(crate) forgotten: HashMap<u64, u64>,
+    /// Counts the changes of `rows` (a member appeared, changed state or
+    /// was forgotten), for those who keep a view of their own.
+    pub(crate) changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            rows: BTreeMap::new(),
+            forgotten: HashMap::new(),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 /// Locks the shared table, shrugging off poisoning (nothing in the table
@@ -493,7 +505,12 @@ impl Runner {
         }
 
         let mut guard = lock(&self.shared);
-        let Shared { rows, forgotten } = &mut *guard;
+        let Shared {
+            rows,
+            forgotten,
+            changes,
+        } = &mut *guard;
+        let mut changed = false;
 
         for (node_id, row) in rows.iter_mut() {
             if *node_id == me.node_id {
@@ -505,6 +522,7 @@ impl Runner {
             if row.member.state != state {
                 row.member.state = state;
                 log_change(&row.member);
+                changed = true;
             }
         }
 
@@ -524,16 +542,21 @@ impl Runner {
                 btree_map::Entry::Vacant(slot) => {
                     log_change(&fresh.member);
                     slot.insert(fresh);
+                    changed = true;
                 }
                 btree_map::Entry::Occupied(mut slot) => {
                     if fresh.bump > slot.get().bump {
                         if slot.get().member != fresh.member {
                             log_change(&fresh.member);
+                            changed = true;
                         }
                         slot.insert(fresh);
                     }
                 }
             }
+        }
+        if changed {
+            changes.send_modify(|n| *n += 1);
         }
 
         rows.insert(

@@ -14,6 +14,7 @@
 //! token from another cluster never verifies. Must never: store or log a
 //! secret or token in clear, or hold a lock across an await.
 
+use crate::router::{Checked, Target};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -25,6 +26,7 @@ use micro_proto::auth::{Resource, Rule};
 use micro_raft::{now_millis, Change, Replica};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
 
 /// The namespace whose rules apply to every call, and whose admins and
 /// services may act in any namespace.
@@ -733,21 +735,37 @@ pub async fn grpc_guard(
     if is_open(&path) {
         return next.run(req).await;
     }
-    let checked = resource_of(req.headers(), &path).and_then(|(name, endpoint)| {
-        let ns = crate::grpc::namespace_of(req.headers())?;
-        authority.authorize(
-            micro::bearer::from_headers(req.headers()),
-            &ns,
-            &name,
-            &endpoint,
-        )
+    let resolved = resource_of(req.headers(), &path).and_then(|(service, endpoint)| {
+        let namespace = crate::grpc::namespace_of(req.headers())?;
+        Ok(Target {
+            namespace,
+            service,
+            endpoint,
+        })
     });
+    let target = match resolved {
+        Ok(t) => t,
+        Err(status) => return status.into_http(),
+    };
+    // The gateway already checked this very target: no second check.
+    let checked = match req.extensions_mut().remove::<Checked>() {
+        Some(Checked(done, claims)) if done == target => Ok(claims),
+        _ => authority.authorize(
+            micro::bearer::from_headers(req.headers()),
+            &target.namespace,
+            &target.service,
+            &target.endpoint,
+        ),
+    };
     match checked {
-        Ok(Some(claims)) => {
-            req.extensions_mut().insert(claims);
+        Ok(claims) => {
+            if let Some(claims) = claims {
+                req.extensions_mut().insert(claims);
+            }
+            // Resolved once: the router takes the target from here.
+            req.extensions_mut().insert(target);
             next.run(req).await
         }
-        Ok(None) => next.run(req).await,
         Err(status) => status.into_http(),
     }
 }

@@ -19,6 +19,7 @@ mod grpc;
 mod login_limit;
 pub mod paths;
 pub mod router;
+pub mod routing;
 pub mod runtime;
 pub mod secrets;
 pub mod server;

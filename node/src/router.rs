@@ -2,75 +2,110 @@
 //! endpoint are forwarded, at the HTTP/2 level and without decoding the
 //! message, to one of the service's registered instances.
 //!
-//! The service is named by the `micro-service` metadata, or else by the
-//! package of the gRPC path (`/greeter.Greeter/Call` -> `greeter`). An
-//! instance on this node is picked first (at random among them), else one
-//! on another node at random; a failed attempt (connection refused,
-//! `unavailable`, `deadline exceeded` or `internal` without a reply) is
-//! retried once on another instance. The request is buffered (it is at most
-//! one message under the gRPC size limit) so it can be sent twice; replies
-//! stream straight through. For the gateway, `call` collects a reply and
-//! `call_stream` yields its messages as they arrive.
+//! The call's target (namespace and service: `micro-service` metadata, or
+//! else the package of the gRPC path, `/greeter.Greeter/Call` -> `greeter`)
+//! is resolved once where the call enters — the guard on the gRPC endpoint,
+//! the gateway — and carried in the request's extensions ([`Target`]). The
+//! instance comes from the in-memory routing table ([`crate::routing`]):
+//! this node's first, then another live node's, the less loaded of two.
+//! The request goes on as it came (its headers untouched but `host`), its
+//! body streaming through, so client-streaming and bidirectional calls
+//! pass; replies stream straight back. A call is tried on a second
+//! instance only when it surely never reached the first: the connection
+//! was refused or never made (here, or on the node that hosts the
+//! instance, which says so with [`NOT_DELIVERED`]), and the request body
+//! can be sent again — not yet read, or read whole while it was sent (a
+//! message of at most [`REPLAY_LIMIT`]). A failure after the call may have
+//! reached a service is returned as it is.
 //!
-//! In a cluster the router sees every node's instances (the registry is
-//! replicated). An instance on another node is reached through that node's
-//! cluster port over mutual TLS, naming the instance in the
-//! `micro-instance` header; instances on nodes gossip holds to be down are
-//! skipped. A call another node passes here for a local instance is sent
-//! only to an address registered for that service on this node.
+//! Gateway calls to the core services are served by this node's own gRPC
+//! stack in process (no loopback connection), marked as already checked.
+//! For the gateway, `call` collects a reply and `call_stream` yields its
+//! messages as they arrive.
+//!
+//! An instance on another node is reached through that node's cluster port
+//! over mutual TLS, naming the instance in the `micro-instance` header; a
+//! call another node passes here for a local instance is sent only to an
+//! address registered for that service on this node.
 //!
 //! Must never: decode a user service's messages, hold a lock across a
-//! forwarded call, or send a call to an address that is not a registered
-//! instance.
+//! forwarded call, send a call to an address that is not a registered
+//! instance, or send a call twice that may have reached a service.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::Stream;
 use http::{HeaderMap, Request, Response, Uri};
-use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use micro_proto::registry::Node;
-use micro_raft::{now_millis, Replica};
-use prost::Message;
-use rand::seq::SliceRandom;
 use tonic::Status;
 
+use crate::auth::Claims;
 use crate::cluster::peer::INSTANCE_HEADER;
 use crate::cluster::Cluster;
+use crate::routing::{Instance, RoutingTable};
 use crate::server::MAX_MESSAGE;
+use crate::services::registry::CORE_NAMES;
 
-/// Just the nodes of a registration: decoding only field 5 skips the
-/// endpoints and descriptor, which routing does not need.
-#[derive(Clone, PartialEq, prost::Message)]
-struct NodesOnly {
-    #[prost(message, repeated, tag = "5")]
-    nodes: Vec<Node>,
+/// Set by a node on the answer to a proxied call it could not hand to the
+/// named instance at all (the connection was refused): the caller may try
+/// another instance.
+pub const NOT_DELIVERED: &str = "micro-not-delivered";
+
+/// The most request bytes kept so that a call can be sent again.
+pub const REPLAY_LIMIT: usize = 4 << 20;
+
+/// Where a call goes, resolved once where it enters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub service: String,
+    /// `Service.Method`
+    pub endpoint: String,
 }
+
+impl Target {
+    /// The target a request's metadata and path name (for routing: the
+    /// guard names core services by their path, see `auth::resource_of`).
+    pub fn of(headers: &HeaderMap, path: &str) -> Result<Target, Status> {
+        let endpoint = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .map(|(svc, m)| format!("{}.{m}", svc.rsplit('.').next().unwrap_or(svc)))
+            .unwrap_or_default();
+        Ok(Target {
+            service: target_service(headers, path)?,
+            namespace: crate::grpc::namespace_of(headers)?,
+            endpoint,
+        })
+    }
+}
+
+/// Marks a request whose caller was already checked for this target (the
+/// gateway did, and passes it to this node's own stack): the guard lets it
+/// through with these claims if the request is for exactly that target,
+/// and checks it anew otherwise. Only in-process code sets extensions.
+#[derive(Debug, Clone)]
+pub struct Checked(pub Target, pub Option<Claims>);
 
 /// Forwards calls to service instances.
 pub struct Router {
-    replica: Replica,
+    table: RoutingTable,
     cluster: Arc<Cluster>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpConnector, Body>,
+    /// This node's own gRPC stack, for gateway calls to core services.
+    local: OnceLock<axum::Router>,
 }
-
-/// A registered instance: its address and the node it runs on (when the
-/// registration names one).
-#[derive(Debug, Clone)]
-pub struct Instance {
-    pub address: String,
-    pub node: Option<u64>,
-}
-
-/// gRPC status codes after which another instance is tried.
-const RETRYABLE: &[&str] = &["4", "13", "14"];
 
 impl Router {
-    pub fn new(replica: Replica, cluster: Arc<Cluster>) -> Arc<Router> {
+    pub fn new(table: RoutingTable, cluster: Arc<Cluster>) -> Arc<Router> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
@@ -78,16 +113,21 @@ impl Router {
             .http2_only(true)
             .build(connector);
         Arc::new(Router {
-            replica,
+            table,
             cluster,
             http,
+            local: OnceLock::new(),
         })
     }
 
-    /// The addresses of `service`'s live instances in `namespace` (a local,
-    /// possibly stale read: routing tolerates a moment's lag).
-    pub fn instances(&self, namespace: &str, service: &str) -> Result<Vec<Instance>, Status> {
-        instances_of(&self.replica, namespace, service)
+    /// The routing table calls are routed by.
+    pub fn table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// Gives the router this node's own gRPC stack (built after it).
+    pub fn set_local(&self, stack: axum::Router) {
+        let _ = self.local.set(stack);
     }
 
     /// Refuses a call another node passes here for the instance at `addr`
@@ -100,13 +140,13 @@ impl Router {
         path: &str,
         addr: &str,
     ) -> Result<(), Status> {
-        let service = target_service(headers, path)?;
-        let namespace = crate::grpc::namespace_of(headers)?;
-        if is_instance_on(&self.replica, &namespace, &service, addr, self.cluster.id)? {
+        let t = Target::of(headers, path)?;
+        if self.table.is_local_instance(&t.namespace, &t.service, addr) {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
-                "no instance of {service} is registered at {addr} on this node"
+                "no instance of {} is registered at {addr} on this node",
+                t.service
             )))
         }
     }
@@ -119,59 +159,72 @@ impl Router {
         }
     }
 
-    async fn try_forward(&self, req: Request<Body>) -> Result<Response<Body>, Status> {
-        let (parts, body) = req.into_parts();
-        let path = parts.uri.path().to_string();
-        let service = target_service(&parts.headers, &path)?;
-        let namespace = crate::grpc::namespace_of(&parts.headers)?;
-        let body = axum::body::to_bytes(body, MAX_MESSAGE + 5)
-            .await
-            .map_err(|_| Status::resource_exhausted("the request is larger than 8 MiB"))?;
-        let mut instances = self.instances(&namespace, &service)?;
-        if instances.is_empty() {
-            return Err(Status::not_found(format!("service {service} not found")));
-        }
-        instances.retain(|i| !i.node.is_some_and(|n| self.cluster.is_down(n)));
-        if instances.is_empty() {
-            return Err(Status::unavailable(format!(
+    async fn try_forward(&self, mut req: Request<Body>) -> Result<Response<Body>, Status> {
+        let target = match req.extensions_mut().remove::<Target>() {
+            Some(t) => t,
+            None => Target::of(req.headers(), req.uri().path())?,
+        };
+        let service = &target.service;
+        let routes = self
+            .table
+            .routes(&target.namespace, service)
+            .filter(|r| r.any_live())
+            .ok_or_else(|| crate::routing::not_found(service))?;
+        let me = self.table.me();
+        let down = self.table.down();
+        let (mut parts, body) = req.into_parts();
+        parts.headers.remove(http::header::HOST);
+        parts.headers.remove(INSTANCE_HEADER);
+        let body = Replayable::new(body);
+        let mut instance = routes.pick(me, &down, None).ok_or_else(|| {
+            Status::unavailable(format!(
                 "every instance of {service} runs on a node that is down"
-            )));
-        }
-        // Local instances first (no hop to another node: a core service is
-        // served by the node the call reached), at random among them; then
-        // the others, at random.
-        instances.shuffle(&mut rand::thread_rng());
-        let me = self.cluster.id;
-        instances.sort_by_key(|i| i.node.is_some_and(|n| n != me));
-        let attempts = instances.len().min(2);
-        let mut last = Status::unavailable(format!("no instance of {service} answered"));
-        for (i, instance) in instances.iter().take(attempts).enumerate() {
-            let addr = &instance.address;
-            let last_try = i + 1 == attempts;
-            let sent = match instance.node.filter(|n| *n != self.cluster.id) {
-                Some(node) => self.via_node(node, instance, &parts, body.clone()).await,
-                None => self.direct(addr, &parts, body.clone()).await,
+            ))
+        })?;
+        loop {
+            let sent = {
+                let _counted = instance.start();
+                self.send(&instance, &parts, body.lend()).await
             };
-            match sent {
-                Ok(resp) => {
-                    let failed = resp
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|c| RETRYABLE.contains(&c));
-                    if failed && !last_try {
-                        tracing::debug!("{service} at {addr} failed; trying another instance");
-                        continue;
-                    }
-                    return Ok(resp.map(Body::new));
+            let again = match sent {
+                Ok(resp) if resp.headers().contains_key(NOT_DELIVERED) => Err(resp),
+                Ok(resp) => return Ok(resp),
+                Err(Failed::NeverSent(e)) => {
+                    tracing::debug!("{service} at {}: {e}", instance.address);
+                    Ok(Status::unavailable(format!(
+                        "service {service} is unavailable: {e}"
+                    )))
                 }
-                Err(e) => {
-                    tracing::debug!("{service} at {addr}: {e}");
-                    last = Status::unavailable(format!("service {service} is unavailable: {e}"));
+                Err(Failed::Other(e)) => {
+                    return Err(Status::unavailable(format!(
+                        "service {service} is unavailable: {e}"
+                    )))
                 }
+            };
+            // Surely not delivered: once more, elsewhere, if the body can
+            // be sent again.
+            let next = routes
+                .pick(me, &down, Some(&instance))
+                .filter(|_| body.can_resend());
+            match (next, again) {
+                (Some(other), _) => instance = other,
+                (None, Ok(status)) => return Err(status),
+                (None, Err(resp)) => return Ok(resp),
             }
         }
-        Err(last)
+    }
+
+    /// One attempt at `instance`, here or through its node.
+    async fn send(
+        &self,
+        instance: &Instance,
+        parts: &http::request::Parts,
+        body: Body,
+    ) -> Result<Response<Body>, Failed> {
+        match instance.node.filter(|n| *n != self.table.me()) {
+            Some(node) => self.via_node(node, instance, parts, body).await,
+            None => self.direct(&instance.address, parts, body).await,
+        }
     }
 
     /// Sends a call straight to an instance this node reaches itself.
@@ -179,23 +232,20 @@ impl Router {
         &self,
         addr: &str,
         parts: &http::request::Parts,
-        body: Bytes,
-    ) -> Result<Response<Body>, String> {
+        body: Body,
+    ) -> Result<Response<Body>, Failed> {
         let uri: Uri = format!("http://{addr}{}", parts.uri.path())
             .parse()
-            .map_err(|_| format!("bad instance address {addr}"))?;
-        let mut out = Request::builder().method(parts.method.clone()).uri(uri);
-        for (k, v) in parts.headers.iter() {
-            if k != http::header::HOST {
-                out = out.header(k, v);
-            }
+            .map_err(|_| Failed::NeverSent(format!("bad instance address {addr}")))?;
+        let mut out = Request::new(body);
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = parts.headers.clone();
+        match self.http.request(out).await {
+            Ok(r) => Ok(r.map(Body::new)),
+            Err(e) if e.is_connect() => Err(Failed::NeverSent(e.to_string())),
+            Err(e) => Err(Failed::Other(e.to_string())),
         }
-        let out = out.body(Full::new(body)).map_err(|e| e.to_string())?;
-        self.http
-            .request(out)
-            .await
-            .map(|r| r.map(Body::new))
-            .map_err(|e| e.to_string())
     }
 
     /// Sends a call to an instance on another node, through that node's
@@ -205,74 +255,102 @@ impl Router {
         node: u64,
         instance: &Instance,
         parts: &http::request::Parts,
-        body: Bytes,
-    ) -> Result<Response<Body>, String> {
+        body: Body,
+    ) -> Result<Response<Body>, Failed> {
         use tower::ServiceExt;
         let peer = self
             .cluster
             .node_addr(node)
-            .ok_or_else(|| format!("node {node} is not a member of the cluster"))?;
+            .ok_or_else(|| Failed::NeverSent(format!("node {node} is not a member")))?;
         let channel = self
             .cluster
             .peers
             .channel_to(node, &peer)
-            .map_err(|s| s.message().to_string())?;
-        let mut out = Request::builder()
-            .method(parts.method.clone())
-            .uri(parts.uri.path());
-        for (k, v) in parts.headers.iter() {
-            if k != http::header::HOST && k != INSTANCE_HEADER {
-                out = out.header(k, v);
-            }
+            .map_err(|s| Failed::NeverSent(s.message().to_string()))?;
+        let addr = http::HeaderValue::try_from(&instance.address)
+            .map_err(|_| Failed::NeverSent("bad instance address".into()))?;
+        let mut out = Request::new(tonic::body::Body::new(body));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = Uri::try_from(parts.uri.path())
+            .map_err(|_| Failed::NeverSent("bad path".into()))?;
+        *out.headers_mut() = parts.headers.clone();
+        out.headers_mut().insert(INSTANCE_HEADER, addr);
+        match channel.oneshot(out).await {
+            Ok(r) => Ok(r.map(Body::new)),
+            Err(e) if never_sent(&e) => Err(Failed::NeverSent(format!(
+                "node {node} at {peer}: {e}"
+            ))),
+            Err(e) => Err(Failed::Other(format!("node {node} at {peer}: {e}"))),
         }
-        let out = out
-            .header(INSTANCE_HEADER, &instance.address)
-            .body(tonic::body::Body::new(Full::new(body)))
-            .map_err(|e| e.to_string())?;
-        channel
-            .oneshot(out)
-            .await
-            .map(|r| r.map(Body::new))
-            .map_err(|e| format!("node {node} at {peer}: {e}"))
     }
 
     /// Serves a call another node passed here for one of this node's
     /// instances (never passed on again).
     pub async fn forward_local(&self, addr: &str, req: Request<Body>) -> Response<Body> {
-        let (parts, body) = req.into_parts();
-        let body = match axum::body::to_bytes(body, MAX_MESSAGE + 5).await {
-            Ok(b) => b,
-            Err(_) => {
-                return Status::resource_exhausted("the request is larger than 8 MiB").into_http()
-            }
-        };
+        let (mut parts, body) = req.into_parts();
+        parts.headers.remove(http::header::HOST);
         match self.direct(addr, &parts, body).await {
             Ok(resp) => resp,
-            Err(e) => Status::unavailable(format!("the instance at {addr} is unavailable: {e}"))
-                .into_http(),
+            Err(Failed::NeverSent(e)) => {
+                let mut resp =
+                    Status::unavailable(format!("the instance at {addr} is unavailable: {e}"))
+                        .into_http();
+                resp.headers_mut()
+                    .insert(NOT_DELIVERED, http::HeaderValue::from_static("1"));
+                resp
+            }
+            Err(Failed::Other(e)) => {
+                Status::unavailable(format!("the instance at {addr} is unavailable: {e}"))
+                    .into_http()
+            }
         }
     }
 
-    /// The gRPC request of a gateway call: one encoded message.
-    fn gateway_request(
-        namespace: &str,
-        service: &str,
+    /// Sends a gateway call: core services to this node's own stack (the
+    /// caller already checked), others through the routing table.
+    async fn gateway_send(
+        &self,
+        target: Target,
+        claims: Option<Claims>,
         path: &str,
         message: &[u8],
-        metadata: &HeaderMap,
-    ) -> Result<Request<Body>, Status> {
-        let mut req = Request::builder()
-            .method(http::Method::POST)
-            .uri(path)
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header("te", "trailers")
-            .header(micro::NAMESPACE_HEADER, namespace)
-            .header("micro-service", service);
-        for (k, v) in metadata.iter() {
-            req = req.header(k, v);
+        metadata: HeaderMap,
+    ) -> Response<Body> {
+        let mut req = Request::new(Body::from(micro::dynamic::frame(message)));
+        *req.method_mut() = http::Method::POST;
+        match Uri::try_from(path) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return Status::internal(format!("bad path {path}")).into_http(),
         }
-        req.body(Body::from(micro::dynamic::frame(message)))
-            .map_err(|e| Status::internal(e.to_string()))
+        let headers = req.headers_mut();
+        *headers = metadata;
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("te", http::HeaderValue::from_static("trailers"));
+        for (name, value) in [
+            (micro::NAMESPACE_HEADER, &target.namespace),
+            ("micro-service", &target.service),
+        ] {
+            if let Ok(v) = http::HeaderValue::try_from(value) {
+                headers.insert(name, v);
+            }
+        }
+        if let Some(local) = self
+            .local
+            .get()
+            .filter(|_| CORE_NAMES.contains(&target.service.as_str()))
+        {
+            use tower::ServiceExt;
+            req.extensions_mut().insert(Checked(target, claims));
+            return match local.clone().oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            };
+        }
+        req.extensions_mut().insert(target);
+        self.forward(req).await
     }
 
     /// A call with one encoded request, for the gateway, whose reply
@@ -281,14 +359,15 @@ impl Router {
     /// stream drops the call.
     pub async fn call_stream(
         &self,
-        namespace: &str,
-        service: &str,
+        target: Target,
+        claims: Option<Claims>,
         path: &str,
         message: Bytes,
-        metadata: &HeaderMap,
+        metadata: HeaderMap,
     ) -> Result<ReplyFrames, Status> {
-        let req = Self::gateway_request(namespace, service, path, &message, metadata)?;
-        let resp = self.forward(req).await;
+        let resp = self
+            .gateway_send(target, claims, path, &message, metadata)
+            .await;
         if let Some(status) = Status::from_header_map(resp.headers()) {
             if status.code() != tonic::Code::Ok {
                 return Err(status);
@@ -302,14 +381,15 @@ impl Router {
     /// status the service (or routing) gave.
     pub async fn call(
         &self,
-        namespace: &str,
-        service: &str,
+        target: Target,
+        claims: Option<Claims>,
         path: &str,
         message: Bytes,
-        metadata: &HeaderMap,
+        metadata: HeaderMap,
     ) -> Result<Vec<Bytes>, Status> {
-        let req = Self::gateway_request(namespace, service, path, &message, metadata)?;
-        let resp = self.forward(req).await;
+        let resp = self
+            .gateway_send(target, claims, path, &message, metadata)
+            .await;
         if let Some(status) = Status::from_header_map(resp.headers()) {
             if status.code() != tonic::Code::Ok {
                 return Err(status);
@@ -328,6 +408,132 @@ impl Router {
             }
         }
         micro::dynamic::unframe(collected.to_bytes()).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// How an attempt failed.
+enum Failed {
+    /// Nothing reached the instance (no connection was made).
+    NeverSent(String),
+    /// The call may have reached it.
+    Other(String),
+}
+
+/// Whether an error of the cluster channel means the request was never
+/// sent: somewhere in its causes a connection was refused or not made.
+fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            ) {
+                return true;
+            }
+        }
+        if err
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|h| h.is_connect())
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// A request body that can be sent again when the attempt that had it
+/// never read it, or read it whole (at most [`REPLAY_LIMIT`] bytes, data
+/// only) while passing it on.
+struct Replayable(Arc<Mutex<Lending>>);
+
+struct Lending {
+    body: Option<Body>,
+    read: bool,
+    kept: Vec<Bytes>,
+    kept_len: usize,
+    ended: bool,
+    /// More than the limit, or a trailers frame: not kept whole.
+    partial: bool,
+}
+
+impl Replayable {
+    fn new(body: Body) -> Replayable {
+        Replayable(Arc::new(Mutex::new(Lending {
+            body: Some(body),
+            read: false,
+            kept: Vec::new(),
+            kept_len: 0,
+            ended: false,
+            partial: false,
+        })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Lending> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a next attempt can have the body.
+    fn can_resend(&self) -> bool {
+        let s = self.state();
+        !s.read || (s.ended && !s.partial)
+    }
+
+    /// The body for an attempt: the request's own while unread, else what
+    /// was kept of it.
+    fn lend(&self) -> Body {
+        let s = self.state();
+        if s.read {
+            let whole: Vec<Bytes> = s.kept.clone();
+            let stream = futures::stream::iter(
+                whole
+                    .into_iter()
+                    .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
+            );
+            return Body::new(http_body_util::StreamBody::new(stream));
+        }
+        Body::new(Lent(self.0.clone()))
+    }
+}
+
+/// The request's own body, read through the shared state.
+struct Lent(Arc<Mutex<Lending>>);
+
+impl hyper::body::Body for Lent {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(body) = s.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx);
+        s.read = true;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) if s.kept_len + data.len() <= REPLAY_LIMIT && !s.partial => {
+                    s.kept_len += data.len();
+                    let data = data.clone();
+                    s.kept.push(data);
+                }
+                _ => {
+                    s.partial = true;
+                    s.kept.clear();
+                }
+            },
+            Poll::Ready(None) => s.ended = true,
+            Poll::Ready(Some(Err(_))) => s.partial = true,
+            Poll::Pending => {}
+        }
+        polled
     }
 }
 
@@ -396,43 +602,6 @@ fn next_message(buf: &mut BytesMut) -> Result<Option<Bytes>, Status> {
     Ok(msgs.pop())
 }
 
-/// The live instances of `service` in `namespace`, as registered.
-fn instances_of(
-    replica: &Replica,
-    namespace: &str,
-    service: &str,
-) -> Result<Vec<Instance>, Status> {
-    let prefix = format!("registry/{namespace}/{service}/");
-    let mut out = Vec::new();
-    for item in replica
-        .reader()
-        .scan(prefix.as_bytes(), now_millis(), false)
-    {
-        let (_, rec) = item.map_err(crate::grpc::status)?;
-        let reg =
-            NodesOnly::decode(rec.value.as_slice()).map_err(|e| Status::internal(e.to_string()))?;
-        out.extend(reg.nodes.into_iter().map(|n| Instance {
-            node: n.metadata.get("node").and_then(|v| v.parse().ok()),
-            address: n.address,
-        }));
-    }
-    Ok(out)
-}
-
-/// Whether `addr` is a registered instance of `service` that runs on node
-/// `node`.
-fn is_instance_on(
-    replica: &Replica,
-    namespace: &str,
-    service: &str,
-    addr: &str,
-    node: u64,
-) -> Result<bool, Status> {
-    Ok(instances_of(replica, namespace, service)?
-        .iter()
-        .any(|i| i.address == addr && i.node == Some(node)))
-}
-
 /// The service a call is for: `micro-service` metadata, else the package of
 /// the gRPC path.
 pub(crate) fn target_service(headers: &HeaderMap, path: &str) -> Result<String, Status> {
@@ -458,6 +627,7 @@ pub(crate) fn target_service(headers: &HeaderMap, path: &str) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use micro_raft::Replica;
 
     #[test]
     fn the_service_comes_from_metadata_or_the_package() {
@@ -484,10 +654,11 @@ mod tests {
         r.bootstrap_alone("127.0.0.1:0".into())
             .await
             .expect("bootstrap");
+        let table = RoutingTable::start(r.clone(), 1);
         let svc = |addr: &str, node: &str| micro_proto::registry::Service {
             name: "greeter".into(),
             version: "1".into(),
-            nodes: vec![Node {
+            nodes: vec![micro_proto::registry::Node {
                 id: format!("g-{node}-{}", addr.replace(['.', ':'], "-")),
                 address: addr.into(),
                 metadata: [("node".to_string(), node.to_string())].into(),
@@ -500,8 +671,13 @@ mod tests {
         crate::services::registry::register(&r, "micro", svc("127.0.0.1:6000", "2"))
             .await
             .unwrap();
-        let on =
-            |ns: &str, service: &str, addr: &str| is_instance_on(&r, ns, service, addr, 1).unwrap();
+        let on = |ns: &str, service: &str, addr: &str| table.is_local_instance(ns, service, addr);
+        for _ in 0..100 {
+            if on("micro", "greeter", "127.0.0.1:5000") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert!(on("micro", "greeter", "127.0.0.1:5000"));
         assert!(!on("micro", "greeter", "127.0.0.1:6000"), "another node's");
         assert!(!on("micro", "greeter", "127.0.0.1:22"), "not registered");

@@ -441,7 +441,9 @@ pub async fn run(
             what: "gRPC reflection",
             reason: e.to_string(),
         })?;
-    let router = Router::new(replica.clone(), cluster.clone());
+    let table = crate::routing::RoutingTable::start(replica.clone(), id);
+    table.follow_gossip(gossip.clone());
+    let router = Router::new(table, cluster.clone());
     // Services this node runs reach it as any client does: over TLS when it
     // serves TLS, trusting exactly its certificate.
     let service_proxy = match &opts.tls {
@@ -524,6 +526,7 @@ pub async fn run(
                 authority.clone(),
                 grpc_guard,
             ));
+    router.set_local(local_stack.clone());
 
     // The cluster port serves first: a joiner must answer the leader
     // before it can be admitted, and a restarted node its peers.

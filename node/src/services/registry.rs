@@ -2,11 +2,17 @@
 //!
 //! Each registered node of a service is one record at
 //! `registry/<namespace>/<service>/<version>/<node id>`, holding the service
-//! (name, version, metadata, endpoints, descriptor) with just that node, and
-//! expiring after the registration's TTL (90 s unless given). A service
-//! re-registers to stay; one that stops heartbeating drops out of every read
-//! at once and is purged by the leader. Watches stream changes under the
-//! namespace as the replica applies them.
+//! (name, version, metadata) with just that node and the content hashes of
+//! its endpoints and descriptor, and expiring after the registration's TTL
+//! (90 s unless given). Endpoints and descriptors are stored once per
+//! content at `registry-schemas/<namespace>/<sha256 hex>` (the encoded
+//! `Service` holding only them), living [`schema_life`] and rewritten only
+//! when a registration finds less than half of that left: a heartbeat is a
+//! write of a few hundred bytes, never of the schemas. (Records written by
+//! older builds hold endpoints and descriptor inline and are still read.)
+//! A service re-registers to stay; one that stops heartbeating drops out of
+//! every read at once and is purged by the leader. Watches stream changes
+//! under the namespace as the replica applies them.
 //!
 //! Who may register what, through the gRPC call (the node registers its own
 //! services directly with [`register`]):
@@ -26,6 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use micro_proto::registry::registry_server::Registry;
@@ -36,6 +43,7 @@ use micro_proto::registry::{
 use micro_raft::{now_millis, Change, Cond, Op, Replica, Txn};
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -233,6 +241,35 @@ fn owner_key(ns: &str, name: &str) -> Vec<u8> {
     format!("registry-owners/{ns}/{name}").into_bytes()
 }
 
+/// A stored registration as the API shows it: schemas looked up by their
+/// hash (the descriptor only when asked for).
+fn to_service(replica: &Replica, ns: &str, one: Stored, with_descriptor: bool) -> Service {
+    let mut endpoints = one.endpoints;
+    if !one.endpoints_ref.is_empty() {
+        endpoints = schema(replica, ns, &one.endpoints_ref)
+            .map(|s| s.endpoints)
+            .unwrap_or_default();
+    }
+    let mut descriptor = Vec::new();
+    if with_descriptor {
+        descriptor = one.descriptor;
+        if !one.descriptor_ref.is_empty() {
+            descriptor = schema(replica, ns, &one.descriptor_ref)
+                .map(|s| s.descriptor)
+                .unwrap_or_default();
+        }
+    }
+    Service {
+        name: one.name,
+        version: one.version,
+        metadata: one.metadata,
+        endpoints,
+        nodes: one.nodes,
+        options: None,
+        descriptor,
+    }
+}
+
 fn refuse_core(name: &str) -> Result<(), Status> {
     if CORE_NAMES.contains(&name) {
         return Err(Status::permission_denied(format!(
@@ -242,22 +279,156 @@ fn refuse_core(name: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn service_prefix(ns: &str, name: &str) -> String {
+/// A registration as stored: a [`Service`] with one node whose endpoints
+/// and descriptor are named by content hash (tags 14 and 15; the inline
+/// fields 4 and 7 are what older builds wrote, and are still read).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Stored {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(map = "string, string", tag = "3")]
+    pub metadata: std::collections::HashMap<String, String>,
+    #[prost(message, repeated, tag = "4")]
+    pub endpoints: Vec<micro_proto::registry::Endpoint>,
+    #[prost(message, repeated, tag = "5")]
+    pub nodes: Vec<Node>,
+    #[prost(bytes = "vec", tag = "7")]
+    pub descriptor: Vec<u8>,
+    #[prost(bytes = "vec", tag = "14")]
+    pub endpoints_ref: Vec<u8>,
+    #[prost(bytes = "vec", tag = "15")]
+    pub descriptor_ref: Vec<u8>,
+}
+
+/// Registry records read (each scan of records counts once), for tests
+/// that prove a path does not read the registry.
+static RECORD_SCANS: AtomicU64 = AtomicU64::new(0);
+
+/// How many scans of registry records this process has made.
+pub fn record_scans() -> u64 {
+    RECORD_SCANS.load(Ordering::Relaxed)
+}
+
+/// One live registration record.
+pub(crate) struct Registration {
+    pub key: Vec<u8>,
+    /// The log index of its last write.
+    pub version: u64,
+    pub expires_at: Option<u64>,
+    pub stored: Stored,
+}
+
+/// The live records under `prefix` (`registry/…`). Every read of
+/// registrations goes through here.
+pub(crate) fn records(replica: &Replica, prefix: &[u8]) -> Result<Vec<Registration>, Status> {
+    RECORD_SCANS.fetch_add(1, Ordering::Relaxed);
+    let mut out = Vec::new();
+    for item in replica.reader().scan(prefix, now_millis(), false) {
+        let (key, rec) = item.map_err(status)?;
+        let stored = Stored::decode(rec.value.as_slice())
+            .map_err(|e| Status::internal(format!("corrupt registration: {e}")))?;
+        out.push(Registration {
+            key,
+            version: rec.version,
+            expires_at: rec.expires_at,
+            stored,
+        });
+    }
+    Ok(out)
+}
+
+/// The prefix of every record of `name` in `ns`.
+pub(crate) fn service_prefix(ns: &str, name: &str) -> String {
     format!("registry/{ns}/{name}/")
+}
+
+/// The namespace and service of a registry record's key.
+pub(crate) fn service_of_key(key: &[u8]) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(b"registry/")?;
+    let text = std::str::from_utf8(rest).ok()?;
+    let mut parts = text.splitn(3, '/');
+    Some((parts.next()?, parts.next()?))
+}
+
+fn schema_key(ns: &str, hash: &[u8]) -> Vec<u8> {
+    let mut key = format!("registry-schemas/{ns}/").into_bytes();
+    for b in hash {
+        key.extend_from_slice(format!("{b:02x}").as_bytes());
+    }
+    key
+}
+
+/// How long a stored schema lives: an hour, or four TTLs of the
+/// registration that wrote it when that is longer. A registration rewrites
+/// it only when less than half is left, so it always outlives the records
+/// that name it.
+pub fn schema_life(ttl_ms: u64) -> u64 {
+    (4 * ttl_ms).max(3_600_000)
+}
+
+/// The stored schema named `hash` in `ns` (an encoded `Service` holding
+/// endpoints or a descriptor), if it is there.
+pub(crate) fn schema(replica: &Replica, ns: &str, hash: &[u8]) -> Option<Service> {
+    let rec = replica
+        .reader()
+        .get(&schema_key(ns, hash), now_millis())
+        .ok()??;
+    Service::decode(rec.value.as_slice()).ok()
+}
+
+/// The content hash of `value` and what the registration's transaction
+/// needs so that the schema is stored: a condition that it is (when this
+/// replica holds it with more than half its life left and `force` is
+/// false) or a put of it.
+fn schema_ref(
+    replica: &Replica,
+    ns: &str,
+    value: Vec<u8>,
+    now: u64,
+    life: u64,
+    force: bool,
+) -> (Vec<u8>, Result<Cond, Op>) {
+    let hash = Sha256::digest(&value).to_vec();
+    let key = schema_key(ns, &hash);
+    let fresh = !force
+        && replica
+            .reader()
+            .get(&key, now)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.expires_at.is_none_or(|at| at >= now + life / 2));
+    let need = if fresh {
+        Ok(Cond::Exists(key))
+    } else {
+        Err(Op::Put {
+            key,
+            value,
+            expires_at: Some(now + life),
+        })
+    };
+    (hash, need)
 }
 
 /// Writes one record per node of `svc` in namespace `ns`, unchecked: for the
 /// node's own services.
 pub async fn register(replica: &Replica, ns: &str, svc: Service) -> Result<(), Status> {
-    replica
-        .write(register_txn(ns, svc)?)
-        .await
-        .map_err(status)?;
-    Ok(())
+    for force in [false, true] {
+        let txn = register_txn(replica, ns, svc.clone(), force)?;
+        if replica.write(txn).await.map_err(status)?.succeeded {
+            return Ok(());
+        }
+    }
+    Err(Status::aborted(format!(
+        "the schemas of service {} could not be stored",
+        svc.name
+    )))
 }
 
-/// The transaction that writes one record per node of `svc`.
-fn register_txn(ns: &str, svc: Service) -> Result<Txn, Status> {
+/// The transaction that writes one record per node of `svc`, and its
+/// schemas unless this replica holds them fresh (`force` writes them).
+fn register_txn(replica: &Replica, ns: &str, svc: Service, force: bool) -> Result<Txn, Status> {
     check_name("service name", &svc.name)?;
     let version = if svc.version.is_empty() {
         "latest".to_string()
@@ -280,17 +451,49 @@ fn register_txn(ns: &str, svc: Service) -> Result<Txn, Status> {
         }
     };
     let now = now_millis();
-    let mut ops = Vec::with_capacity(svc.nodes.len());
+    let life = schema_life(ttl);
+    let mut ops = Vec::with_capacity(svc.nodes.len() + 2);
+    let mut conds = Vec::new();
+    let mut stored = |value: Vec<u8>| {
+        let (hash, need) = schema_ref(replica, ns, value, now, life, force);
+        match need {
+            Ok(cond) => conds.push(cond),
+            Err(op) => ops.push(op),
+        }
+        hash
+    };
+    let endpoints_ref = if svc.endpoints.is_empty() {
+        Vec::new()
+    } else {
+        stored(
+            Service {
+                endpoints: svc.endpoints,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+    };
+    let descriptor_ref = if svc.descriptor.is_empty() {
+        Vec::new()
+    } else {
+        stored(
+            Service {
+                descriptor: svc.descriptor,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+    };
     for node in &svc.nodes {
         check_name("node id", &node.id)?;
-        let one = Service {
+        let one = Stored {
             name: svc.name.clone(),
             version: version.clone(),
             metadata: svc.metadata.clone(),
-            endpoints: svc.endpoints.clone(),
             nodes: vec![node.clone()],
-            options: None,
-            descriptor: svc.descriptor.clone(),
+            endpoints_ref: endpoints_ref.clone(),
+            descriptor_ref: descriptor_ref.clone(),
+            ..Default::default()
         };
         ops.push(Op::Put {
             key: format!("{}{version}/{}", service_prefix(ns, &svc.name), node.id).into_bytes(),
@@ -299,6 +502,7 @@ fn register_txn(ns: &str, svc: Service) -> Result<Txn, Status> {
         });
     }
     let mut txn = Txn::ops(ops);
+    txn.conds = conds;
     txn.now = now;
     Ok(txn)
 }
@@ -337,19 +541,17 @@ fn deregister_txn(ns: &str, svc: &Service) -> Result<Txn, Status> {
     Ok(Txn::ops(ops))
 }
 
-/// Every live registration under `prefix`, merged per (name, version).
-fn collect(replica: &Replica, prefix: &str, with_descriptor: bool) -> Result<Vec<Service>, Status> {
+/// Every live registration of `ns` under `prefix`, merged per (name,
+/// version).
+fn collect(
+    replica: &Replica,
+    ns: &str,
+    prefix: &str,
+    with_descriptor: bool,
+) -> Result<Vec<Service>, Status> {
     let mut merged: BTreeMap<(String, String), Service> = BTreeMap::new();
-    for item in replica
-        .reader()
-        .scan(prefix.as_bytes(), now_millis(), false)
-    {
-        let (_, rec) = item.map_err(status)?;
-        let mut one = Service::decode(rec.value.as_slice())
-            .map_err(|e| Status::internal(format!("corrupt registration: {e}")))?;
-        if !with_descriptor {
-            one.descriptor.clear();
-        }
+    for reg in records(replica, prefix.as_bytes())? {
+        let mut one = to_service(replica, ns, reg.stored, with_descriptor);
         match merged.entry((one.name.clone(), one.version.clone())) {
             std::collections::btree_map::Entry::Occupied(mut e) => {
                 e.get_mut().nodes.append(&mut one.nodes)
@@ -364,7 +566,7 @@ fn collect(replica: &Replica, prefix: &str, with_descriptor: bool) -> Result<Vec
 
 /// The services registered in `ns`, without descriptors.
 pub fn list(replica: &Replica, ns: &str) -> Result<Vec<Service>, Status> {
-    collect(replica, &format!("registry/{ns}/"), false)
+    collect(replica, ns, &format!("registry/{ns}/"), false)
 }
 
 /// Decodes a registry key `registry/<ns>/<name>/<version>/<node>`.
@@ -388,7 +590,7 @@ impl Registry for RegistryService {
         let name = req.into_inner().service;
         check_name("service name", &name)?;
         barrier(&self.replica, false).await?;
-        let services = collect(&self.replica, &service_prefix(&ns, &name), true)?;
+        let services = collect(&self.replica, &ns, &service_prefix(&ns, &name), true)?;
         if services.is_empty() {
             return Err(Status::not_found(format!("service {name} not found")));
         }
@@ -407,8 +609,11 @@ impl Registry for RegistryService {
             node.metadata
                 .insert("node".to_string(), self.node_id.to_string());
         }
+        let forced = std::sync::atomic::AtomicBool::new(false);
         self.write_checked(&ns, &svc.name.clone(), claims.as_ref(), true, || {
-            register_txn(&ns, svc.clone())
+            // A failed attempt may have found a schema gone: store it then.
+            let force = forced.swap(true, Ordering::Relaxed);
+            register_txn(&self.replica, &ns, svc.clone(), force)
         })
         .await?;
         Ok(Response::new(EmptyResponse {}))
@@ -455,6 +660,7 @@ impl Registry for RegistryService {
             service_prefix(&ns, &only)
         };
         let mut changes = self.replica.subscribe();
+        let replica = self.replica.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             loop {
@@ -475,10 +681,10 @@ impl Registry for RegistryService {
                             record,
                             created,
                         } if key.starts_with(prefix.as_bytes()) => {
-                            let Ok(mut svc) = Service::decode(record.value.as_slice()) else {
+                            let Ok(stored) = Stored::decode(record.value.as_slice()) else {
                                 continue;
                             };
-                            svc.descriptor.clear();
+                            let svc = to_service(&replica, &ns, stored, false);
                             WatchResult {
                                 action: if *created { "create" } else { "update" }.into(),
                                 service: Some(svc),
@@ -606,7 +812,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
-        assert!(collect(&r.replica, "registry/micro/", false)
+        assert!(collect(&r.replica, "micro", "registry/micro/", false)
             .unwrap()
             .is_empty());
     }
@@ -644,7 +850,7 @@ mod tests {
             .deregister(request(reg("svc-a", "127.0.0.1:5001"), Some(&b)))
             .await
             .is_err());
-        let nodes: Vec<String> = collect(&r.replica, "registry/micro/svc-a/", false)
+        let nodes: Vec<String> = collect(&r.replica, "micro", "registry/micro/svc-a/", false)
             .unwrap()
             .into_iter()
             .flat_map(|s| s.nodes)
@@ -662,7 +868,7 @@ mod tests {
             .metadata
             .insert("node".to_string(), "7".to_string());
         r.register(request(open, None)).await.expect("anonymous");
-        let got = collect(&r.replica, "registry/micro/open/", false).unwrap();
+        let got = collect(&r.replica, "micro", "registry/micro/open/", false).unwrap();
         assert_eq!(got[0].nodes[0].metadata["node"], "1");
 
         for core in CORE_NAMES {
