@@ -27,7 +27,6 @@ use micro_raft::{now_millis, Change, Replica};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-
 /// The namespace whose rules apply to every call, and whose admins and
 /// services may act in any namespace.
 pub const ROOT_NAMESPACE: &str = "micro";

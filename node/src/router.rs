@@ -41,8 +41,8 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::Stream;
 use http::{HeaderMap, Request, Response, Uri};
-use hyper::body::Frame;
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tonic::Status;
@@ -271,15 +271,15 @@ impl Router {
             .map_err(|_| Failed::NeverSent("bad instance address".into()))?;
         let mut out = Request::new(tonic::body::Body::new(body));
         *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = Uri::try_from(parts.uri.path())
-            .map_err(|_| Failed::NeverSent("bad path".into()))?;
+        *out.uri_mut() =
+            Uri::try_from(parts.uri.path()).map_err(|_| Failed::NeverSent("bad path".into()))?;
         *out.headers_mut() = parts.headers.clone();
         out.headers_mut().insert(INSTANCE_HEADER, addr);
         match channel.oneshot(out).await {
             Ok(r) => Ok(r.map(Body::new)),
-            Err(e) if never_sent(&e) => Err(Failed::NeverSent(format!(
-                "node {node} at {peer}: {e}"
-            ))),
+            Err(e) if never_sent(&e) => {
+                Err(Failed::NeverSent(format!("node {node} at {peer}: {e}")))
+            }
             Err(e) => Err(Failed::Other(format!("node {node} at {peer}: {e}"))),
         }
     }

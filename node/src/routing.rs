@@ -407,3 +407,289 @@ fn write<T: ?Sized>(lock: &RwLock<Arc<T>>) -> std::sync::RwLockWriteGuard<'_, Ar
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use micro_proto::registry::{Node, Options, Service};
+    use std::time::Duration;
+
+    async fn replica(dir: &std::path::Path) -> Replica {
+        let r = Replica::open(dir, 1, micro_raft::Options::default())
+            .await
+            .expect("open");
+        r.bootstrap_alone("127.0.0.1:0".into())
+            .await
+            .expect("bootstrap");
+        r
+    }
+
+    fn greeter(node: u64, port: u16, ttl: i64, descriptor: Vec<u8>) -> Service {
+        Service {
+            name: "greeter".into(),
+            version: "1".into(),
+            nodes: vec![Node {
+                id: format!("g-{node}-{port}"),
+                address: format!("127.0.0.1:{port}"),
+                metadata: [("node".to_string(), node.to_string())].into(),
+            }],
+            options: Some(Options {
+                ttl,
+                domain: String::new(),
+            }),
+            descriptor,
+            ..Default::default()
+        }
+    }
+
+    /// Waits up to a second for `ok` to hold on the table.
+    async fn within_a_second(what: &str, ok: impl Fn() -> bool) {
+        for _ in 0..100 {
+            if ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("within a second: {what}");
+    }
+
+    fn addresses(t: &RoutingTable) -> Vec<String> {
+        let now = now_millis();
+        let mut a: Vec<String> = t
+            .routes("micro", "greeter")
+            .map(|r| {
+                r.instances
+                    .iter()
+                    .filter(|i| i.live(now))
+                    .map(|i| i.address.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        a.sort();
+        a
+    }
+
+    /// A descriptor set of one file, package `greeter`, with one service
+    /// `Greeter` whose methods are `methods`.
+    fn descriptor(methods: &[&str]) -> Vec<u8> {
+        use prost::Message;
+        use prost_types::{
+            DescriptorProto, FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto,
+            ServiceDescriptorProto,
+        };
+        FileDescriptorSet {
+            file: vec![FileDescriptorProto {
+                name: Some("greeter.proto".into()),
+                package: Some("greeter".into()),
+                message_type: vec![DescriptorProto {
+                    name: Some("Empty".into()),
+                    ..Default::default()
+                }],
+                service: vec![ServiceDescriptorProto {
+                    name: Some("Greeter".into()),
+                    method: methods
+                        .iter()
+                        .map(|m| MethodDescriptorProto {
+                            name: Some(m.to_string()),
+                            input_type: Some(".greeter.Empty".into()),
+                            output_type: Some(".greeter.Empty".into()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                syntax: Some("proto3".into()),
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    #[tokio::test]
+    async fn routes_follow_registrations_expiry_and_deregistrations_without_reads_per_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path()).await;
+        let t = RoutingTable::start(r.clone(), 1);
+        registry::register(&r, "micro", greeter(1, 5000, 60, Vec::new()))
+            .await
+            .unwrap();
+        registry::register(&r, "micro", greeter(2, 6000, 1, Vec::new()))
+            .await
+            .unwrap();
+        within_a_second("both registrations are routed", || {
+            addresses(&t) == ["127.0.0.1:5000", "127.0.0.1:6000"]
+        })
+        .await;
+
+        // Lookups and picks read nothing from the registry.
+        let before = registry::record_scans();
+        let down = t.down();
+        for _ in 0..1000 {
+            let routes = t.routes("micro", "greeter").expect("routes");
+            let pick = routes.pick(1, &down, None).expect("an instance");
+            assert_eq!(pick.address, "127.0.0.1:5000", "this node's first");
+        }
+        assert_eq!(
+            registry::record_scans(),
+            before,
+            "no registry read per call"
+        );
+
+        // A 1 s TTL runs out without a heartbeat.
+        within_a_second("the expired instance is gone", || {
+            addresses(&t) == ["127.0.0.1:5000"]
+        })
+        .await;
+        registry::deregister(&r, "micro", &greeter(1, 5000, 60, Vec::new()))
+            .await
+            .unwrap();
+        within_a_second("the deregistered instance is gone", || {
+            t.routes("micro", "greeter").is_none()
+        })
+        .await;
+        assert!(
+            registry::record_scans() > before,
+            "a change is read once, by the table"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_descriptor_is_used_at_once_and_parsed_once_per_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path()).await;
+        let t = RoutingTable::start(r.clone(), 1);
+        let methods = |t: &RoutingTable| -> Vec<String> {
+            t.routes("micro", "greeter")
+                .and_then(|r| r.descriptor.clone())
+                .and_then(|p| p.get_service_by_name("greeter.Greeter"))
+                .map(|s| s.methods().map(|m| m.name().to_string()).collect())
+                .unwrap_or_default()
+        };
+        let v1 = descriptor(&["Call"]);
+        registry::register(&r, "micro", greeter(1, 5000, 60, v1.clone()))
+            .await
+            .unwrap();
+        registry::register(&r, "micro", greeter(2, 6000, 60, v1.clone()))
+            .await
+            .unwrap();
+        within_a_second("the first descriptor", || methods(&t) == ["Call"]).await;
+        let first = t.routes("micro", "greeter").unwrap().descriptor.clone();
+        // A heartbeat with the same schemas keeps the parsed pool.
+        registry::register(&r, "micro", greeter(1, 5000, 60, v1))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let again = t.routes("micro", "greeter").unwrap().descriptor.clone();
+        assert!(Arc::ptr_eq(&first.unwrap(), &again.unwrap()));
+
+        // `micro update`: the new registration's descriptor wins.
+        registry::register(
+            &r,
+            "micro",
+            greeter(1, 5000, 60, descriptor(&["Call", "Hello"])),
+        )
+        .await
+        .unwrap();
+        within_a_second("the new descriptor", || methods(&t) == ["Call", "Hello"]).await;
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_does_not_rewrite_the_schemas() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path()).await;
+        let big = descriptor(&["Call"]);
+        let schema_versions = || {
+            r.reader()
+                .scan(b"registry-schemas/micro/", now_millis(), false)
+                .map(|i| i.unwrap().1.version)
+                .collect::<Vec<_>>()
+        };
+        registry::register(&r, "micro", greeter(1, 5000, 60, big.clone()))
+            .await
+            .unwrap();
+        let first = schema_versions();
+        assert_eq!(first.len(), 1, "the descriptor is stored once");
+        registry::register(&r, "micro", greeter(1, 5000, 60, big.clone()))
+            .await
+            .unwrap();
+        registry::register(&r, "micro", greeter(2, 6000, 60, big))
+            .await
+            .unwrap();
+        assert_eq!(schema_versions(), first, "heartbeats leave it alone");
+        let record = r
+            .reader()
+            .get(b"registry/micro/greeter/1/g-1-5000", now_millis())
+            .unwrap()
+            .unwrap();
+        assert!(
+            record.value.len() < 200,
+            "a small record: {}",
+            record.value.len()
+        );
+        // And reads still see the descriptor whole.
+        let got = registry::list(&r, "micro").unwrap();
+        assert_eq!(got[0].nodes.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn nodes_gossip_holds_down_are_skipped_and_return_when_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replica(dir.path()).await;
+        let t = RoutingTable::start(r.clone(), 1);
+        registry::register(&r, "micro", greeter(2, 6000, 60, Vec::new()))
+            .await
+            .unwrap();
+        within_a_second("routed", || addresses(&t).len() == 1).await;
+        let key = [7u8; 32];
+        let start = |id: u64| {
+            micro_gossip::Gossip::start(micro_gossip::Config {
+                node_id: id,
+                bind: "127.0.0.1:0".parse().unwrap(),
+                advertise: "127.0.0.1:0".parse().unwrap(),
+                key,
+            })
+        };
+        let one = start(1).await.unwrap();
+        let two = start(2).await.unwrap();
+        t.follow_gossip(one.clone());
+        one.announce(two.local_addr());
+        let live = |t: &RoutingTable| {
+            let routes = t.routes("micro", "greeter").unwrap();
+            routes.pick(1, &t.down(), None).is_some()
+        };
+        for _ in 0..100 {
+            if one.state_of(2) == Some(micro_gossip::State::Alive) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(live(&t), "node 2 is up");
+        let addr = two.local_addr();
+        two.shutdown().await;
+        for _ in 0..300 {
+            if one.state_of(2) == Some(micro_gossip::State::Down) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(one.state_of(2), Some(micro_gossip::State::Down));
+        within_a_second("node 2's instance is skipped", || !live(&t)).await;
+        let back = micro_gossip::Gossip::start(micro_gossip::Config {
+            node_id: 2,
+            bind: addr,
+            advertise: addr,
+            key,
+        })
+        .await
+        .unwrap();
+        back.announce(one.local_addr());
+        for _ in 0..300 {
+            if one.state_of(2) == Some(micro_gossip::State::Alive) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(one.state_of(2), Some(micro_gossip::State::Alive));
+        within_a_second("node 2's instance is back", || live(&t)).await;
+    }
+}

@@ -239,6 +239,31 @@ impl Client {
         Ok(resp.into_inner())
     }
 
+    /// Opens a streaming call of `method` of `service` (client-streaming
+    /// or bidirectional): each encoded request is sent as `requests`
+    /// yields it, and replies arrive on the returned stream as the
+    /// service sends them.
+    pub async fn call_streaming(
+        &self,
+        service: &str,
+        method: &prost_reflect::MethodDescriptor,
+        requests: impl tokio_stream::Stream<Item = bytes::Bytes> + Send + 'static,
+    ) -> Result<tonic::Streaming<bytes::Bytes>, Error> {
+        use std::str::FromStr;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_str(&crate::dynamic::path(method))
+            .map_err(|e| crate::dynamic::Error::BadRequest(e.to_string()))?;
+        let mut grpc = tonic::client::Grpc::new(self.channel());
+        grpc.ready()
+            .await
+            .map_err(|_| Error::Connect(self.address.clone()))?;
+        let mut req = tonic::Request::new(requests);
+        if let Ok(v) = service.parse() {
+            req.metadata_mut().insert("micro-service", v);
+        }
+        let resp = grpc.streaming(req, path, crate::dynamic::RawCodec).await?;
+        Ok(resp.into_inner())
+    }
+
     /// Calls `endpoint` (`Service.Method`) of `service` with a JSON request
     /// and returns the JSON reply (an array of replies for streaming
     /// endpoints).

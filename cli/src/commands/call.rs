@@ -1,7 +1,9 @@
 //! `micro call SVC Endpoint '{json}'`, and the call behind every dynamic
 //! command: the service's descriptor from the registry turns JSON into its
 //! protobuf request; the node routes the call; replies print as indented
-//! JSON.
+//! JSON as they arrive. A client-streaming or bidirectional endpoint takes
+//! its requests from the JSON given (if any), then one JSON object per
+//! line of standard input, each sent as it is read.
 
 use prost_reflect::MethodDescriptor;
 
@@ -33,10 +35,19 @@ pub async fn call_and_print(
 ) -> Result<(), Failure> {
     let message =
         micro::dynamic::encode_request(method, request).map_err(|e| Failure::msg(e.to_string()))?;
-    let mut stream = client
+    let stream = client
         .call_raw(service, method, message)
         .await
         .map_err(|e| failure(service, e))?;
+    print_replies(service, method, stream).await
+}
+
+/// Prints each reply as indented JSON as it arrives.
+async fn print_replies(
+    service: &str,
+    method: &MethodDescriptor,
+    mut stream: tonic::Streaming<bytes::Bytes>,
+) -> Result<(), Failure> {
     while let Some(msg) = stream
         .message()
         .await
@@ -50,6 +61,69 @@ pub async fn call_and_print(
     Ok(())
 }
 
+/// Calls a client-streaming or bidirectional `method`: `first` (if any),
+/// then each line of standard input is one JSON request, sent as it is
+/// read; replies print as they arrive. A line that is not a JSON object
+/// ends the call with an error naming it.
+pub async fn stream_and_print(
+    client: &micro::Client,
+    service: &str,
+    method: &MethodDescriptor,
+    first: Option<serde_json::Value>,
+) -> Result<(), Failure> {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, String>>(16);
+    let encode = {
+        let method = method.clone();
+        move |v: &serde_json::Value| {
+            micro::dynamic::encode_request(&method, v).map_err(|e| e.to_string())
+        }
+    };
+    if let Some(first) = first {
+        let _ = tx.send(encode(&first)).await;
+    }
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for (n, line) in std::io::stdin().lock().lines().enumerate() {
+            let request = match line {
+                Err(e) => Err(format!("cannot read standard input: {e}")),
+                Ok(l) if l.trim().is_empty() => continue,
+                Ok(l) => match serde_json::from_str::<serde_json::Value>(&l) {
+                    Ok(v) if v.is_object() => encode(&v),
+                    Ok(_) => Err(format!(
+                        "Invalid JSON request on line {}: it must be an object",
+                        n + 1
+                    )),
+                    Err(e) => Err(format!("Invalid JSON request on line {}: {e}", n + 1)),
+                },
+            };
+            let stop = request.is_err();
+            if tx.blocking_send(request).is_err() || stop {
+                return;
+            }
+        }
+    });
+    let bad = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let seen = bad.clone();
+    let requests =
+        tokio_stream::wrappers::ReceiverStream::new(rx).map_while(move |request| match request {
+            Ok(message) => Some(message),
+            Err(e) => {
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                None
+            }
+        });
+    let stream = client
+        .call_streaming(service, method, requests)
+        .await
+        .map_err(|e| failure(service, e))?;
+    let printed = print_replies(service, method, stream).await;
+    if let Some(e) = bad.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(Failure::msg(e));
+    }
+    printed
+}
+
 /// `micro call SERVICE ENDPOINT [JSON]`.
 pub async fn run(
     ctx: Context,
@@ -57,12 +131,14 @@ pub async fn run(
     endpoint: &str,
     body: Option<&str>,
 ) -> Result<(), Failure> {
-    let request: serde_json::Value = match body {
-        None => serde_json::json!({}),
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| Failure::msg(format!("Invalid JSON request: {e}")))?,
+    let given: Option<serde_json::Value> = match body {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str(text)
+                .map_err(|e| Failure::msg(format!("Invalid JSON request: {e}")))?,
+        ),
     };
-    if !request.is_object() {
+    if given.as_ref().is_some_and(|r| !r.is_object()) {
         return Err(Failure::msg("Invalid JSON request: it must be an object"));
     }
     let client = ctx.connect().await?;
@@ -72,6 +148,10 @@ pub async fn run(
         .map_err(|e| failure(service, e))?;
     let method = micro::dynamic::method(&pool, service, endpoint)
         .map_err(|e| Failure::msg(e.to_string()))?;
+    if method.is_client_streaming() {
+        return stream_and_print(&client, service, &method, given).await;
+    }
+    let request = given.unwrap_or_else(|| serde_json::json!({}));
     call_and_print(&client, service, &method, &request).await
 }
 
@@ -108,5 +188,10 @@ pub async fn dynamic(ctx: Context, words: &[String]) -> Result<(), Failure> {
         return out(crate::dynamic::endpoint_help(service, word, &method.input()).as_bytes());
     }
     let request = crate::dynamic::flags_to_json(&method.input(), &flags).map_err(Failure::msg)?;
+    if method.is_client_streaming() {
+        // Flags, when given, make the first request; stdin the rest.
+        let first = (!flags.is_empty()).then_some(request);
+        return stream_and_print(&client, service, &method, first).await;
+    }
     call_and_print(&client, service, &method, &request).await
 }

@@ -85,17 +85,34 @@ impl Home {
 
     /// Runs `micro ARGS` in the working directory `dir`.
     pub fn micro_in(&self, dir: &Path, args: &[&str]) -> Run {
+        self.micro_fed(dir, args, None)
+    }
+
+    /// Runs `micro ARGS` in `dir` with `input` (if any) on its stdin.
+    pub fn micro_fed(&self, dir: &Path, args: &[&str], input: Option<&str>) -> Run {
         let mut cmd = Command::new(MICRO);
         cmd.args(args)
             .env("HOME", self.path())
             .current_dir(dir)
-            .stdin(Stdio::null());
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, _) in std::env::vars() {
             if k.starts_with("MICRO_") {
                 cmd.env_remove(k);
             }
         }
-        let out = cmd.output().expect("run micro");
+        let mut child = cmd.spawn().expect("run micro");
+        if let Some(text) = input {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(text.as_bytes()).expect("write stdin");
+        }
+        let out = child.wait_with_output().expect("run micro");
         Run {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -236,6 +253,13 @@ impl Server {
     /// Runs the CLI against this node.
     pub fn micro(&self, args: &[&str]) -> Run {
         self.micro_in(self.home.path(), args)
+    }
+
+    /// Runs the CLI against this node with `input` on its stdin.
+    pub fn micro_fed(&self, args: &[&str], input: &str) -> Run {
+        let mut run = self.home.micro_fed(self.home.path(), args, Some(input));
+        run.server_log = Some(self.home.path().join("server.log"));
+        run
     }
 
     /// Runs the CLI against this node from the working directory `dir`.

@@ -237,7 +237,7 @@ fn new_run_call_update_kill() {
     assert!(s
         .micro(&["greeter", "--help"])
         .ok()
-        .ends_with("COMMANDS:\n  call\n  stream\n"));
+        .ends_with("COMMANDS:\n  call\n  chat\n  stream\n"));
     assert_eq!(
         s.micro(&["greeter", "call", "--help"]).ok().lines().last(),
         Some("  --name string")

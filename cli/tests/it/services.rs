@@ -266,7 +266,7 @@ fn every_service_is_a_command() {
     );
     assert_eq!(
         s.micro(&["helloworld", "--help"]).ok(),
-        "NAME:\n  micro helloworld\n\nVERSION:\n  latest\n\nUSAGE:\n  micro helloworld [command]\n\nCOMMANDS:\n  call\n  stream\n"
+        "NAME:\n  micro helloworld\n\nVERSION:\n  latest\n\nUSAGE:\n  micro helloworld [command]\n\nCOMMANDS:\n  call\n  chat\n  stream\n"
     );
     assert_eq!(
         s.micro(&["helloworld", "call", "--help"]).ok(),
@@ -295,4 +295,145 @@ fn every_service_is_a_command() {
         "",
         "builtins win over services of the same name"
     );
+}
+
+#[test]
+fn a_bidirectional_endpoint_streams_through_the_router_and_the_cli() {
+    let s = Server::start();
+    let _hw = Instance::start(&s, "a");
+    wait_for_nodes(&s, "helloworld", 1);
+    // The CLI: one JSON request per line of stdin, replies as they come.
+    assert_eq!(
+        s.micro_fed(
+            &["call", "helloworld", "Helloworld.Chat"],
+            "{\"name\":\"Ann\"}\n{\"name\":\"Bo\"}\n"
+        )
+        .ok(),
+        "{\n  \"msg\": \"Hello Ann\"\n}\n{\n  \"msg\": \"Hello Bo\"\n}\n"
+    );
+    assert_eq!(
+        s.micro_fed(&["helloworld", "chat"], "{\"name\":\"Cy\"}\n")
+            .ok(),
+        "{\n  \"msg\": \"Hello Cy\"\n}\n",
+        "the dynamic command too"
+    );
+    s.micro_fed(&["call", "helloworld", "Helloworld.Chat"], "{\"name\":\n")
+        .fails_with("Invalid JSON request on line 1: EOF while parsing a value at line 1 column 8");
+
+    // Through the router the stream is not buffered: each reply arrives
+    // while the request stream is still open.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = s.client("micro").await;
+        let (_, pool) = client.describe("helloworld").await.unwrap();
+        let method = micro::dynamic::method(&pool, "helloworld", "Helloworld.Chat").unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut replies = client
+            .call_streaming(
+                "helloworld",
+                &method,
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )
+            .await
+            .unwrap();
+        for name in ["one", "two", "three"] {
+            let msg = micro::dynamic::encode_request(&method, &serde_json::json!({ "name": name }))
+                .unwrap();
+            tx.send(msg).await.unwrap();
+            let reply = tokio::time::timeout(std::time::Duration::from_secs(10), replies.message())
+                .await
+                .expect("a reply before the request stream ends")
+                .unwrap()
+                .expect("a reply");
+            let json = micro::dynamic::decode_reply(&method, &reply).unwrap();
+            assert_eq!(json["msg"], format!("Hello {name}"));
+        }
+        drop(tx);
+        assert!(replies.message().await.unwrap().is_none(), "ends with the requests");
+    });
+}
+
+/// An instance that counts its calls and answers each `unavailable`.
+#[derive(Clone)]
+struct Failing(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tonic::server::NamedService for Failing {
+    const NAME: &'static str = "flaky.Flaky";
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Failing {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok(tonic::Status::unavailable("flaky is overloaded").into_http()))
+    }
+}
+
+#[tokio::test]
+async fn a_call_that_failed_after_reaching_the_service_is_not_retried() {
+    let s = Server::start();
+    let client = s.client("micro").await;
+    let mut counters = Vec::new();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = tonic::transport::Server::builder()
+            .add_service(Failing(calls.clone()))
+            .serve(addr);
+        tokio::spawn(server);
+        counters.push(calls);
+        nodes.push(micro_proto::registry::Node {
+            id: format!("flaky-{i}"),
+            address: addr.to_string(),
+            metadata: Default::default(),
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    client
+        .registry()
+        .register(micro_proto::registry::Service {
+            name: "flaky".into(),
+            version: "1".into(),
+            nodes,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.proxy))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for n in 1..=5 {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let mut req = tonic::Request::new(bytes::Bytes::new());
+        req.metadata_mut()
+            .insert("micro-service", "flaky".parse().unwrap());
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/flaky.Flaky/Call");
+        let err = grpc
+            .unary(req, path, micro::dynamic::RawCodec)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert_eq!(err.message(), "flaky is overloaded");
+        let total: usize = counters
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+            .sum();
+        assert_eq!(total, n, "each call reached one instance, once");
+    }
 }

@@ -1,5 +1,5 @@
-//! helloworld: a Micro service with a unary `Call` and a server-streaming
-//! `Stream` endpoint.
+//! helloworld: a Micro service with a unary `Call`, a server-streaming
+//! `Stream` and a bidirectional `Chat` endpoint.
 
 use micro::errors;
 use tonic::{Request, Response, Status};
@@ -46,6 +46,27 @@ impl proto::helloworld_server::Helloworld for Handlers {
             .map(|i| Ok(StreamResponse { count: i }))
             .collect();
         Ok(Response::new(tokio_stream::iter(replies)))
+    }
+
+    type ChatStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<CallResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn chat(
+        &self,
+        req: Request<tonic::Streaming<CallRequest>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        use tokio_stream::StreamExt;
+        let replies = req.into_inner().map(|msg| {
+            let name = msg?.name;
+            if name.is_empty() {
+                return Err(errors::bad_request("helloworld", "a name is required").into());
+            }
+            Ok(CallResponse {
+                msg: format!("{GREETING} {name}"),
+            })
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 }
 

@@ -32,7 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use micro_proto::registry::registry_server::Registry;
@@ -302,13 +302,17 @@ pub(crate) struct Stored {
     pub descriptor_ref: Vec<u8>,
 }
 
-/// Registry records read (each scan of records counts once), for tests
-/// that prove a path does not read the registry.
-static RECORD_SCANS: AtomicU64 = AtomicU64::new(0);
+#[cfg(test)]
+thread_local! {
+    /// Scans of registry records made on this thread (a test's runtime),
+    /// for tests that prove a path does not read the registry.
+    static RECORD_SCANS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
-/// How many scans of registry records this process has made.
+/// How many scans of registry records this thread has made.
+#[cfg(test)]
 pub fn record_scans() -> u64 {
-    RECORD_SCANS.load(Ordering::Relaxed)
+    RECORD_SCANS.with(|n| n.get())
 }
 
 /// One live registration record.
@@ -323,7 +327,8 @@ pub(crate) struct Registration {
 /// The live records under `prefix` (`registry/…`). Every read of
 /// registrations goes through here.
 pub(crate) fn records(replica: &Replica, prefix: &[u8]) -> Result<Vec<Registration>, Status> {
-    RECORD_SCANS.fetch_add(1, Ordering::Relaxed);
+    #[cfg(test)]
+    RECORD_SCANS.with(|n| n.set(n.get() + 1));
     let mut out = Vec::new();
     for item in replica.reader().scan(prefix, now_millis(), false) {
         let (key, rec) = item.map_err(status)?;
