@@ -1,6 +1,9 @@
 //! `micro-bench helloworld`: the helloworld example's `Call` straight to
 //! the service, through the node's gRPC router and through the HTTP
-//! gateway.
+//! gateway on one node, then across nodes: the service registered with
+//! node 1 of a 3-node cluster, called through node 3's router. Prints each
+//! path's throughput and latency, the ratios to the direct path, and the
+//! median latency each hop adds.
 
 use std::time::Duration;
 
@@ -127,15 +130,68 @@ pub async fn helloworld(clients: usize, seconds: u64) -> Result<(), String> {
         },
     )
     .await;
-    let (ta, tb, tc) = (a.throughput(), b.throughput(), c.throughput());
+    let _ = child.kill().await;
+    let d = cross_node(&bin, clients, seconds).await?;
+    let (ta, tb, tc, td) = (
+        a.throughput(),
+        b.throughput(),
+        c.throughput(),
+        d.throughput(),
+    );
+    let (pa, pb, pc, pd) = (a.p50(), b.p50(), c.p50(), d.p50());
     a.report();
     b.report();
     c.report();
+    d.report();
     println!(
-        "throughput ratios: router/direct {:.2}, gateway/direct {:.2}",
+        "throughput ratios: router/direct {:.2}, gateway/direct {:.2}, cross-node router/direct {:.2}",
         tb / ta.max(1e-9),
-        tc / ta.max(1e-9)
+        tc / ta.max(1e-9),
+        td / ta.max(1e-9)
     );
-    let _ = child.kill().await;
+    println!(
+        "added p50: router +{:.3}ms, gateway +{:.3}ms, cross-node router +{:.3}ms",
+        pb - pa,
+        pc - pa,
+        pd - pa
+    );
     Ok(())
+}
+
+/// helloworld registered with node 1 of a 3-node cluster, called through
+/// node 3's gRPC router (which passes it to node 1 over mutual TLS).
+async fn cross_node(
+    bin: &std::path::Path,
+    clients: usize,
+    seconds: u64,
+) -> Result<crate::phase::Phase, String> {
+    let mut cluster = crate::cluster::Cluster::new()?;
+    cluster.form(3).await?;
+    let mut child = tokio::process::Command::new(bin)
+        .env("MICRO_PROXY_ADDRESS", cluster.proxy(0))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    // Registered and routed once a call through node 3 succeeds.
+    let via = channels(cluster.proxy(2), clients).await?;
+    let mut routed = false;
+    for _ in 0..100 {
+        if raw_call(via[0].clone(), Some("helloworld")).await {
+            routed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !routed {
+        cluster.stop().await;
+        return Err("helloworld on node 1 is not reachable through node 3".into());
+    }
+    let d = phase("cross", via, seconds, |ch, _, _| {
+        raw_call(ch, Some("helloworld"))
+    })
+    .await;
+    let _ = child.kill().await;
+    cluster.stop().await;
+    Ok(d)
 }

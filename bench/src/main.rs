@@ -20,7 +20,9 @@
 //! `helloworld` starts a node and the `helloworld` example (built next to
 //! this binary: `cargo build --release -p helloworld`) and measures its
 //! `Call` (a) with a gRPC client straight to the service, (b) through the
-//! node's gRPC router, (c) through the HTTP gateway.
+//! node's gRPC router, (c) through the HTTP gateway, then (d) on a 3-node
+//! cluster, registered with node 1 and called through node 3's router;
+//! with the median latency each hop adds.
 //!
 //! `cluster` starts `--nodes` real `micro server` processes (the `micro`
 //! binary next to this one), node i on 127.0.0.i with its own temporary
@@ -92,7 +94,8 @@ enum What {
         #[arg(long, default_value_t = 100)]
         value_size: usize,
     },
-    /// helloworld's Call: direct, through the router, through the gateway
+    /// helloworld's Call: direct, through the router, through the gateway,
+    /// and across nodes (registered with node 1, called through node 3)
     Helloworld {
         /// Concurrent clients, each with its own connection
         #[arg(long, default_value_t = 16)]

@@ -22,6 +22,16 @@ impl Phase {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// The median latency, in milliseconds.
+    pub fn p50(&self) -> f64 {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        match sorted.len() {
+            0 => f64::NAN,
+            n => sorted[n.div_ceil(2) - 1] as f64 / 1000.0,
+        }
+    }
+
     pub fn report(mut self) {
         self.latencies.sort_unstable();
         let n = self.latencies.len();

@@ -349,7 +349,10 @@ fn a_bidirectional_endpoint_streams_through_the_router_and_the_cli() {
             assert_eq!(json["msg"], format!("Hello {name}"));
         }
         drop(tx);
-        assert!(replies.message().await.unwrap().is_none(), "ends with the requests");
+        assert!(
+            replies.message().await.unwrap().is_none(),
+            "ends with the requests"
+        );
     });
 }
 
@@ -375,7 +378,9 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
 
     fn call(&mut self, _: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::future::ready(Ok(tonic::Status::unavailable("flaky is overloaded").into_http()))
+        std::future::ready(Ok(
+            tonic::Status::unavailable("flaky is overloaded").into_http()
+        ))
     }
 }
 
