@@ -14,7 +14,7 @@
 //! token from another cluster never verifies. Must never: store or log a
 //! secret or token in clear, or hold a lock across an await.
 
-use crate::router::{Checked, Target};
+use crate::target::Target;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -698,29 +698,59 @@ fn is_open(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
 }
 
-/// The resource a gRPC call is for: (service name, `Service.Method`). Core
-/// services are named by their path alone, so metadata cannot make a call
-/// to them look like a call to something else.
-fn resource_of(headers: &http::HeaderMap, path: &str) -> Result<(String, String), tonic::Status> {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let (grpc_service, method) = match (parts.next(), parts.next()) {
-        (Some(s), Some(m)) if !s.is_empty() && !m.is_empty() => (s, m),
-        _ => {
-            return Err(tonic::Status::unimplemented(format!(
-                "no service at {path}"
-            )))
-        }
-    };
-    let short = grpc_service.rsplit('.').next().unwrap_or(grpc_service);
-    let endpoint = format!("{short}.{method}");
-    // Anything in a package of the node's own (core services, `cluster.*`)
-    // is named by its package, so metadata cannot rename it for the check.
-    let package = grpc_service.split('.').next().unwrap_or(grpc_service);
-    if micro_proto::NODE_PACKAGES.contains(&package) {
-        return Ok((package.to_string(), endpoint));
-    }
-    Ok((crate::router::target_service(headers, path)?, endpoint))
+// The checks that hold whatever the rules say.
+
+/// The claims the guard found for the caller of `req`, if any.
+pub fn caller<T>(req: &tonic::Request<T>) -> Option<Claims> {
+    req.extensions().get::<Claims>().cloned()
 }
+
+/// The caller, who must be logged in and allowed to act in `namespace`,
+/// whatever the public rules say (running code, reading secrets).
+pub fn require_account<'a>(
+    c: &'a Option<Claims>,
+    namespace: &str,
+) -> Result<&'a Claims, tonic::Status> {
+    match c {
+        None => Err(tonic::Status::unauthenticated("log in to do this")),
+        Some(c) if c.may_act_in(namespace) => Ok(c),
+        Some(c) => Err(tonic::Status::permission_denied(format!(
+            "account {} cannot act in namespace {namespace}",
+            c.sub
+        ))),
+    }
+}
+
+/// The caller, who must be an admin of `namespace` (its own admin, or an
+/// admin of the root namespace).
+pub fn require_admin<'a>(
+    c: &'a Option<Claims>,
+    namespace: &str,
+) -> Result<&'a Claims, tonic::Status> {
+    match c {
+        None => Err(tonic::Status::unauthenticated(
+            "log in as an admin to do this",
+        )),
+        Some(c) if c.is_admin_in(namespace) => Ok(c),
+        Some(c) => Err(tonic::Status::permission_denied(format!(
+            "account {} is not an admin of namespace {namespace}",
+            c.sub
+        ))),
+    }
+}
+
+/// The caller, who must be an admin of the root namespace: the rules and
+/// the cluster are everyone's.
+pub fn require_global_admin(c: &Option<Claims>) -> Result<&Claims, tonic::Status> {
+    require_admin(c, ROOT_NAMESPACE)
+}
+
+/// Marks a request whose caller was already checked for this target (the
+/// gateway did, and passes it to this node's own stack): the guard lets it
+/// through with these claims if the request is for exactly that target,
+/// and checks it anew otherwise. Only in-process code sets extensions.
+#[derive(Debug, Clone)]
+pub struct Checked(pub Target, pub Option<Claims>);
 
 /// Middleware on the gRPC endpoint: every call is checked against the rules
 /// before it reaches a core service or the router; the caller's claims ride
@@ -734,15 +764,7 @@ pub async fn grpc_guard(
     if is_open(&path) {
         return next.run(req).await;
     }
-    let resolved = resource_of(req.headers(), &path).and_then(|(service, endpoint)| {
-        let namespace = crate::grpc::namespace_of(req.headers())?;
-        Ok(Target {
-            namespace,
-            service,
-            endpoint,
-        })
-    });
-    let target = match resolved {
+    let target = match Target::checked(req.headers(), &path) {
         Ok(t) => t,
         Err(status) => return status.into_http(),
     };
@@ -777,6 +799,9 @@ mod guard_tests {
     fn core_paths_cannot_be_renamed_by_metadata() {
         let mut h = http::HeaderMap::new();
         h.insert("micro-service", "public-thing".parse().unwrap());
+        let resource_of = |h: &http::HeaderMap, path: &str| {
+            Target::checked(h, path).map(|t| (t.service, t.endpoint))
+        };
         assert_eq!(
             resource_of(&h, "/store.Store/Write").unwrap(),
             ("store".into(), "Store.Write".into())

@@ -17,8 +17,9 @@ use micro_raft::Replica;
 use prost_reflect::MethodDescriptor;
 
 use crate::auth::{Authority, Claims};
-use crate::router::{Router, Target};
+use crate::router::Router;
 use crate::services::registry;
+use crate::target::Target;
 
 /// Gives the gateway and dashboard what they need from this node.
 pub struct NodeBackend {

@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod services;
+pub mod target;
 mod tls_accept;
 
 pub use client_tls::TlsFiles;

@@ -47,53 +47,14 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tonic::Status;
 
-use crate::auth::Claims;
-use crate::cluster::peer::INSTANCE_HEADER;
+use crate::auth::{Checked, Claims};
 use crate::cluster::Cluster;
 use crate::routing::{Instance, RoutingTable};
-use crate::server::MAX_MESSAGE;
 use crate::services::registry::CORE_NAMES;
-
-/// Set by a node on the answer to a proxied call it could not hand to the
-/// named instance at all (the connection was refused): the caller may try
-/// another instance.
-pub const NOT_DELIVERED: &str = "micro-not-delivered";
+use crate::target::{Target, INSTANCE_HEADER, MAX_MESSAGE, NOT_DELIVERED};
 
 /// The most request bytes kept so that a call can be sent again.
 pub const REPLAY_LIMIT: usize = 4 << 20;
-
-/// Where a call goes, resolved once where it enters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub namespace: String,
-    pub service: String,
-    /// `Service.Method`
-    pub endpoint: String,
-}
-
-impl Target {
-    /// The target a request's metadata and path name (for routing: the
-    /// guard names core services by their path, see `auth::resource_of`).
-    pub fn of(headers: &HeaderMap, path: &str) -> Result<Target, Status> {
-        let endpoint = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .map(|(svc, m)| format!("{}.{m}", svc.rsplit('.').next().unwrap_or(svc)))
-            .unwrap_or_default();
-        Ok(Target {
-            service: target_service(headers, path)?,
-            namespace: crate::grpc::namespace_of(headers)?,
-            endpoint,
-        })
-    }
-}
-
-/// Marks a request whose caller was already checked for this target (the
-/// gateway did, and passes it to this node's own stack): the guard lets it
-/// through with these claims if the request is for exactly that target,
-/// and checks it anew otherwise. Only in-process code sets extensions.
-#[derive(Debug, Clone)]
-pub struct Checked(pub Target, pub Option<Claims>);
 
 /// Forwards calls to service instances.
 pub struct Router {
@@ -243,8 +204,8 @@ impl Router {
         *out.headers_mut() = parts.headers.clone();
         match self.http.request(out).await {
             Ok(r) => Ok(r.map(Body::new)),
-            Err(e) if e.is_connect() => Err(Failed::NeverSent(e.to_string())),
-            Err(e) => Err(Failed::Other(e.to_string())),
+            Err(e) if e.is_connect() => Err(Failed::NeverSent(causes(&e))),
+            Err(e) => Err(Failed::Other(causes(&e))),
         }
     }
 
@@ -419,6 +380,18 @@ enum Failed {
     Other(String),
 }
 
+/// An error with its causes, `outer: inner: …`.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Whether an error of the cluster channel means the request was never
 /// sent: somewhere in its causes a connection was refused or not made.
 fn never_sent(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -488,13 +461,7 @@ impl Replayable {
     fn lend(&self) -> Body {
         let s = self.state();
         if s.read {
-            let whole: Vec<Bytes> = s.kept.clone();
-            let stream = futures::stream::iter(
-                whole
-                    .into_iter()
-                    .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
-            );
-            return Body::new(http_body_util::StreamBody::new(stream));
+            return Body::from(s.kept.concat());
         }
         Body::new(Lent(self.0.clone()))
     }
@@ -534,6 +501,20 @@ impl hyper::body::Body for Lent {
             Poll::Pending => {}
         }
         polled
+    }
+
+    // Passed on so that the request's end rides on its last data frame,
+    // as the caller sent it (a unary call's one frame ends the stream).
+    fn is_end_stream(&self) -> bool {
+        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.body.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.body
+            .as_ref()
+            .map_or_else(|| hyper::body::SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 
@@ -602,48 +583,10 @@ fn next_message(buf: &mut BytesMut) -> Result<Option<Bytes>, Status> {
     Ok(msgs.pop())
 }
 
-/// The service a call is for: `micro-service` metadata, else the package of
-/// the gRPC path.
-pub(crate) fn target_service(headers: &HeaderMap, path: &str) -> Result<String, Status> {
-    if let Some(v) = headers.get("micro-service").and_then(|v| v.to_str().ok()) {
-        if !v.is_empty() {
-            crate::grpc::check_name("service", v)?;
-            return Ok(v.to_string());
-        }
-    }
-    let grpc_service = path
-        .strip_prefix('/')
-        .and_then(|p| p.split('/').next())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| Status::unimplemented(format!("no service at {path}")))?;
-    let name = match grpc_service.rsplit_once('.') {
-        Some((package, _)) => package.to_string(),
-        None => grpc_service.to_ascii_lowercase(),
-    };
-    crate::grpc::check_name("service", &name)?;
-    Ok(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use micro_raft::Replica;
-
-    #[test]
-    fn the_service_comes_from_metadata_or_the_package() {
-        let mut h = HeaderMap::new();
-        assert_eq!(
-            target_service(&h, "/greeter.Greeter/Call").unwrap(),
-            "greeter"
-        );
-        assert_eq!(target_service(&h, "/Greeter/Call").unwrap(), "greeter");
-        h.insert("micro-service", "other".parse().unwrap());
-        assert_eq!(
-            target_service(&h, "/greeter.Greeter/Call").unwrap(),
-            "other"
-        );
-        assert!(target_service(&HeaderMap::new(), "/").is_err());
-    }
 
     #[tokio::test]
     async fn only_registered_instances_of_this_node_are_local() {

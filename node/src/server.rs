@@ -45,6 +45,7 @@ use crate::services::broker::{Broker, BrokerService};
 use crate::services::events::{Events, EventsService};
 use crate::services::runtime::{Manager, RuntimeOptions, RuntimeService};
 use crate::services::{config::ConfigService, registry, store::StoreService};
+use crate::target::MAX_MESSAGE;
 use micro_proto::auth::{
     accounts_server::AccountsServer, auth_server::AuthServer, rules_server::RulesServer,
 };
@@ -53,8 +54,6 @@ use micro_proto::cluster::cluster_server::ClusterServer;
 use micro_proto::events::events_server::EventsServer;
 use tonic::service::Routes;
 
-/// Largest gRPC message the node accepts or sends.
-pub const MAX_MESSAGE: usize = micro::client::MAX_MESSAGE;
 /// How often the node renews its own services' registrations.
 const HEARTBEAT: Duration = Duration::from_secs(30);
 
@@ -485,6 +484,7 @@ pub async fn run(
                 replica.clone(),
                 id,
                 vec![proxy_addr, api_addr, web_addr, cluster_addr],
+                crate::services::runtime::runner_of,
             ))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),

@@ -16,12 +16,11 @@ use micro_proto::cluster::{
 };
 use tonic::{Request, Response, Status};
 
-use super::peer::HOP_HEADER;
 use super::tokens;
 use super::transport::describe;
 use super::Cluster;
-use crate::auth::ROOT_NAMESPACE;
-use crate::services::auth::{caller, require_account, require_global_admin};
+use crate::auth::{caller, require_account, require_global_admin, ROOT_NAMESPACE};
+use crate::target::HOP_HEADER;
 
 /// The admin service.
 pub struct ClusterService {

@@ -38,13 +38,7 @@ use super::transport::{encode, status_for_peer, MAX_PEER_MESSAGE};
 use super::Cluster;
 use crate::router::Router;
 use crate::services::broker::Broker;
-
-/// The header a proxied service call names its local instance with.
-pub const INSTANCE_HEADER: &str = "micro-instance";
-
-/// Set on calls another node passed to this node's own stack: they are
-/// served here and never passed on again.
-pub const HOP_HEADER: &str = "micro-hop";
+use crate::target::{HOP_HEADER, INSTANCE_HEADER};
 
 /// The node id in the caller's certificate, if it presented one.
 fn peer_node<T>(req: &Request<T>) -> Option<NodeId> {
@@ -263,7 +257,7 @@ pub fn join_routes(cluster: Arc<Cluster>) -> axum::Router {
 const MAX_JOIN_MESSAGE: usize = 64 * 1024;
 
 /// The cluster port's routes: the Peer service, and for any other path
-/// (from a member only) the local instance named by [`INSTANCE_HEADER`] or
+/// (from a member only) the local instance named by [`INSTANCE_HEADER`](crate::target::INSTANCE_HEADER) or
 /// else the node's own gRPC stack `local`. `broker` takes the broker's
 /// fan-out from other nodes.
 pub fn routes(

@@ -17,8 +17,9 @@ use micro_raft::{now_millis, Cond, Op, Replica, Txn};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{
-    hash_secret, random_password, random_token, token_hash, verify_secret, Authority, Claims,
-    RuleJson, StoredAccount, StoredRefresh, REFRESH_TTL, ROOT_NAMESPACE,
+    caller, hash_secret, random_password, random_token, require_admin, require_global_admin,
+    token_hash, verify_secret, Authority, Claims, RuleJson, StoredAccount, StoredRefresh,
+    REFRESH_TTL, ROOT_NAMESPACE,
 };
 use crate::grpc::{check_name, namespace, status};
 use crate::login_limit::LoginLimiter;
@@ -322,48 +323,6 @@ impl AuthStore {
             _ => false,
         }
     }
-}
-
-pub(crate) fn caller<T>(req: &Request<T>) -> Option<Claims> {
-    req.extensions().get::<Claims>().cloned()
-}
-
-/// The caller, who must be logged in and allowed to act in `namespace`,
-/// whatever the public rules say (running code, reading secrets).
-pub(crate) fn require_account<'a>(
-    c: &'a Option<Claims>,
-    namespace: &str,
-) -> Result<&'a Claims, Status> {
-    match c {
-        None => Err(Status::unauthenticated("log in to do this")),
-        Some(c) if c.may_act_in(namespace) => Ok(c),
-        Some(c) => Err(Status::permission_denied(format!(
-            "account {} cannot act in namespace {namespace}",
-            c.sub
-        ))),
-    }
-}
-
-/// The caller, who must be an admin of `namespace` (its own admin, or an
-/// admin of the root namespace).
-pub(crate) fn require_admin<'a>(
-    c: &'a Option<Claims>,
-    namespace: &str,
-) -> Result<&'a Claims, Status> {
-    match c {
-        None => Err(Status::unauthenticated("log in as an admin to do this")),
-        Some(c) if c.is_admin_in(namespace) => Ok(c),
-        Some(c) => Err(Status::permission_denied(format!(
-            "account {} is not an admin of namespace {namespace}",
-            c.sub
-        ))),
-    }
-}
-
-/// The caller, who must be an admin of the root namespace: the rules and
-/// the cluster are everyone's.
-pub(crate) fn require_global_admin(c: &Option<Claims>) -> Result<&Claims, Status> {
-    require_admin(c, crate::auth::ROOT_NAMESPACE)
 }
 
 fn public_account(a: &StoredAccount, secret: String) -> Account {

@@ -15,9 +15,9 @@ use micro_raft::{Cond, Replica, Txn};
 use serde_json::{Map, Value as Json};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{caller, require_account};
 use crate::grpc::{barrier, check_name, namespace, status};
 use crate::secrets::SecretBox;
-use crate::services::auth::{caller, require_account};
 
 /// The largest a namespace's document may grow.
 pub const MAX_DOCUMENT: usize = 4 * 1024 * 1024;

@@ -48,9 +48,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Claims;
+use crate::auth::{caller, Claims};
 use crate::grpc::{barrier, check_name, namespace, status};
-use crate::services::auth::caller;
 
 /// How long a registration lives without a heartbeat, unless it says.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(90);
@@ -62,23 +61,36 @@ pub const CORE_NAMES: &[&str] = &[
     "store", "config", "registry", "auth", "runtime", "cluster", "broker", "events", "network",
 ];
 
+/// Who ran a service through the runtime: the account (id, namespace)
+/// that `(replica, namespace, name)` runs under, if any. Given by the
+/// composition root (the runtime's `runner_of`), so the registry does not
+/// import the runtime, which imports the registry.
+pub type RunnerOf = fn(&Replica, &str, &str) -> Option<(String, String)>;
+
 /// The Registry service over the replicated state.
 pub struct RegistryService {
     replica: Replica,
     node_id: u64,
     /// The node's own listening sockets (gRPC, API, dashboard, cluster).
     listen: Vec<SocketAddr>,
+    runner_of: RunnerOf,
 }
 
 impl RegistryService {
     /// The registry of node `node_id`, which listens on `listen`: instances
     /// registered through it must be on this host and are marked as its own
     /// (metadata `node`), so other nodes reach them through it.
-    pub fn new(replica: Replica, node_id: u64, listen: Vec<SocketAddr>) -> Self {
+    pub fn new(
+        replica: Replica,
+        node_id: u64,
+        listen: Vec<SocketAddr>,
+        runner_of: RunnerOf,
+    ) -> Self {
         RegistryService {
             replica,
             node_id,
             listen,
+            runner_of,
         }
     }
 
@@ -126,9 +138,7 @@ impl RegistryService {
     /// stands for the account that ran it; anyone else is their account.
     fn registrant(&self, c: &Claims) -> Owner {
         if c.kind == "service" {
-            if let Some((account, issuer)) =
-                crate::services::runtime::runner_of(&self.replica, &c.iss, &c.sub)
-            {
+            if let Some((account, issuer)) = (self.runner_of)(&self.replica, &c.iss, &c.sub) {
                 return Owner { account, issuer };
             }
         }
@@ -752,6 +762,7 @@ mod tests {
                 "127.0.0.1:8081".parse().unwrap(),
                 "192.0.2.7:8080".parse().unwrap(),
             ],
+            |_, _, _| None,
         )
     }
 

@@ -28,14 +28,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Claims;
-use crate::cluster::peer::HOP_HEADER;
+use crate::auth::{caller, require_account};
 use crate::cluster::Cluster;
 use crate::grpc::{barrier, check_name, namespace, status};
 use crate::paths;
 use crate::runtime::logs;
 use crate::runtime::supervisor::{self, Build, Spec as ProcSpec, State, Supervisor};
-use crate::services::auth::{caller, require_account, AuthStore};
+use crate::services::auth::AuthStore;
 use crate::services::registry;
+use crate::target::HOP_HEADER;
 use micro_proto::runtime::runtime_client::RuntimeClient;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
@@ -634,8 +635,8 @@ impl RuntimeService {
         }
         Ok(
             RuntimeClient::new(self.cluster.peers.channel_to(node, &addr)?)
-                .max_decoding_message_size(crate::server::MAX_MESSAGE)
-                .max_encoding_message_size(crate::server::MAX_MESSAGE),
+                .max_decoding_message_size(crate::target::MAX_MESSAGE)
+                .max_encoding_message_size(crate::target::MAX_MESSAGE),
         )
     }
 }

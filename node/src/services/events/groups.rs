@@ -1458,19 +1458,19 @@ mod tests {
         Events::start(r, 1)
     }
 
-    async fn publish(ev: &Events, n: usize) {
+    /// Publishes `n` events through the service, as a client would.
+    async fn publish(ev: &Arc<Events>, n: usize) {
+        use micro_proto::events::events_server::Events as _;
+        let service = super::super::EventsService::new(ev.clone());
         for i in 0..n {
-            super::super::topics::publish(
-                ev,
-                "ns",
-                PublishRequest {
-                    topic: "t".into(),
-                    payload: format!("e{i}").into_bytes(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("publish");
+            let mut req = tonic::Request::new(PublishRequest {
+                topic: "t".into(),
+                payload: format!("e{i}").into_bytes(),
+                ..Default::default()
+            });
+            req.metadata_mut()
+                .insert(micro::NAMESPACE_HEADER, "ns".parse().expect("ascii"));
+            service.publish(req).await.expect("publish");
         }
     }
 
