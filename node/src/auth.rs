@@ -328,8 +328,8 @@ pub struct Authority {
     pub token_ttl: Duration,
 }
 
-fn rules_prefix() -> String {
-    format!("auth/{ROOT_NAMESPACE}/rules/")
+fn rules_prefix() -> Vec<u8> {
+    crate::keys::auth::rules()
 }
 
 impl Authority {
@@ -355,7 +355,7 @@ impl Authority {
         for (_, rec) in self
             .replica
             .reader()
-            .scan(rules_prefix().as_bytes(), now_millis(), false)
+            .scan(&rules_prefix(), now_millis(), false)
             .flatten()
         {
             if let Ok(r) = serde_json::from_slice::<RuleJson>(&rec.value) {
@@ -381,7 +381,7 @@ impl Authority {
                     Ok(batch) => {
                         let touched = batch.iter().any(|c| match c {
                             Change::Put { key, .. } | Change::Delete { key } => {
-                                key.starts_with(prefix.as_bytes())
+                                key.starts_with(&prefix)
                             }
                             Change::Reset => true,
                         });
@@ -794,6 +794,11 @@ pub async fn grpc_guard(
 #[cfg(test)]
 mod guard_tests {
     use super::*;
+
+    #[test]
+    fn rules_are_kept_under_the_root_namespace() {
+        assert_eq!(crate::keys::auth::RULES_NAMESPACE, ROOT_NAMESPACE);
+    }
 
     #[test]
     fn core_paths_cannot_be_renamed_by_metadata() {

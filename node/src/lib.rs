@@ -16,6 +16,7 @@ mod backend;
 pub mod client_tls;
 pub mod cluster;
 mod grpc;
+pub mod keys;
 mod login_limit;
 pub mod paths;
 pub mod router;

@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 
+use crate::keys::registry as keys;
 use crate::services::registry::{self, Registration, Stored};
 
 /// Every service's routes, by namespace and name.
@@ -234,8 +235,8 @@ impl RoutingTable {
                                 break;
                             }
                         };
-                        if let Some((ns, svc)) = registry::service_of_key(key) {
-                            touched.insert((ns.to_string(), svc.to_string()));
+                        if let Some(k) = keys::parse(key) {
+                            touched.insert((k.namespace.to_string(), k.service.to_string()));
                         }
                     }
                     for (ns, svc) in touched {
@@ -250,7 +251,7 @@ impl RoutingTable {
 
     /// Re-reads every registration.
     fn reload_all(&self) {
-        let records = match registry::records(&self.shared.replica, b"registry/") {
+        let records = match registry::records(&self.shared.replica, keys::RECORDS) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("cannot read the registry: {}", e.message());
@@ -259,8 +260,8 @@ impl RoutingTable {
         };
         let mut grouped: HashMap<(String, String), Vec<Registration>> = HashMap::new();
         for reg in records {
-            let Some(at) = registry::service_of_key(&reg.key)
-                .map(|(ns, svc)| (ns.to_string(), svc.to_string()))
+            let Some(at) =
+                keys::parse(&reg.key).map(|k| (k.namespace.to_string(), k.service.to_string()))
             else {
                 continue;
             };
@@ -278,8 +279,7 @@ impl RoutingTable {
 
     /// Re-reads the registrations of one service.
     fn reload(&self, ns: &str, svc: &str) {
-        let prefix = registry::service_prefix(ns, svc);
-        let records = match registry::records(&self.shared.replica, prefix.as_bytes()) {
+        let records = match registry::records(&self.shared.replica, &keys::service(ns, svc)) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("cannot read the registry of {svc}: {}", e.message());

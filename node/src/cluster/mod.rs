@@ -1,8 +1,7 @@
 //! Micro as a cluster of symmetric nodes: the CA and certificates
 //! ([`pki`]), mutual TLS ([`tls`]) and which certificates it still takes
 //! ([`trust`]), what a node keeps on disk to belong to a cluster
-//! ([`material`]), join tokens ([`tokens`]), the cluster's keys in the
-//! replicated state ([`keys`]), node-to-node calls ([`transport`] as
+//! ([`material`]), join tokens ([`tokens`]), node-to-node calls ([`transport`] as
 //! client, [`peer`] as server on the cluster port), membership and status
 //! ([`state`]) and the admin API behind `micro cluster` ([`admin`]).
 //!
@@ -10,7 +9,6 @@
 //! read, write or join; or hold a lock across a network call.
 
 pub mod admin;
-pub mod keys;
 pub mod material;
 pub mod peer;
 pub mod pki;

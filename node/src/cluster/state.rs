@@ -19,11 +19,11 @@ use micro_raft::{now_millis, Cond, Membership, MembershipChange, NodeId, Op, Rep
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use super::keys;
 use super::material::Material;
 use super::pki::fingerprint_pem;
 use super::transport::{describe, Peers};
 use super::trust::Trust;
+use crate::keys::cluster as keys;
 
 /// The addresses a node serves on.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

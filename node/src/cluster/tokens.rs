@@ -12,8 +12,8 @@ use std::time::Duration;
 use micro_raft::{now_millis, Cond, Op, Replica, Txn};
 use tonic::Status;
 
-use super::keys;
 use super::pki::{secrets_equal, JoinToken};
+use crate::keys::cluster as keys;
 
 /// How long a token works unless told otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);

@@ -20,8 +20,8 @@ use std::sync::{Arc, RwLock};
 use micro_raft::{now_millis, Change, NodeId, Reader, Replica};
 use rustls::CertificateError;
 
-use super::keys;
 use super::pki::fingerprint_der;
+use crate::keys::cluster as keys;
 
 /// What the cluster trusts, at one point of the replicated state.
 #[derive(Debug, Default, Clone)]

@@ -27,23 +27,10 @@ use crate::login_limit::LoginLimiter;
 /// The first admin's password when none is configured.
 pub const DEFAULT_ADMIN_PASSWORD: &str = "micro";
 
-fn account_key(ns: &str, id: &str) -> Vec<u8> {
-    format!("auth/{ns}/accounts/{id}").into_bytes()
-}
-
-fn name_key(ns: &str, name: &str) -> Vec<u8> {
-    format!("auth/{ns}/names/{name}").into_bytes()
-}
-
-fn refresh_key(ns: &str, id: &str) -> Vec<u8> {
-    format!("auth/{ns}/refresh/{id}").into_bytes()
-}
-
-fn rule_key(id: &str) -> Vec<u8> {
-    format!("auth/{ROOT_NAMESPACE}/rules/{id}").into_bytes()
-}
-
-const BOOTSTRAPPED: &[u8] = b"auth/bootstrapped";
+use crate::keys::auth::{
+    account as account_key, name as name_key, refresh as refresh_key, rule as rule_key,
+    BOOTSTRAPPED,
+};
 
 fn invalid_credentials() -> Status {
     Status::unauthenticated("invalid credentials")
@@ -184,11 +171,11 @@ impl AuthStore {
                 key: name_key(ns, &acc.name),
             },
         ];
-        let prefix = format!("auth/{ns}/refresh/");
+        let prefix = crate::keys::auth::refreshes(ns);
         for (key, rec) in self
             .replica
             .reader()
-            .scan(prefix.as_bytes(), now_millis(), false)
+            .scan(&prefix, now_millis(), false)
             .flatten()
         {
             if serde_json::from_slice::<StoredRefresh>(&rec.value).is_ok_and(|r| r.account == id) {
@@ -523,13 +510,13 @@ impl Accounts for AccountsService {
     ) -> Result<Response<ListAccountsResponse>, Status> {
         let ns = namespace(&req)?;
         require_admin(&caller(&req), &ns)?;
-        let prefix = format!("auth/{ns}/accounts/");
+        let prefix = crate::keys::auth::accounts(&ns);
         let mut accounts = Vec::new();
         for item in self
             .store
             .replica
             .reader()
-            .scan(prefix.as_bytes(), now_millis(), false)
+            .scan(&prefix, now_millis(), false)
         {
             let (_, rec) = item.map_err(status)?;
             let a: StoredAccount =

@@ -46,7 +46,7 @@ impl ConfigService {
 }
 
 fn doc_key(ns: &str) -> Vec<u8> {
-    format!("config/{ns}").into_bytes()
+    crate::keys::config::document(ns)
 }
 
 /// Splits a dot path; the empty path is the whole document. At most

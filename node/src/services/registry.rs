@@ -247,9 +247,7 @@ struct Owner {
     issuer: String,
 }
 
-fn owner_key(ns: &str, name: &str) -> Vec<u8> {
-    format!("registry-owners/{ns}/{name}").into_bytes()
-}
+use crate::keys::registry::{self as keys, owner as owner_key};
 
 /// A stored registration as the API shows it: schemas looked up by their
 /// hash (the descriptor only when asked for).
@@ -354,26 +352,7 @@ pub(crate) fn records(replica: &Replica, prefix: &[u8]) -> Result<Vec<Registrati
     Ok(out)
 }
 
-/// The prefix of every record of `name` in `ns`.
-pub(crate) fn service_prefix(ns: &str, name: &str) -> String {
-    format!("registry/{ns}/{name}/")
-}
-
-/// The namespace and service of a registry record's key.
-pub(crate) fn service_of_key(key: &[u8]) -> Option<(&str, &str)> {
-    let rest = key.strip_prefix(b"registry/")?;
-    let text = std::str::from_utf8(rest).ok()?;
-    let mut parts = text.splitn(3, '/');
-    Some((parts.next()?, parts.next()?))
-}
-
-fn schema_key(ns: &str, hash: &[u8]) -> Vec<u8> {
-    let mut key = format!("registry-schemas/{ns}/").into_bytes();
-    for b in hash {
-        key.extend_from_slice(format!("{b:02x}").as_bytes());
-    }
-    key
-}
+use crate::keys::registry::schema as schema_key;
 
 /// How long a stored schema lives: an hour, or four TTLs of the
 /// registration that wrote it when that is longer. A registration rewrites
@@ -511,7 +490,7 @@ fn register_txn(replica: &Replica, ns: &str, svc: Service, force: bool) -> Resul
             ..Default::default()
         };
         ops.push(Op::Put {
-            key: format!("{}{version}/{}", service_prefix(ns, &svc.name), node.id).into_bytes(),
+            key: keys::record(ns, &svc.name, &version, &node.id),
             value: one.encode_to_vec(),
             expires_at: Some(now + ttl),
         });
@@ -540,16 +519,14 @@ fn deregister_txn(ns: &str, svc: &Service) -> Result<Txn, Status> {
         &svc.version
     };
     check_name("version", version)?;
-    let base = format!("{}{version}/", service_prefix(ns, &svc.name));
+    let base = keys::version(ns, &svc.name, version);
     let ops = if svc.nodes.is_empty() {
-        vec![Op::DeletePrefix {
-            prefix: base.into_bytes(),
-        }]
+        vec![Op::DeletePrefix { prefix: base }]
     } else {
         svc.nodes
             .iter()
             .map(|n| Op::Delete {
-                key: format!("{base}{}", n.id).into_bytes(),
+                key: keys::record(ns, &svc.name, version, &n.id),
             })
             .collect()
     };
@@ -561,11 +538,11 @@ fn deregister_txn(ns: &str, svc: &Service) -> Result<Txn, Status> {
 fn collect(
     replica: &Replica,
     ns: &str,
-    prefix: &str,
+    prefix: &[u8],
     with_descriptor: bool,
 ) -> Result<Vec<Service>, Status> {
     let mut merged: BTreeMap<(String, String), Service> = BTreeMap::new();
-    for reg in records(replica, prefix.as_bytes())? {
+    for reg in records(replica, prefix)? {
         let mut one = to_service(replica, ns, reg.stored, with_descriptor);
         match merged.entry((one.name.clone(), one.version.clone())) {
             std::collections::btree_map::Entry::Occupied(mut e) => {
@@ -581,21 +558,7 @@ fn collect(
 
 /// The services registered in `ns`, without descriptors.
 pub fn list(replica: &Replica, ns: &str) -> Result<Vec<Service>, Status> {
-    collect(replica, ns, &format!("registry/{ns}/"), false)
-}
-
-/// Decodes a registry key `registry/<ns>/<name>/<version>/<node>`.
-fn parse_key(key: &[u8]) -> Option<(String, String, String)> {
-    let text = std::str::from_utf8(key).ok()?;
-    let mut parts = text.splitn(5, '/');
-    let (_, _, name, version, node) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    Some((name.to_string(), version.to_string(), node.to_string()))
+    collect(replica, ns, &keys::namespace(ns), false)
 }
 
 #[tonic::async_trait]
@@ -605,7 +568,7 @@ impl Registry for RegistryService {
         let name = req.into_inner().service;
         check_name("service name", &name)?;
         barrier(&self.replica, false).await?;
-        let services = collect(&self.replica, &ns, &service_prefix(&ns, &name), true)?;
+        let services = collect(&self.replica, &ns, &keys::service(&ns, &name), true)?;
         if services.is_empty() {
             return Err(Status::not_found(format!("service {name} not found")));
         }
@@ -670,9 +633,9 @@ impl Registry for RegistryService {
             check_name("service name", &only)?;
         }
         let prefix = if only.is_empty() {
-            format!("registry/{ns}/")
+            keys::namespace(&ns)
         } else {
-            service_prefix(&ns, &only)
+            keys::service(&ns, &only)
         };
         let mut changes = self.replica.subscribe();
         let replica = self.replica.clone();
@@ -695,7 +658,7 @@ impl Registry for RegistryService {
                             key,
                             record,
                             created,
-                        } if key.starts_with(prefix.as_bytes()) => {
+                        } if key.starts_with(&prefix) => {
                             let Ok(stored) = Stored::decode(record.value.as_slice()) else {
                                 continue;
                             };
@@ -706,10 +669,12 @@ impl Registry for RegistryService {
                                 timestamp: (now_millis() / 1000) as i64,
                             }
                         }
-                        Change::Delete { key } if key.starts_with(prefix.as_bytes()) => {
-                            let Some((name, version, node)) = parse_key(key) else {
+                        Change::Delete { key } if key.starts_with(&prefix) => {
+                            let Some(k) = keys::parse(key) else {
                                 continue;
                             };
+                            let (name, version, node) =
+                                (k.service.into(), k.version.into(), k.node.into());
                             WatchResult {
                                 action: "delete".into(),
                                 service: Some(Service {
@@ -828,7 +793,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
-        assert!(collect(&r.replica, "micro", "registry/micro/", false)
+        assert!(collect(&r.replica, "micro", b"registry/micro/", false)
             .unwrap()
             .is_empty());
     }
@@ -866,7 +831,7 @@ mod tests {
             .deregister(request(reg("svc-a", "127.0.0.1:5001"), Some(&b)))
             .await
             .is_err());
-        let nodes: Vec<String> = collect(&r.replica, "micro", "registry/micro/svc-a/", false)
+        let nodes: Vec<String> = collect(&r.replica, "micro", b"registry/micro/svc-a/", false)
             .unwrap()
             .into_iter()
             .flat_map(|s| s.nodes)
@@ -884,7 +849,7 @@ mod tests {
             .metadata
             .insert("node".to_string(), "7".to_string());
         r.register(request(open, None)).await.expect("anonymous");
-        let got = collect(&r.replica, "micro", "registry/micro/open/", false).unwrap();
+        let got = collect(&r.replica, "micro", b"registry/micro/open/", false).unwrap();
         assert_eq!(got[0].nodes[0].metadata["node"], "1");
 
         for core in CORE_NAMES {

@@ -124,13 +124,7 @@ struct MicroToml {
     run: String,
 }
 
-fn spec_key(ns: &str, name: &str) -> Vec<u8> {
-    format!("runtime/{ns}/{name}/spec").into_bytes()
-}
-
-fn status_key(ns: &str, name: &str) -> Vec<u8> {
-    format!("runtime/{ns}/{name}/status").into_bytes()
-}
+use crate::keys::runtime::{spec as spec_key, status as status_key};
 
 /// The account (id, namespace) that ran service `name` in `ns` through the
 /// runtime, if it runs there under an account: the registry lets the
@@ -480,7 +474,11 @@ impl Manager {
     /// Starts again every service this node owns (after a restart).
     pub async fn restore(self: &Arc<Self>) {
         let mut specs = Vec::new();
-        for item in self.replica.reader().scan(b"runtime/", now_millis(), false) {
+        for item in self
+            .replica
+            .reader()
+            .scan(crate::keys::runtime::ALL, now_millis(), false)
+        {
             let Ok((key, rec)) = item else { continue };
             let key = String::from_utf8_lossy(&key).to_string();
             let parts: Vec<&str> = key.split('/').collect();
@@ -749,7 +747,7 @@ impl Runtime for RuntimeService {
             let _ = m
                 .replica
                 .write(Txn::ops(vec![Op::DeletePrefix {
-                    prefix: format!("runtime/{ns}/{}/", spec.name).into_bytes(),
+                    prefix: crate::keys::runtime::service(&ns, &spec.name),
                 }]))
                 .await;
             return Err(e);
@@ -762,10 +760,10 @@ impl Runtime for RuntimeService {
         let name = req.into_inner().name;
         barrier(&self.manager.replica, false).await?;
         let prefix = if name.is_empty() {
-            format!("runtime/{ns}/")
+            crate::keys::runtime::namespace(&ns)
         } else {
             check_name("service name", &name)?;
-            format!("runtime/{ns}/{name}/")
+            crate::keys::runtime::service(&ns, &name)
         };
         let mut specs: Vec<Spec> = Vec::new();
         let mut reports: HashMap<String, Reported> = HashMap::new();
@@ -773,7 +771,7 @@ impl Runtime for RuntimeService {
             .manager
             .replica
             .reader()
-            .scan(prefix.as_bytes(), now_millis(), false)
+            .scan(&prefix, now_millis(), false)
         {
             let (key, rec) = item.map_err(status)?;
             let key = String::from_utf8_lossy(&key).to_string();
@@ -882,7 +880,7 @@ impl Runtime for RuntimeService {
         m.stop(&ns, &name).await;
         m.replica
             .write(Txn::ops(vec![Op::DeletePrefix {
-                prefix: format!("runtime/{ns}/{name}/").into_bytes(),
+                prefix: crate::keys::runtime::service(&ns, &name),
             }]))
             .await
             .map_err(status)?;

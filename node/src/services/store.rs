@@ -59,7 +59,7 @@ fn table_prefix(ns: &str, database: &str, table: &str) -> Result<Vec<u8>, Status
     };
     check_name("database", db)?;
     check_name("table", table)?;
-    Ok(format!("store/{ns}/{db}/{table}/").into_bytes())
+    Ok(crate::keys::store::table(ns, db, table))
 }
 
 fn check_key(key: &str) -> Result<(), Status> {
@@ -363,11 +363,11 @@ impl Store for StoreService {
     ) -> Result<Response<DatabasesResponse>, Status> {
         let ns = namespace(&req)?;
         barrier(&self.replica, false).await?;
-        let prefix = format!("store/{ns}/");
+        let prefix = crate::keys::store::namespace(&ns);
         let dbs = self
             .replica
             .reader()
-            .children(prefix.as_bytes(), b'/', now_millis())
+            .children(&prefix, b'/', now_millis())
             .map_err(status)?;
         Ok(Response::new(DatabasesResponse {
             databases: dbs
@@ -390,11 +390,11 @@ impl Store for StoreService {
         };
         check_name("database", &db)?;
         barrier(&self.replica, false).await?;
-        let prefix = format!("store/{ns}/{db}/");
+        let prefix = crate::keys::store::database(&ns, &db);
         let tables = self
             .replica
             .reader()
-            .children(prefix.as_bytes(), b'/', now_millis())
+            .children(&prefix, b'/', now_millis())
             .map_err(status)?;
         Ok(Response::new(TablesResponse {
             tables: tables

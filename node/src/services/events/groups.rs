@@ -37,9 +37,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
-use super::keys::{self, Claim, GroupConfig, Kind, Start};
 use super::{EventStream, Events};
 use crate::grpc::{barrier, status};
+use crate::keys::events::{self as keys, Claim, GroupConfig, Kind, Start};
 
 /// How long a delivered event may stay unacked when the group's creator
 /// named no ack wait.
@@ -1353,7 +1353,10 @@ pub async fn delete_group(ev: &Events, ns: &str, topic: &str, group: &str) -> Re
 async fn keep_floors(ev: &Events) -> Result<(), Status> {
     let now = now_millis();
     let r = ev.replica.reader().clone();
-    for ns in r.children(b"events/", b'/', now).map_err(status)? {
+    for ns in r
+        .children(&keys::root_prefix(), b'/', now)
+        .map_err(status)?
+    {
         let Ok(ns) = String::from_utf8(ns) else {
             continue;
         };

@@ -19,7 +19,6 @@
 //! start is given.
 
 pub mod groups;
-pub mod keys;
 pub mod topics;
 
 use std::pin::Pin;

@@ -55,8 +55,9 @@ use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 
-use super::{groups, keys, Events};
+use super::{groups, Events};
 use crate::grpc::{barrier, status};
+use crate::keys::events as keys;
 
 /// The most bytes of payload and metadata one event may carry.
 pub const MAX_EVENT: usize = 1024 * 1024;

@@ -1,6 +1,6 @@
 //! Every key the cluster keeps in the replicated state, built in one place:
 //!
-//! * `cluster/nodes/<id>`   the addresses a node serves on (JSON [`super::state::NodeInfo`])
+//! * `cluster/nodes/<id>`   the addresses a node serves on (JSON [`crate::cluster::state::NodeInfo`])
 //! * `cluster/removed/<id>` a removed node's tombstone: its certificate is
 //!   refused and its id never joins again
 //! * `cluster/certs/<id>`   the SHA-256 of the one certificate issued to a
