@@ -363,8 +363,8 @@ pub struct ServerArgs {
     )]
     pub auth_admin_password_file: Option<PathBuf>,
     /// How long access tokens live, e.g. 10m
-    #[arg(long, env = "MICRO_AUTH_TOKEN_TTL", value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
-    pub auth_token_ttl: Duration,
+    #[arg(long, env = "MICRO_AUTH_TOKEN_TTL", value_parser = parse_span, default_value_t = Span(micro_node::server::DEFAULT_AUTH_TOKEN_TTL), value_name = "DURATION")]
+    pub auth_token_ttl: Span,
     /// Join the cluster a node at this cluster address belongs to (with --token or --token-file)
     #[arg(
         long,
@@ -393,10 +393,10 @@ pub struct ServerArgs {
     )]
     pub token_file: Option<PathBuf>,
     /// How many voters the cluster keeps; further nodes stay learners
-    #[arg(long, env = "MICRO_CLUSTER_SIZE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=9), value_name = "N")]
+    #[arg(long, env = "MICRO_CLUSTER_SIZE", default_value_t = micro_node::server::DEFAULT_CLUSTER_SIZE, value_parser = clap::value_parser!(u32).range(1..=9), value_name = "N")]
     pub cluster_size: u32,
     /// Compact the Raft log into a snapshot after this many entries
-    #[arg(long, env = "MICRO_RAFT_SNAPSHOT_AFTER", default_value_t = 20000, value_parser = clap::value_parser!(u64).range(10..), value_name = "N", hide = true)]
+    #[arg(long, env = "MICRO_RAFT_SNAPSHOT_AFTER", default_value_t = micro_node::DEFAULT_RAFT_SNAPSHOT_AFTER, value_parser = clap::value_parser!(u64).range(10..), value_name = "N", hide = true)]
     pub raft_snapshot_after: u64,
     /// How often the Raft leader sends heartbeats; shorter than the election timeout
     #[arg(long, env = "MICRO_RAFT_HEARTBEAT", value_parser = parse_heartbeat, default_value_t = Span(micro_node::DEFAULT_RAFT_HEARTBEAT), value_name = "DURATION")]
@@ -432,8 +432,8 @@ pub struct ServerArgs {
     )]
     pub api_cors_origins: Vec<String>,
     /// How long an HTTP client may take to send a request's headers
-    #[arg(long, env = "MICRO_API_HEADER_TIMEOUT", value_parser = parse_duration, default_value = "10s", value_name = "DURATION", hide = true)]
-    pub api_header_timeout: Duration,
+    #[arg(long, env = "MICRO_API_HEADER_TIMEOUT", value_parser = parse_span, default_value_t = Span(micro_node::server::DEFAULT_HTTP_HEADER_TIMEOUT), value_name = "DURATION", hide = true)]
+    pub api_header_timeout: Span,
 }
 
 /// A duration a flag takes and shows (its default) as `250ms` or `2s`.
@@ -443,7 +443,9 @@ pub struct Span(pub Duration);
 impl std::fmt::Display for Span {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0.as_millis();
-        if ms > 0 && ms.is_multiple_of(1000) {
+        if ms > 0 && ms.is_multiple_of(60_000) {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms > 0 && ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -462,6 +464,10 @@ impl std::fmt::Display for ElectionTimeout {
 }
 
 /// A heartbeat interval: whole milliseconds, at least 1ms.
+fn parse_span(s: &str) -> Result<Span, String> {
+    parse_duration(s).map(Span)
+}
+
 fn parse_heartbeat(s: &str) -> Result<Span, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(1) {

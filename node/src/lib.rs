@@ -36,6 +36,7 @@ pub use server::{run, ServerError, ServerOptions};
 pub use micro_raft::{
     DEFAULT_ELECTION_TIMEOUT as DEFAULT_RAFT_ELECTION_TIMEOUT,
     DEFAULT_HEARTBEAT as DEFAULT_RAFT_HEARTBEAT,
+    DEFAULT_SNAPSHOT_AFTER as DEFAULT_RAFT_SNAPSHOT_AFTER,
 };
 
 /// The version of Micro this node runs.

@@ -64,6 +64,13 @@ pub const DEFAULT_PROXY_ADDRESS: &str = "127.0.0.1:8081";
 pub const DEFAULT_WEB_ADDRESS: &str = "127.0.0.1:8082";
 pub const DEFAULT_CLUSTER_ADDRESS: &str = "127.0.0.1:8083";
 
+/// How long access tokens live unless told otherwise.
+pub const DEFAULT_AUTH_TOKEN_TTL: Duration = Duration::from_secs(600);
+/// How many voters a cluster keeps unless told otherwise.
+pub const DEFAULT_CLUSTER_SIZE: u32 = 5;
+/// How long an HTTP client may take to send a request head, by default.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = micro_api::serve::HEADER_READ_TIMEOUT;
+
 /// How to run a node.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -123,16 +130,16 @@ impl ServerOptions {
             runtime_target_dir: None,
             runtime_release: true,
             auth_admin_password: None,
-            auth_token_ttl: Duration::from_secs(600),
+            auth_token_ttl: DEFAULT_AUTH_TOKEN_TTL,
             join: None,
             token: None,
-            cluster_size: 5,
-            raft_snapshot_after: RaftOptions::default().snapshot_after,
-            raft_heartbeat: RaftOptions::default().heartbeat,
-            raft_election_timeout: RaftOptions::default().election_timeout,
+            cluster_size: DEFAULT_CLUSTER_SIZE as usize,
+            raft_snapshot_after: micro_raft::DEFAULT_SNAPSHOT_AFTER,
+            raft_heartbeat: micro_raft::DEFAULT_HEARTBEAT,
+            raft_election_timeout: micro_raft::DEFAULT_ELECTION_TIMEOUT,
             tls: None,
             api_cors_origins: Vec::new(),
-            http_header_timeout: micro_api::serve::HEADER_READ_TIMEOUT,
+            http_header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
         }
     }
 }

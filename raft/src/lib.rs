@@ -138,6 +138,9 @@ impl From<sled::Error> for Error {
 
 /// How often a leader tells its followers it is alive (and sends them new
 /// entries when there are none waiting).
+/// Log entries between snapshots unless told otherwise.
+pub const DEFAULT_SNAPSHOT_AFTER: u64 = 20_000;
+
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(100);
 /// How long a follower waits without hearing from a leader before it
 /// stands for election: a random time in this range.
@@ -189,7 +192,7 @@ impl Default for Options {
         Options {
             heartbeat: DEFAULT_HEARTBEAT,
             election_timeout: DEFAULT_ELECTION_TIMEOUT,
-            snapshot_after: 20_000,
+            snapshot_after: DEFAULT_SNAPSHOT_AFTER,
             leader_wait: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             keep_after_snapshot: 1000,

@@ -96,7 +96,7 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         runtime_target_dir: args.runtime_target_dir.clone(),
         runtime_release: args.runtime_profile == crate::args::Profile::Release,
         auth_admin_password,
-        auth_token_ttl: args.auth_token_ttl,
+        auth_token_ttl: args.auth_token_ttl.0,
         join: args.join.clone(),
         token,
         cluster_size: args.cluster_size as usize,
@@ -105,7 +105,7 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         raft_election_timeout: args.raft_election_timeout.0,
         tls,
         api_cors_origins: args.api_cors_origins.clone(),
-        http_header_timeout: args.api_header_timeout,
+        http_header_timeout: args.api_header_timeout.0,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
