@@ -212,6 +212,35 @@ impl Client {
         Ok((reg, pool))
     }
 
+    /// A ready gRPC client for `method`, its path, and `body` as a request
+    /// naming `service`.
+    async fn raw<T>(
+        &self,
+        service: &str,
+        method: &prost_reflect::MethodDescriptor,
+        body: T,
+    ) -> Result<
+        (
+            tonic::client::Grpc<Conn>,
+            tonic::codegen::http::uri::PathAndQuery,
+            tonic::Request<T>,
+        ),
+        Error,
+    > {
+        use std::str::FromStr;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_str(&crate::dynamic::path(method))
+            .map_err(|e| crate::dynamic::Error::BadRequest(e.to_string()))?;
+        let mut grpc = tonic::client::Grpc::new(self.channel());
+        grpc.ready()
+            .await
+            .map_err(|_| Error::Connect(self.address.clone()))?;
+        let mut req = tonic::Request::new(body);
+        if let Ok(v) = service.parse() {
+            req.metadata_mut().insert("micro-service", v);
+        }
+        Ok((grpc, path, req))
+    }
+
     /// Sends one encoded request for `method` of `service` through the node;
     /// returns the encoded replies (one for unary methods).
     pub async fn call_raw(
@@ -220,17 +249,7 @@ impl Client {
         method: &prost_reflect::MethodDescriptor,
         message: bytes::Bytes,
     ) -> Result<tonic::Streaming<bytes::Bytes>, Error> {
-        use std::str::FromStr;
-        let path = tonic::codegen::http::uri::PathAndQuery::from_str(&crate::dynamic::path(method))
-            .map_err(|e| crate::dynamic::Error::BadRequest(e.to_string()))?;
-        let mut grpc = tonic::client::Grpc::new(self.channel());
-        grpc.ready()
-            .await
-            .map_err(|_| Error::Connect(self.address.clone()))?;
-        let mut req = tonic::Request::new(message);
-        if let Ok(v) = service.parse() {
-            req.metadata_mut().insert("micro-service", v);
-        }
+        let (mut grpc, path, req) = self.raw(service, method, message).await?;
         // Every call is made as server-streaming: a unary reply is a stream
         // of one, and one code path serves both.
         let resp = grpc
@@ -249,17 +268,7 @@ impl Client {
         method: &prost_reflect::MethodDescriptor,
         requests: impl tokio_stream::Stream<Item = bytes::Bytes> + Send + 'static,
     ) -> Result<tonic::Streaming<bytes::Bytes>, Error> {
-        use std::str::FromStr;
-        let path = tonic::codegen::http::uri::PathAndQuery::from_str(&crate::dynamic::path(method))
-            .map_err(|e| crate::dynamic::Error::BadRequest(e.to_string()))?;
-        let mut grpc = tonic::client::Grpc::new(self.channel());
-        grpc.ready()
-            .await
-            .map_err(|_| Error::Connect(self.address.clone()))?;
-        let mut req = tonic::Request::new(requests);
-        if let Ok(v) = service.parse() {
-            req.metadata_mut().insert("micro-service", v);
-        }
+        let (mut grpc, path, req) = self.raw(service, method, requests).await?;
         let resp = grpc.streaming(req, path, crate::dynamic::RawCodec).await?;
         Ok(resp.into_inner())
     }
