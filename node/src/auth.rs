@@ -14,12 +14,12 @@
 //! token from another cluster never verifies. Must never: store or log a
 //! secret or token in clear, or hold a lock across an await.
 
+use crate::data_dir::{DataDir, File, FileError};
 use crate::target::Target;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use micro_proto::auth::{Resource, Rule};
@@ -116,44 +116,17 @@ pub struct Keys {
     verifying: VerifyingKey,
 }
 
-/// The file in the data dir that holds the signing key (base64 seed, 0600).
-pub const KEY_FILE: &str = "auth-signing.key";
 const JWT_HEADER: &str = r#"{"alg":"EdDSA","typ":"JWT"}"#;
 
 impl Keys {
-    /// The key kept in `data_dir`, made (0600) the first time.
-    pub fn load(data_dir: &Path) -> std::io::Result<Keys> {
-        let path = data_dir.join(KEY_FILE);
-        let seed: [u8; 32] = match std::fs::read_to_string(&path) {
-            Ok(text) => B64
-                .decode(text.trim())
-                .ok()
-                .and_then(|k| k.try_into().ok())
-                .ok_or_else(|| {
-                    std::io::Error::other(format!("{} does not hold a 32-byte key", path.display()))
-                })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = SigningKey::generate(&mut rand::rngs::OsRng);
-                crate::secrets::write_private(&path, B64.encode(key.to_bytes()).as_bytes())?;
-                key.to_bytes()
-            }
-            Err(e) => return Err(e),
-        };
-        Ok(Keys::from_seed(seed))
+    /// The key kept in the data dir, made the first time.
+    pub fn load(data: &DataDir) -> Result<Keys, FileError> {
+        Ok(Keys::from_seed(data.key_or_new(File::AuthSigningKey)?))
     }
 
     /// The signing key's seed: every node of a cluster signs with the same.
     pub fn seed(&self) -> [u8; 32] {
         self.signing.to_bytes()
-    }
-
-    /// Replaces the key kept in `data_dir` with `seed` (a node joining a
-    /// cluster takes the cluster's key).
-    pub fn install(data_dir: &Path, seed: &[u8]) -> std::io::Result<()> {
-        if seed.len() != 32 {
-            return Err(std::io::Error::other("the signing key is not 32 bytes"));
-        }
-        crate::secrets::write_private(&data_dir.join(KEY_FILE), B64.encode(seed).as_bytes())
     }
 
     pub fn from_seed(seed: [u8; 32]) -> Keys {

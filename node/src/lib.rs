@@ -15,6 +15,7 @@ pub mod auth;
 mod backend;
 pub mod client_tls;
 pub mod cluster;
+pub mod data_dir;
 mod grpc;
 pub mod keys;
 mod login_limit;

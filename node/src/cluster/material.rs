@@ -1,10 +1,8 @@
-//! What a node keeps to be part of a cluster, in `<data-dir>/cluster/`:
-//!
-//! * `ca.crt`, `ca.key`     the cluster CA (every node holds it, so any
-//!   node can admit a joiner while the others are down)
-//! * `node.crt`, `node.key` this node's certificate, naming its node id
-//! * `secrets.json`         the gossip key
-//! * `joined`               present on nodes that joined (not founded) it
+//! What a node keeps to be part of a cluster, in `<data-dir>/cluster/`
+//! (the files are named in [`crate::data_dir`]): the cluster CA (every
+//! node holds it, so any node can admit a joiner while the others are
+//! down), this node's certificate naming its node id, the gossip key, and
+//! whether this node joined (rather than founded) the cluster.
 //!
 //! Keys and secrets are written 0600, atomically (temporary file, fsync,
 //! rename). The first node makes all of it ([`Material::bootstrap`]); a
@@ -20,8 +18,6 @@
 //! reply from a server whose CA does not match the token, or let a node
 //! start on material whose Raft state is gone.
 
-use std::path::{Path, PathBuf};
-
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use micro_proto::cluster::peer_client::PeerClient;
@@ -31,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pki::{self, Ca, JoinToken};
 use super::tls::{self, Identity};
-use crate::secrets::write_private;
+use crate::data_dir::{DataDir, File, FileError};
 
 /// The cluster material of this node.
 pub struct Material {
@@ -50,36 +46,36 @@ struct SecretsFile {
     gossip_key: String,
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+fn read(data: &DataDir, file: File) -> Result<String, String> {
+    data.read_existing(file)
+        .map_err(|e| format!("cannot read {}: {}", e.path.display(), e.source))
+}
+
+fn written(e: FileError) -> String {
+    format!("cannot write {}: {}", e.path.display(), e.source)
 }
 
 impl Material {
-    /// Where the material lives.
-    pub fn dir(data_dir: &Path) -> PathBuf {
-        data_dir.join("cluster")
-    }
-
     /// Whether this data dir already belongs to a cluster.
-    pub fn exists(data_dir: &Path) -> bool {
-        Self::dir(data_dir).join("node.crt").exists()
+    pub fn exists(data: &DataDir) -> bool {
+        data.exists(File::NodeCert)
     }
 
     /// Refuses a data dir that holds cluster material (`cluster/`) but no
     /// Raft state (`raft/` missing or empty): the node's log, vote and
     /// membership are gone, and starting would make a new cluster.
-    pub fn check_raft_state(data_dir: &Path) -> Result<(), String> {
-        let has_material = std::fs::read_dir(Self::dir(data_dir))
+    pub fn check_raft_state(data: &DataDir) -> Result<(), String> {
+        let has_material = std::fs::read_dir(data.cluster())
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
-        let raft = data_dir.join("raft");
+        let raft = data.raft();
         let has_raft = std::fs::read_dir(&raft)
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
         if has_material && !has_raft {
             return Err(format!(
                 "{} holds this node's cluster material but its Raft state ({}) is missing or empty, so starting would found a second cluster: restore raft/ from a backup, or move the data directory aside and join the cluster again with a fresh --data-dir and a new token (then `micro cluster remove` the old node id)",
-                data_dir.display(),
+                data.root().display(),
                 raft.display()
             ));
         }
@@ -87,61 +83,60 @@ impl Material {
     }
 
     /// Reads the material written earlier.
-    pub fn load(data_dir: &Path) -> Result<Material, String> {
-        let dir = Self::dir(data_dir);
-        let ca = Ca::from_pem(&read(&dir.join("ca.crt"))?, &read(&dir.join("ca.key"))?)
-            .map_err(|e| format!("the cluster CA in {} is unusable: {e}", dir.display()))?;
+    pub fn load(data: &DataDir) -> Result<Material, String> {
+        let ca =
+            Ca::from_pem(&read(data, File::CaCert)?, &read(data, File::CaKey)?).map_err(|e| {
+                format!(
+                    "the cluster CA in {} is unusable: {e}",
+                    data.cluster().display()
+                )
+            })?;
         let identity = Identity {
             ca_pem: ca.cert_pem().to_string(),
-            cert_pem: read(&dir.join("node.crt"))?,
-            key_pem: read(&dir.join("node.key"))?,
+            cert_pem: read(data, File::NodeCert)?,
+            key_pem: read(data, File::NodeKey)?,
         };
-        let secrets: SecretsFile = serde_json::from_str(&read(&dir.join("secrets.json"))?)
-            .map_err(|e| format!("{} is corrupt: {e}", dir.join("secrets.json").display()))?;
+        let secrets_path = data.path(File::ClusterSecrets);
+        let secrets: SecretsFile = serde_json::from_str(&read(data, File::ClusterSecrets)?)
+            .map_err(|e| format!("{} is corrupt: {e}", secrets_path.display()))?;
         let gossip_key = B64
             .decode(&secrets.gossip_key)
             .ok()
             .and_then(|k| k.try_into().ok())
-            .ok_or_else(|| format!("{} holds no 32-byte gossip key", dir.display()))?;
+            .ok_or_else(|| format!("{} holds no 32-byte gossip key", secrets_path.display()))?;
         Ok(Material {
             ca,
             identity,
             gossip_key,
-            joined: dir.join("joined").exists(),
+            joined: data.exists(File::Joined),
         })
     }
 
-    fn save(&self, data_dir: &Path) -> Result<(), String> {
-        let dir = Self::dir(data_dir);
-        crate::secrets::create_private_dir(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    fn save(&self, data: &DataDir) -> Result<(), String> {
         let secrets = serde_json::to_vec(&SecretsFile {
             gossip_key: B64.encode(self.gossip_key),
         })
         .map_err(|e| e.to_string())?;
         if self.joined {
-            write_private(&dir.join("joined"), b"")
-                .map_err(|e| format!("cannot write {}: {e}", dir.display()))?;
+            data.write(File::Joined, b"").map_err(written)?;
         }
-        let files: [(&str, &[u8]); 5] = [
-            ("ca.crt", self.ca.cert_pem().as_bytes()),
-            ("ca.key", self.ca.key_pem().as_bytes()),
-            ("node.key", self.identity.key_pem.as_bytes()),
-            ("secrets.json", &secrets),
+        let files: [(File, &[u8]); 5] = [
+            (File::CaCert, self.ca.cert_pem().as_bytes()),
+            (File::CaKey, self.ca.key_pem().as_bytes()),
+            (File::NodeKey, self.identity.key_pem.as_bytes()),
+            (File::ClusterSecrets, &secrets),
             // Last: its presence means the rest is complete.
-            ("node.crt", self.identity.cert_pem.as_bytes()),
+            (File::NodeCert, self.identity.cert_pem.as_bytes()),
         ];
-        for (name, bytes) in files {
-            let path = dir.join(name);
-            write_private(&path, bytes)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        for (file, bytes) in files {
+            data.write(file, bytes).map_err(written)?;
         }
         Ok(())
     }
 
     /// Makes a new cluster's material: a CA, this node's certificate and a
     /// gossip key.
-    pub fn bootstrap(data_dir: &Path, node_id: u64) -> Result<Material, String> {
+    pub fn bootstrap(data: &DataDir, node_id: u64) -> Result<Material, String> {
         let ca = Ca::generate().map_err(|e| format!("cannot make the cluster CA: {e}"))?;
         let (key_pem, csr_pem) = pki::new_csr(node_id).map_err(|e| e.to_string())?;
         let cert_pem = ca.sign_csr(&csr_pem, node_id).map_err(|e| e.to_string())?;
@@ -157,7 +152,7 @@ impl Material {
             gossip_key,
             joined: false,
         };
-        m.save(data_dir)?;
+        m.save(data)?;
         Ok(m)
     }
 
@@ -166,7 +161,7 @@ impl Material {
     /// and shared secrets it gets back (the token-signing and config-secret
     /// keys go where the node loads them from).
     pub async fn join(
-        data_dir: &Path,
+        data: &DataDir,
         node_id: u64,
         addr: &str,
         token: &str,
@@ -203,9 +198,9 @@ impl Material {
             .as_slice()
             .try_into()
             .map_err(|_| "the member sent a malformed gossip key".to_string())?;
-        crate::auth::Keys::install(data_dir, &s.auth_signing_key)
+        data.set_key(File::AuthSigningKey, &s.auth_signing_key)
             .map_err(|e| format!("cannot keep the cluster's signing key: {e}"))?;
-        crate::secrets::SecretBox::install(data_dir, &s.config_secret_key)
+        data.set_key(File::ConfigSecretKey, &s.config_secret_key)
             .map_err(|e| format!("cannot keep the cluster's config secret key: {e}"))?;
         let m = Material {
             identity: Identity {
@@ -217,7 +212,7 @@ impl Material {
             gossip_key,
             joined: true,
         };
-        m.save(data_dir)?;
+        m.save(data)?;
         Ok(m)
     }
 }

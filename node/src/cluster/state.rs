@@ -212,14 +212,14 @@ impl Cluster {
     /// Refuses to run on Raft state that is not this cluster's, or as a
     /// node the cluster removed. Called once the replica is open, before
     /// the node serves or votes.
-    pub fn check_own_state(&self, data_dir: &std::path::Path) -> Result<(), String> {
+    pub fn check_own_state(&self, data: &crate::data_dir::DataDir) -> Result<(), String> {
         let reader = self.replica().reader();
         let ours = self.material.ca.fingerprint();
         if let Ok(Some(rec)) = reader.get(keys::CA.as_bytes(), now_millis()) {
             if rec.value != ours.as_bytes() {
                 return Err(format!(
                     "the Raft state in {} belongs to another cluster (CA {}), not to the one this node's certificate is from (CA {}): restore this node's own raft/ from a backup, or move the data directory aside and join the cluster again with a fresh --data-dir and a new token",
-                    data_dir.join("raft").display(),
+                    data.raft().display(),
                     short(&String::from_utf8_lossy(&rec.value)),
                     short(&ours),
                 ));
@@ -229,7 +229,7 @@ impl Cluster {
             return Err(format!(
                 "node {} was removed from this cluster: its certificate is revoked; to bring this machine back, move {} aside and join again with a fresh --data-dir and a new token",
                 self.id,
-                data_dir.display()
+                data.root().display()
             ));
         }
         Ok(())

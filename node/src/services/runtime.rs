@@ -171,7 +171,7 @@ impl Manager {
         replica: Replica,
         node_id: u64,
         proxy: String,
-        data_dir: &Path,
+        root: PathBuf,
         accounts: AuthStore,
         opts: RuntimeOptions,
     ) -> Arc<Manager> {
@@ -180,7 +180,7 @@ impl Manager {
             accounts,
             node_id,
             proxy,
-            root: data_dir.join("runtime"),
+            root,
             opts,
             running: Mutex::new(HashMap::new()),
         })
