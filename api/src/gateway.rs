@@ -63,8 +63,8 @@ const HOP_HEADERS: &[&str] = &[
     "upgrade",
     "keep-alive",
     "accept-encoding",
-    "micro-namespace",
-    "micro-service",
+    micro::NAMESPACE_HEADER,
+    micro::SERVICE_HEADER,
     "authorization",
     "cookie",
 ];

@@ -33,6 +33,7 @@
 //! instance, or send a call twice that may have reached a service.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
@@ -51,16 +52,25 @@ use crate::auth::{Checked, Claims};
 use crate::cluster::Cluster;
 use crate::routing::{Instance, RoutingTable};
 use crate::services::registry::CORE_NAMES;
-use crate::target::{Target, INSTANCE_HEADER, MAX_MESSAGE, NOT_DELIVERED};
+use crate::target::{Target, INSTANCE_HEADER, MAX_MESSAGE, NOT_DELIVERED, SERVICE_HEADER};
 
 /// The most request bytes kept so that a call can be sent again.
 pub const REPLAY_LIMIT: usize = 4 << 20;
+
+/// How many HTTP/2 connections the router keeps to each instance it
+/// reaches itself, used in turn. A connection is driven by one task on
+/// each side: over a single one, every routed call to an instance would be
+/// read and written by one thread of the service and one of the node,
+/// whatever their cores.
+const CONNECTIONS_PER_INSTANCE: usize = 4;
 
 /// Forwards calls to service instances.
 pub struct Router {
     table: RoutingTable,
     cluster: Arc<Cluster>,
-    http: Client<HttpConnector, Body>,
+    /// Each client keeps one connection per instance.
+    http: Box<[Client<HttpConnector, Body>]>,
+    next_connection: AtomicUsize,
     /// This node's own gRPC stack, for gateway calls to core services.
     local: OnceLock<axum::Router>,
 }
@@ -70,13 +80,18 @@ impl Router {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
-        let http = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector);
+        let http = (0..CONNECTIONS_PER_INSTANCE)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector.clone())
+            })
+            .collect();
         Arc::new(Router {
             table,
             cluster,
             http,
+            next_connection: AtomicUsize::new(0),
             local: OnceLock::new(),
         })
     }
@@ -202,7 +217,8 @@ impl Router {
         *out.method_mut() = parts.method.clone();
         *out.uri_mut() = uri;
         *out.headers_mut() = parts.headers.clone();
-        match self.http.request(out).await {
+        let turn = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        match self.http[turn % self.http.len()].request(out).await {
             Ok(r) => Ok(r.map(Body::new)),
             Err(e) if e.is_connect() => Err(Failed::NeverSent(causes(&e))),
             Err(e) => Err(Failed::Other(causes(&e))),
@@ -292,7 +308,7 @@ impl Router {
         headers.insert("te", http::HeaderValue::from_static("trailers"));
         for (name, value) in [
             (micro::NAMESPACE_HEADER, &target.namespace),
-            ("micro-service", &target.service),
+            (SERVICE_HEADER, &target.service),
         ] {
             if let Ok(v) = http::HeaderValue::try_from(value) {
                 headers.insert(name, v);

@@ -116,31 +116,8 @@ impl Routes {
                 && !tried.is_some_and(|t| Arc::ptr_eq(t, i))
                 && !i.node.is_some_and(|n| n != me && down.contains(&n))
         };
-        let local: Vec<&Arc<Instance>> = self
-            .instances
-            .iter()
-            .filter(usable)
-            .filter(|i| i.is_on(me))
-            .collect();
-        let group = if local.is_empty() {
-            self.instances.iter().filter(usable).collect()
-        } else {
-            local
-        };
-        let pick = match group.len() {
-            0 => return None,
-            1 => group[0],
-            n => {
-                let mut rng = rand::thread_rng();
-                let a = group[rng.gen_range(0..n)];
-                let b = group[rng.gen_range(0..n)];
-                if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
-                    b
-                } else {
-                    a
-                }
-            }
-        };
+        let pick = choose(&self.instances, |i| usable(i) && i.is_on(me))
+            .or_else(|| choose(&self.instances, usable))?;
         Some(pick.clone())
     }
 
@@ -148,6 +125,28 @@ impl Routes {
     pub fn any_live(&self) -> bool {
         let now = now_millis();
         self.instances.iter().any(|i| i.live(now))
+    }
+}
+
+/// Two of the instances `keep` lets through, drawn at random, and of
+/// these the one with fewer calls in flight (power of two choices);
+/// without allocating, as it runs on every call.
+fn choose(
+    instances: &[Arc<Instance>],
+    keep: impl Fn(&&Arc<Instance>) -> bool,
+) -> Option<&Arc<Instance>> {
+    let n = instances.iter().filter(&keep).count();
+    let nth = |k: usize| instances.iter().filter(&keep).nth(k);
+    match n {
+        0 => None,
+        1 => nth(0),
+        n => {
+            let mut rng = rand::thread_rng();
+            let a = nth(rng.gen_range(0..n))?;
+            let b = nth(rng.gen_range(0..n))?;
+            let load = |i: &Arc<Instance>| i.in_flight.load(Ordering::Relaxed);
+            Some(if load(b) < load(a) { b } else { a })
+        }
     }
 }
 

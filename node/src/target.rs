@@ -15,7 +15,7 @@ pub const MAX_MESSAGE: usize = micro::client::MAX_MESSAGE;
 
 /// The header naming the service of a call whose path does not (a user
 /// service's package may differ from its registered name).
-pub const SERVICE_HEADER: &str = "micro-service";
+pub const SERVICE_HEADER: &str = micro::SERVICE_HEADER;
 
 /// The header a proxied service call names its local instance with.
 pub const INSTANCE_HEADER: &str = "micro-instance";

@@ -236,7 +236,7 @@ impl Client {
             .map_err(|_| Error::Connect(self.address.clone()))?;
         let mut req = tonic::Request::new(body);
         if let Ok(v) = service.parse() {
-            req.metadata_mut().insert("micro-service", v);
+            req.metadata_mut().insert(crate::SERVICE_HEADER, v);
         }
         Ok((grpc, path, req))
     }

@@ -53,5 +53,10 @@ pub const DEFAULT_NAMESPACE: &str = "micro";
 /// The gRPC metadata key carrying the caller's namespace.
 pub const NAMESPACE_HEADER: &str = "micro-namespace";
 
+/// The gRPC metadata key naming the service a call is for, when the
+/// method's path does not (a service's package may differ from its
+/// registered name).
+pub const SERVICE_HEADER: &str = "micro-service";
+
 /// The port of a node's gRPC endpoint, used when an address has none.
 pub const DEFAULT_PROXY_PORT: u16 = 8081;

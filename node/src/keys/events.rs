@@ -332,4 +332,34 @@ mod tests {
             Some(1_700_000_000_123)
         );
     }
+
+    /// Consumers read a topic's log, and a group's claims and acks, by
+    /// scanning their prefix: the keys must sort in sequence order, past
+    /// the width where a plain decimal would not (9 < 10, 99 < 100), and a
+    /// topic's log must not reach a topic whose name extends it.
+    #[test]
+    fn sequence_keys_sort_in_number_order_and_stay_in_their_topic() {
+        let seqs = [0u64, 1, 9, 10, 99, 100, 12_345, u32::MAX as u64, u64::MAX];
+        for make in [
+            |s| log_key("ns", "t", s),
+            |s| claim_key("ns", "t", "g", s),
+            |s| acked_key("ns", "t", "g", s),
+        ] as [fn(u64) -> Vec<u8>; 3]
+        {
+            let keys: Vec<Vec<u8>> = seqs.iter().map(|s| make(*s)).collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(sorted, keys);
+            for (k, s) in keys.iter().zip(seqs) {
+                assert_eq!(seq_of(k), Some(s));
+            }
+        }
+        let log = log_prefix("ns", "t");
+        assert!(log_key("ns", "t", 5).starts_with(&log));
+        assert!(!log_key("ns", "t2", 5).starts_with(&log));
+        assert!(!meta_key("ns", "t").starts_with(&log));
+        let claims = claims_prefix("ns", "t", "g");
+        assert!(!claim_key("ns", "t", "g2", 5).starts_with(&claims));
+        assert!(!acked_key("ns", "t", "g", 5).starts_with(&claims));
+    }
 }
