@@ -88,18 +88,18 @@ impl Listeners {
         let api = bind("API gateway", &opts.api_address).await?;
         let web = bind("dashboard", &opts.web_address).await?;
         let cluster = bind("cluster port", &opts.cluster_address).await?;
-        let local = |what: &'static str, l: &TcpListener| {
+        let local = |what: &'static str, addr: &str, l: &TcpListener| {
             l.local_addr().map_err(|source| ServerError::Listen {
                 what,
-                addr: String::new(),
+                addr: addr.to_string(),
                 source,
             })
         };
         let addrs = Addrs {
-            proxy: local("gRPC endpoint", &proxy)?,
-            api: local("API gateway", &api)?,
-            web: local("dashboard", &web)?,
-            cluster: local("cluster port", &cluster)?,
+            proxy: local("gRPC endpoint", &opts.proxy_address, &proxy)?,
+            api: local("API gateway", &opts.api_address, &api)?,
+            web: local("dashboard", &opts.web_address, &web)?,
+            cluster: local("cluster port", &opts.cluster_address, &cluster)?,
         };
         Ok(Listeners {
             proxy,
