@@ -473,8 +473,32 @@ impl Cluster {
         self.index_of(id)
     }
 
+    /// The highest term any node reports and the leader of the node that
+    /// reports it, from `micro cluster status` asked of node `i`.
+    pub async fn terms(&self, i: usize) -> Result<(u64, u64), String> {
+        let text = self
+            .cli(&["--env", &self.nodes[i].env, "cluster", "status"])
+            .await?;
+        let mut best: Option<(u64, u64)> = None;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // ID ADDRESS STATE TERM LEADER ...
+            let (Some(term), Some(leader)) = (f.get(3), f.get(4)) else {
+                continue;
+            };
+            let (Ok(term), leader) = (term.parse::<u64>(), leader.parse::<u64>().unwrap_or(0))
+            else {
+                continue;
+            };
+            if best.is_none_or(|(t, _)| term > t) {
+                best = Some((term, leader));
+            }
+        }
+        best.ok_or_else(|| format!("`micro cluster status` showed no term: {text}"))
+    }
+
     /// The index of the node with Raft id `id`.
-    fn index_of(&self, id: u64) -> Result<usize, String> {
+    pub fn index_of(&self, id: u64) -> Result<usize, String> {
         self.nodes
             .iter()
             .position(|n| n.node_id == id)

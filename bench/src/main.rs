@@ -11,6 +11,7 @@
 //! micro-bench compare [--nodes 3] [--seconds 10] [--value-size 100]
 //!                     [--connections 16,64,256] [--failover-runs 5] [--micro PATH]
 //! micro-bench disk [--minutes 30] [--nodes 1] [--keys 10000] [--value-size 100] [--micro PATH]
+//! micro-bench elections [--minutes 10] [--nodes 3] [--clients 64] [--value-size 100] [--micro PATH]
 //! ```
 //!
 //! Without `--address` it starts a node in this process on loopback, with a
@@ -49,12 +50,14 @@
 //! `compare` runs a `micro` cluster and then an etcd cluster (`etcd` on
 //! PATH) of the same size and drives both with one HTTP/JSON client
 //! (`compare.rs`); `disk` watches data directory size and RSS under
-//! steady overwrites (`disk.rs`).
+//! steady overwrites (`disk.rs`); `elections` counts the term changes of
+//! a cluster under full write load with no node stopped (`elections.rs`).
 
 mod cluster;
 mod compare;
 mod cpu;
 mod disk;
+mod elections;
 mod etcd;
 mod events;
 mod fsyncs;
@@ -171,6 +174,25 @@ enum What {
         #[arg(long)]
         micro: Option<std::path::PathBuf>,
     },
+    /// A cluster under full write load for minutes, no node stopped:
+    /// counts its term changes (spurious elections)
+    Elections {
+        /// Minutes of writes
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Nodes (3 or more)
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Concurrent writers, through the leader
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Bytes per value
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// The `micro` binary (default: the one next to micro-bench)
+        #[arg(long)]
+        micro: Option<std::path::PathBuf>,
+    },
     /// Overwrites a fixed key set at half the max write rate and prints
     /// each node's data directory size and RSS every 30 s
     Disk {
@@ -248,6 +270,22 @@ fn main() -> std::process::ExitCode {
                     minutes,
                     nodes,
                     keys,
+                    value_size,
+                    micro,
+                })
+                .await
+            }
+            What::Elections {
+                minutes,
+                nodes,
+                clients,
+                value_size,
+                micro,
+            } => {
+                elections::elections(elections::Opts {
+                    nodes,
+                    clients,
+                    minutes,
                     value_size,
                     micro,
                 })

@@ -195,7 +195,7 @@ fn bad_raft_timing_flags_are_one_clear_error() {
         "Invalid value '1s' for '--raft-election-timeout <MIN..MAX>': give the range as MIN..MAX, like 1s..2s. {hint}"
     ));
     server(&["--raft-election-timeout", "2s..1s"]).fails_with(&format!(
-        "Invalid value '2s..1s' for '--raft-election-timeout <MIN..MAX>': the minimum must be below the maximum, like 400ms..800ms. {hint}"
+        "Invalid value '2s..1s' for '--raft-election-timeout <MIN..MAX>': the minimum must be below the maximum, like 200ms..400ms. {hint}"
     ));
     // Each value fine alone, not together: followers would campaign
     // against a live leader.
@@ -203,10 +203,10 @@ fn bad_raft_timing_flags_are_one_clear_error() {
         "micro server: the Raft heartbeat (1000ms) must be shorter than the election timeout's minimum (500ms)",
     );
     server(&["--raft-heartbeat", "2s"]).fails_with(
-        "micro server: the Raft heartbeat (2000ms) must be shorter than the election timeout's minimum (400ms)",
+        "micro server: the Raft heartbeat (2000ms) must be shorter than the election timeout's minimum (200ms)",
     );
     // The defaults show in the help, from the one place they are set.
     let help = home.micro(&["server", "--help"]).ok().to_string();
     assert!(help.contains("[default: 100ms]"), "{help}");
-    assert!(help.contains("[default: 400ms..800ms]"), "{help}");
+    assert!(help.contains("[default: 200ms..400ms]"), "{help}");
 }
