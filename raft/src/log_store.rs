@@ -28,12 +28,6 @@ fn index_key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
 }
 
-fn index_of(k: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&k[..8]);
-    u64::from_be_bytes(b)
-}
-
 /// The log store. Cheap to clone: clones share the same trees.
 #[derive(Clone)]
 pub struct LogStore {
@@ -183,19 +177,83 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        // Record the purge point first: if we crash between the two steps the
-        // log still has entries openraft already considers purged, which is
-        // harmless; the reverse would leave a hole.
+        // The purge point is made durable first; the entries at or below
+        // it are then removed in the background. openraft runs a purge in
+        // its core, which sends no heartbeat meanwhile, and removing the
+        // thousands of entries a snapshot covers took long enough under
+        // load for followers to start elections. Nothing reads below the
+        // purge point, and no entry is ever written there again, so
+        // entries left over by a crash are harmless (they go with the next
+        // purge); the reverse order could leave a hole.
         self.put_meta(LAST_PURGED, &log_id)?;
+        self.flush().await?;
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || remove_up_to(&log, log_id.index));
+        Ok(())
+    }
+}
+
+/// Removes the log entries at or below `index`, a bounded batch at a time.
+fn remove_up_to(log: &sled::Tree, index: u64) {
+    const BATCH: usize = 1024;
+    loop {
         let mut batch = sled::Batch::default();
-        for k in self.log.range(..=index_key(log_id.index)).keys() {
-            let k = k.map_err(|e| StorageIOError::write_logs(&e))?;
-            debug_assert!(index_of(&k) <= log_id.index);
+        let mut n = 0;
+        for k in log.range(..=index_key(index)).keys().take(BATCH) {
+            let Ok(k) = k else { return };
             batch.remove(k);
+            n += 1;
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush().await
+        if n == 0 || log.apply_batch(batch).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// A purge reports its point at once and survives a reopen; its
+    /// entries are gone soon after, and the ones above it stay.
+    #[tokio::test]
+    async fn a_purge_keeps_its_point_and_removes_its_entries_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        {
+            let (mut log, _sm) = crate::open_storage(dir.path()).unwrap();
+            for i in 1..=3000u64 {
+                let e = crate::Entry {
+                    log_id: id(i),
+                    payload: EntryPayload::Blank,
+                };
+                log.log
+                    .insert(index_key(i), encode_entry(&e).unwrap())
+                    .unwrap();
+            }
+            log.purge(id(2500)).await.unwrap();
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(id(2500)));
+            assert_eq!(state.last_log_id, Some(id(3000)));
+            let mut left = usize::MAX;
+            for _ in 0..100 {
+                left = log.log.range(..=index_key(2500)).count();
+                if left == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            assert_eq!(left, 0, "purged entries are still in the log");
+            assert_eq!(
+                log.try_get_log_entries(2501..=3000).await.unwrap().len(),
+                500
+            );
+            log.flush().await.unwrap();
+        }
+        let (mut log, _sm) = crate::open_storage(dir.path()).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(id(2500)));
+        assert_eq!(state.last_log_id, Some(id(3000)));
     }
 }

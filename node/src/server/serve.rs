@@ -92,15 +92,18 @@ async fn wait_until_ready(replica: &Replica) -> Result<(), ServerError> {
     }
 }
 
+/// A gRPC server's task.
+type Serving = JoinHandle<Result<(), tonic::transport::Error>>;
+
 /// The tasks a serving node runs, to be stopped in order.
 struct Tasks {
     stop: watch::Sender<bool>,
-    cluster_server: JoinHandle<Result<(), tonic::transport::Error>>,
-    join_server: JoinHandle<Result<(), tonic::transport::Error>>,
+    cluster_server: Serving,
+    join_server: Serving,
     keeper: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     rule_watch: JoinHandle<()>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: Serving,
     api: JoinHandle<std::io::Result<()>>,
     web: JoinHandle<std::io::Result<()>>,
     heartbeat: JoinHandle<()>,
@@ -187,8 +190,6 @@ pub(super) async fn serve(
     )
     .await
 }
-
-type Serving = JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// The cluster port: members (with a verified certificate) get the peer
 /// services, joiners and strangers only Join.
