@@ -86,6 +86,22 @@ impl Cluster {
         Cluster::with_micro(None)
     }
 
+    /// Runs `f` on a cluster of the `micro` binary `micro` (by default the
+    /// one next to this binary), then stops every server; their logs are
+    /// kept, and named, when `f` failed.
+    pub async fn session<T>(
+        micro: Option<PathBuf>,
+        f: impl AsyncFnOnce(&mut Cluster) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let mut c = Cluster::with_micro(micro)?;
+        let result = f(&mut c).await;
+        c.stop().await;
+        if result.is_err() {
+            c.keep_logs();
+        }
+        result
+    }
+
     /// A cluster of no node yet, run with the `micro` binary `micro` (by
     /// default the one next to this binary).
     pub fn with_micro(micro: Option<PathBuf>) -> Result<Cluster, String> {
@@ -515,16 +531,13 @@ pub async fn cluster(
     if !(1..=9).contains(&nodes) {
         return Err("--nodes must be between 1 and 9".into());
     }
-    let mut c = Cluster::new()?;
     let started = Instant::now();
-    let result = cluster_run(&mut c, nodes, clients, seconds, value_size).await;
-    c.stop().await;
-    if result.is_err() {
-        c.keep_logs();
-    } else {
-        println!("total run time {:.1} s", started.elapsed().as_secs_f64());
-    }
-    result
+    Cluster::session(None, async |c| {
+        cluster_run(c, nodes, clients, seconds, value_size).await
+    })
+    .await?;
+    println!("total run time {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 async fn cluster_run(

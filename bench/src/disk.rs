@@ -44,13 +44,7 @@ pub async fn disk(opts: Opts) -> Result<(), String> {
     if opts.keys == 0 || opts.minutes == 0 {
         return Err("--keys and --minutes must be above 0".into());
     }
-    let mut c = Cluster::with_micro(opts.micro.clone())?;
-    let result = run(&mut c, &opts).await;
-    c.stop().await;
-    if result.is_err() {
-        c.keep_logs();
-    }
-    result
+    Cluster::session(opts.micro.clone(), async |c| run(c, &opts).await).await
 }
 
 async fn run(c: &mut Cluster, opts: &Opts) -> Result<(), String> {

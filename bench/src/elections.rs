@@ -38,13 +38,7 @@ pub async fn elections(opts: Opts) -> Result<(), String> {
     if opts.minutes == 0 || opts.clients == 0 {
         return Err("--minutes and --clients take counts above 0".into());
     }
-    let mut c = Cluster::with_micro(opts.micro.clone())?;
-    let result = run(&mut c, &opts).await;
-    c.stop().await;
-    if result.is_err() {
-        c.keep_logs();
-    }
-    result
+    Cluster::session(opts.micro.clone(), async |c| run(c, &opts).await).await
 }
 
 /// What one reading of the terms saw.
