@@ -89,13 +89,6 @@ impl DataDir {
         })
     }
 
-    /// A data dir at `root`, not created: for reading what is there.
-    pub fn at(root: &Path) -> DataDir {
-        DataDir {
-            root: root.to_path_buf(),
-        }
-    }
-
     pub fn root(&self) -> &Path {
         &self.root
     }
