@@ -72,10 +72,14 @@ pub enum Command {
         /// Keep following the log
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Show the output of its builds instead
+        #[arg(long)]
+        build: bool,
     },
     /// Stop a service and remove it
     Kill { name: String },
-    /// Rebuild and restart a service from its folder or source
+    /// Rebuild a service from its folder or source, then swap it in (the
+    /// running version serves until the new one runs)
     Update {
         /// The folder it was run from, or the name of a service run from git
         source: String,

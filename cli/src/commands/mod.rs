@@ -235,7 +235,8 @@ pub async fn dispatch(cli: &Cli) -> Result<(), Failure> {
             name,
             lines,
             follow,
-        }) => runtime::logs(ctx, name, *lines, *follow).await,
+            build,
+        }) => runtime::logs(ctx, name, *lines, *follow, *build).await,
         Some(Command::Kill { name }) => runtime::kill(ctx, name).await,
         Some(Command::Update { source, name }) => {
             runtime::update(ctx, source, name.as_deref()).await

@@ -176,7 +176,7 @@ pub async fn status(ctx: Context) -> Result<(), Failure> {
     }
     services.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rows = vec![[
-        "NAME", "VERSION", "SOURCE", "STATUS", "BUILD", "UPDATED", "METADATA",
+        "NAME", "VERSION", "SOURCE", "STATUS", "NODE", "BUILD", "UPDATED", "METADATA",
     ]
     .map(String::from)
     .to_vec()];
@@ -190,12 +190,16 @@ pub async fn status(ctx: Context) -> Result<(), Failure> {
         if let Some(e) = m.get("error") {
             meta.push_str(&format!(", error={e}"));
         }
+        if let Some(r) = m.get("reported") {
+            meta.push_str(&format!(", last reported={r}"));
+        }
         let updated = get("updated").parse::<i64>().map(ago).unwrap_or_default();
         rows.push(vec![
             s.name,
             s.version,
             s.source,
             get("status"),
+            get("node"),
             get("build"),
             updated,
             meta,
@@ -204,7 +208,13 @@ pub async fn status(ctx: Context) -> Result<(), Failure> {
     out(columns(&rows).as_bytes())
 }
 
-pub async fn logs(ctx: Context, name: &str, lines: i64, follow: bool) -> Result<(), Failure> {
+pub async fn logs(
+    ctx: Context,
+    name: &str,
+    lines: i64,
+    follow: bool,
+    build: bool,
+) -> Result<(), Failure> {
     if lines < 0 {
         return Err(Failure::msg("The number of lines must not be negative"));
     }
@@ -215,6 +225,7 @@ pub async fn logs(ctx: Context, name: &str, lines: i64, follow: bool) -> Result<
             name: name.to_string(),
             count: lines,
             stream: follow,
+            build,
         })
         .await
         .map_err(not_found_is_service)?

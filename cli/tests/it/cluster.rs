@@ -565,7 +565,7 @@ async fn a_node_that_missed_compacted_entries_catches_up_from_a_snapshot() {
 
 #[test]
 fn services_run_on_one_node_are_managed_from_any_other() {
-    let nodes = cluster(2, &[]);
+    let mut nodes = cluster(2, &[]);
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("pinger");
     std::fs::create_dir_all(&dir).unwrap();
@@ -576,6 +576,14 @@ fn services_run_on_one_node_are_managed_from_any_other() {
     // Status from another node: the same replicated view.
     let line = nodes[1].wait_status("pinger", 30, |l| l.contains(" running "));
     assert!(line.starts_with("pinger  latest  "), "{line}");
+    // NAME VERSION SOURCE STATUS NODE …: where it runs.
+    let node_of = |line: &str| {
+        line.split_whitespace()
+            .nth(4)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(node_of(&line), nodes[0].node_id.to_string(), "{line}");
     // Logs live on node 1; node 2 streams them from there.
     let logs_have = |n: &Server, word: &str| {
         eventually(30, "the service's output in its logs", || {
@@ -594,6 +602,20 @@ fn services_run_on_one_node_are_managed_from_any_other() {
     for n in &nodes {
         assert_eq!(n.micro(&["status"]).ok(), "", "nothing runs");
     }
+
+    // A service whose node dies shows as down, with what it last reported.
+    // (It outlives its node; a short sleep keeps it from lingering.)
+    std::fs::write(
+        dir.join("micro.toml"),
+        "run = \"echo third; exec sleep 60\"\n",
+    )
+    .unwrap();
+    assert_eq!(nodes[2].micro(&["run", dir.to_str().unwrap()]).ok(), "");
+    nodes[0].wait_status("pinger", 30, |l| l.contains(" running "));
+    nodes[2].kill9();
+    let line = nodes[0].wait_status("pinger", 90, |l| l.contains(" down "));
+    assert_eq!(node_of(&line), nodes[2].node_id.to_string(), "{line}");
+    assert!(line.contains("last reported=running"), "{line}");
 
     // Node 3 is taken out (through node 2): two members are left, and they
     // still take writes.

@@ -134,6 +134,90 @@ fn a_build_error_shows_in_status_and_logs() {
         ));
 }
 
+/// `micro update` builds and starts the new version beside the old one:
+/// a build that fails, or a new version that exits as it starts, leaves
+/// the old process serving and says so; a good one replaces it.
+#[test]
+fn an_update_swaps_only_a_version_that_builds_and_runs() {
+    let s = runtime_server();
+    let work = tempfile::tempdir().unwrap();
+    let dir = command_service(
+        work.path(),
+        "swapper",
+        None,
+        "echo serving one; exec sleep 600",
+    );
+    let d = dir.to_str().unwrap();
+    s.micro(&["run", d]).ok();
+    s.wait_status("swapper", 30, |l| l.contains(" running "));
+    wait_logs(&s, "swapper", "serving one");
+    let before = processes_of("swapper");
+    assert_eq!(before.len(), 1, "{before:?}");
+    // NAME VERSION SOURCE STATUS NODE BUILD …
+    let build = |line: &str| {
+        line.split_whitespace()
+            .nth(5)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = build(&s.wait_status("swapper", 5, |l| l.contains(" running ")));
+    assert_eq!(first.len(), 8, "a build id is shown");
+
+    // A build that fails.
+    let bad_build = command_service(
+        work.path(),
+        "swapper",
+        Some("echo the compiler says no; exit 2"),
+        "echo serving two; exec sleep 600",
+    );
+    s.micro(&["update", bad_build.to_str().unwrap()])
+        .fails_with(&format!(
+            "Update failed: build error (see `micro logs swapper --build`); swapper {first} is still running"
+        ));
+    assert_eq!(processes_of("swapper"), before, "the old process serves on");
+    let line = s.wait_status("swapper", 5, |l| l.contains(" running "));
+    assert_eq!(
+        build(&line),
+        first,
+        "the old version is the one shown: {line}"
+    );
+    let build_log = s.micro(&["logs", "swapper", "--build"]);
+    assert!(
+        build_log.ok().contains("the compiler says no"),
+        "{build_log:?}"
+    );
+    assert!(
+        !build_log.stdout.contains("serving one"),
+        "the build log holds builds only: {build_log:?}"
+    );
+
+    // A new version that exits as it starts.
+    let dies = command_service(work.path(), "swapper", None, "echo dying; exit 7");
+    s.micro(&["update", dies.to_str().unwrap()]).fails_with(&format!(
+        "Update failed: the new version exited with status 7 as it started; swapper {first} is still running"
+    ));
+    assert_eq!(processes_of("swapper"), before, "the old process serves on");
+
+    // A good one replaces it, and only then is the old one stopped.
+    let good = command_service(
+        work.path(),
+        "swapper",
+        None,
+        "echo serving three; exec sleep 600",
+    );
+    assert_eq!(s.micro(&["update", good.to_str().unwrap()]).ok(), "");
+    wait_logs(&s, "swapper", "serving three");
+    let after = processes_of("swapper");
+    assert_eq!(after.len(), 1, "one process runs: {after:?}");
+    assert_ne!(after, before, "the new version runs");
+    let line = s.wait_status("swapper", 5, |l| l.contains(" running "));
+    assert_ne!(build(&line), first, "{line}");
+    // Only the running version's source is kept on the node.
+    let versions = s.data.join("runtime/versions/micro/swapper");
+    let kept = std::fs::read_dir(&versions).unwrap().count();
+    assert_eq!(kept, 1, "old and failed versions are removed");
+}
+
 #[test]
 fn services_start_again_when_the_node_restarts() {
     let mut s = runtime_server();
@@ -274,6 +358,20 @@ fn new_run_call_update_kill() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // An update that does not compile leaves the working version answering.
+    let good = s.wait_status("greeter", 5, |l| l.contains(" running "));
+    // NAME VERSION SOURCE STATUS NODE BUILD …
+    let build = good.split_whitespace().nth(5).unwrap().to_string();
+    let code = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, format!("{code}\nfn broken() -> u32 {{ \"no\" }}\n")).unwrap();
+    s.micro_in(work.path(), &["update", "./greeter"])
+        .fails_with(&format!(
+            "Update failed: build error (see `micro logs greeter --build`); greeter {build} is still running"
+        ));
+    assert_eq!(call().ok(), "{\n  \"msg\": \"Howdy Alice\"\n}\n");
+    let build_log = s.micro(&["logs", "greeter", "--build", "-n", "100"]);
+    assert!(build_log.ok().contains("mismatched types"), "{build_log:?}");
+    std::fs::write(&main, code).unwrap();
     assert_eq!(s.micro(&["kill", "greeter"]).ok(), "");
     assert_eq!(s.micro(&["status"]).ok(), "");
     let deadline = Instant::now() + Duration::from_secs(20);

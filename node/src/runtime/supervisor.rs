@@ -78,6 +78,11 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// stdout and stderr of the build and of the process are appended here.
     pub log_file: PathBuf,
+    /// The build's output is appended here too (`micro logs NAME --build`).
+    pub build_log: Option<PathBuf>,
+    /// Build, then stop at [`State::Built`] without running anything: how
+    /// an update proves its new version builds while the old one serves.
+    pub build_only: bool,
 }
 
 /// Where a supervised service is in its life.
@@ -85,6 +90,8 @@ pub struct Spec {
 pub enum State {
     Pending,
     Building,
+    /// The build succeeded and, as asked (`build_only`), nothing runs.
+    Built,
     Starting,
     Running,
     Stopping,
@@ -100,6 +107,7 @@ impl State {
         match self {
             State::Pending => "pending",
             State::Building => "building",
+            State::Built => "built",
             State::Starting => "starting",
             State::Running => "running",
             State::Stopping => "stopping",
@@ -361,6 +369,8 @@ impl Reporter {
 enum Ended {
     /// A stop was asked for and everything is gone.
     Stopped,
+    /// Built as asked, nothing run: wait for stop.
+    Built,
     /// It cannot go on (failed build, unreadable manifest, …): wait for stop.
     Failed(String),
 }
@@ -382,6 +392,10 @@ async fn supervise(
 ) {
     match run(&spec, &reporter, &mut stop, &shared).await {
         Ended::Stopped => {}
+        Ended::Built => {
+            reporter.set(State::Built, None);
+            stop_requested(&mut stop).await;
+        }
         Ended::Failed(why) => {
             tracing::warn!(service = %spec.name, reason = %why, "service cannot run");
             reporter.set(State::Error(why), None);
@@ -550,9 +564,26 @@ async fn run(
         if stop_pending(stop) {
             return Ended::Stopped;
         }
+        // The build's own log, when there is one, gets the build's output
+        // too: `micro logs NAME --build` shows builds and nothing else.
+        let mut sinks = vec![sink.clone()];
+        if let Some(file) = &spec.build_log {
+            match LogSink::open(file.clone()).await {
+                Ok(s) => sinks.push(s),
+                Err(e) => tracing::warn!(service = %spec.name, error = %e, "no build log"),
+            }
+        }
+        let note = |text: String| {
+            let sinks = sinks.clone();
+            async move {
+                for s in &sinks {
+                    s.note(&text).await;
+                }
+            }
+        };
         reporter.set(State::Building, None);
-        sink.note(&format!("building: {}", build.describe())).await;
-        let mut proc = match Proc::spawn(build.command(spec, true), &sink, shared) {
+        note(format!("building: {}", build.describe())).await;
+        let mut proc = match Proc::spawn(build.command(spec, true), &sinks, shared) {
             Ok(p) => p,
             Err(e) => {
                 return Ended::Failed(format!("cannot start build ({}): {e}", build.describe()))
@@ -565,24 +596,30 @@ async fn run(
                 // A build has nothing to save: no grace period.
                 proc.terminate(Duration::ZERO).await;
                 proc.finish(shared).await;
-                sink.note("build cancelled").await;
+                note("build cancelled".to_string()).await;
                 return Ended::Stopped;
             }
         };
         proc.clear_group().await;
         proc.finish(shared).await;
         match status {
-            Ok(s) if s.success() => sink.note("build finished").await,
+            Ok(s) if s.success() => note("build finished".to_string()).await,
             Ok(s) => {
                 let why = format!("build failed: {}", describe_exit(s));
-                sink.note(&why).await;
-                // The output must be in the file before anyone is told to
+                note(why.clone()).await;
+                // The output must be in the files before anyone is told to
                 // look at it.
-                sink.flush().await;
+                for s in &sinks {
+                    s.flush().await;
+                }
                 return Ended::Failed(why);
             }
             Err(e) => return Ended::Failed(format!("build failed: cannot wait for it: {e}")),
         }
+    }
+    if spec.build_only {
+        sink.flush().await;
+        return Ended::Built;
     }
 
     let mut backoff = BACKOFF_FIRST;
@@ -591,7 +628,7 @@ async fn run(
             return Ended::Stopped;
         }
         let started = Instant::now();
-        let mut proc = match Proc::spawn(program.command(spec, false), &sink, shared) {
+        let mut proc = match Proc::spawn(program.command(spec, false), &[sink.clone()], shared) {
             Ok(p) => p,
             Err(e) => return Ended::Failed(format!("cannot start {}: {e}", program.describe())),
         };
@@ -655,7 +692,7 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, sink: &LogSink, shared: &Shared) -> io::Result<Proc> {
+    fn spawn(mut cmd: Command, sinks: &[LogSink], shared: &Shared) -> io::Result<Proc> {
         let mut child = cmd.spawn()?;
         let pid = child
             .id()
@@ -664,10 +701,10 @@ impl Proc {
         shared.track(pid as i32);
         let mut pumps = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(out, sink.clone())));
+            pumps.push(tokio::spawn(pump(out, sinks.to_vec())));
         }
         if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(err, sink.clone())));
+            pumps.push(tokio::spawn(pump(err, sinks.to_vec())));
         }
         Ok(Proc { child, pid, pumps })
     }
@@ -757,7 +794,18 @@ async fn pool_group_alive(pgid: i32) -> bool {
 
 /// Copies one output pipe to the log, a line at a time so stdout and stderr
 /// interleave by whole lines.
-async fn pump<R: AsyncRead + Unpin>(reader: R, sink: LogSink) {
+async fn pump<R: AsyncRead + Unpin>(reader: R, sinks: Vec<LogSink>) {
+    let write = |line: Vec<u8>| {
+        let sinks = &sinks;
+        async move {
+            if let Some((last, others)) = sinks.split_last() {
+                for s in others {
+                    s.write(line.clone()).await;
+                }
+                last.write(line).await;
+            }
+        }
+    };
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
     loop {
@@ -783,12 +831,12 @@ async fn pump<R: AsyncRead + Unpin>(reader: R, sink: LogSink) {
             if line.last() != Some(&b'\n') {
                 line.push(b'\n');
             }
-            sink.write(std::mem::take(&mut line)).await;
+            write(std::mem::take(&mut line)).await;
         }
     }
     if !line.is_empty() {
         line.push(b'\n');
-        sink.write(line).await;
+        write(line).await;
     }
 }
 
@@ -807,6 +855,8 @@ mod tests {
             },
             env: vec![("GREETING".to_string(), "hello there".to_string())],
             log_file: dir.join("logs").join("test.log"),
+            build_log: None,
+            build_only: false,
         }
     }
 

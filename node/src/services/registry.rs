@@ -556,6 +556,19 @@ fn collect(
     Ok(merged.into_values().collect())
 }
 
+/// The addresses of every live instance of service `name` in `ns`.
+pub fn addresses(
+    replica: &Replica,
+    ns: &str,
+    name: &str,
+) -> Result<std::collections::HashSet<String>, Status> {
+    Ok(records(replica, &keys::service(ns, name))?
+        .into_iter()
+        .flat_map(|r| r.stored.nodes)
+        .map(|n| n.address)
+        .collect())
+}
+
 /// The services registered in `ns`, without descriptors.
 pub fn list(replica: &Replica, ns: &str) -> Result<Vec<Service>, Status> {
     collect(replica, ns, &keys::namespace(ns), false)

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use micro_proto::runtime::runtime_server::Runtime;
 use micro_proto::runtime::{
@@ -77,6 +78,9 @@ fn require_owner(c: &Claims, ns: &str, spec: &Spec) -> Result<(), Status> {
 const MAX_UNPACKED: u64 = 512 * 1024 * 1024;
 /// Default number of log lines.
 const DEFAULT_LINES: usize = 15;
+/// How long an update waits for its new version's instance to register
+/// once its process runs, before it gives up and keeps the old one.
+const REGISTER_WITHIN: Duration = Duration::from_secs(30);
 
 /// How the runtime builds Cargo projects.
 #[derive(Debug, Clone)]
@@ -107,6 +111,10 @@ struct Spec {
     node: u64,
     build: String,
     updated: u64,
+    /// The folder of this version's source under `versions/<ns>/<name>/`;
+    /// empty in specs from before versions (their source is `src/<ns>/<name>`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    dir: String,
 }
 
 /// How it is doing, as the owning node reports it.
@@ -163,7 +171,15 @@ pub struct Manager {
     proxy: String,
     root: PathBuf,
     opts: RuntimeOptions,
-    running: Mutex<HashMap<String, Supervisor>>,
+    running: Mutex<HashMap<String, Adopted>>,
+}
+
+/// The supervisor of a service on this node, and whether it still is: one
+/// replaced by an update stops reporting at once, so its last "stopped"
+/// cannot overwrite its successor's "running".
+struct Adopted {
+    sup: Supervisor,
+    current: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Manager {
@@ -186,8 +202,30 @@ impl Manager {
         })
     }
 
-    fn src_dir(&self, ns: &str, name: &str) -> Result<PathBuf, Status> {
+    /// Where specs from before versions kept their source.
+    fn legacy_src_dir(&self, ns: &str, name: &str) -> Result<PathBuf, Status> {
         paths::under(&self.root, &["src", ns, name])
+    }
+
+    /// The folder every version of a service's source is fetched into, one
+    /// folder per fetch: an update builds beside the version that serves.
+    fn versions_dir(&self, ns: &str, name: &str) -> Result<PathBuf, Status> {
+        paths::under(&self.root, &["versions", ns, name])
+    }
+
+    /// The source folder of `spec`'s version.
+    fn src_dir(&self, ns: &str, spec: &Spec) -> Result<PathBuf, Status> {
+        if spec.dir.is_empty() {
+            self.legacy_src_dir(ns, &spec.name)
+        } else {
+            paths::under(&self.root, &["versions", ns, &spec.name, &spec.dir])
+        }
+    }
+
+    /// Where the output of a service's builds is kept
+    /// (`micro logs NAME --build`).
+    fn build_log_file(&self, ns: &str, name: &str) -> Result<PathBuf, Status> {
+        paths::under(&self.root, &["logs", ns, &format!("{name}.build.log")])
     }
 
     /// Where the pid of a service's running process is noted, so that a
@@ -333,16 +371,29 @@ impl Manager {
 
     /// Starts supervising `spec` (stopping a previous process of it first).
     async fn start(self: &Arc<Self>, ns: &str, spec: &Spec) -> Result<(), Status> {
-        let dir = self.src_dir(ns, &spec.name)?;
+        let sup = self.launch(ns, spec, false).await?;
+        self.adopt(ns, spec, sup).await;
+        Ok(())
+    }
+
+    /// A supervisor of `spec`'s version, not yet the service's: it builds
+    /// (and, unless `build_only`, runs) beside whatever runs now, and
+    /// reports nothing until [`Manager::adopt`] makes it the service's.
+    async fn launch(&self, ns: &str, spec: &Spec, build_only: bool) -> Result<Supervisor, Status> {
+        let dir = self.src_dir(ns, spec)?;
         let build = self.build_kind(&dir, &spec.command, &spec.name).await?;
         let log_file = self.log_file(ns, &spec.name)?;
-        let pid_file = self.pid_file(ns, &spec.name)?;
         if let Some(parent) = log_file.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
-        let secret = self.service_account(ns, &spec.name).await?;
+        // Only a run needs the service's account; a build gets no secret.
+        let secret = if build_only {
+            String::new()
+        } else {
+            self.service_account(ns, &spec.name).await?
+        };
         // The supervisor starts from an empty environment: the service gets
         // what its `--env-var`s name, then what the runtime gives it (last,
         // so it wins: `MICRO_SERVICE_NAME` is how a leftover process is
@@ -364,27 +415,55 @@ impl Manager {
         if let Some(cert) = &self.opts.proxy_cert {
             env.push(("MICRO_PROXY_CA".to_string(), cert.display().to_string()));
         }
-        let sup = Supervisor::start(ProcSpec {
+        Ok(Supervisor::start(ProcSpec {
             name: spec.name.clone(),
             dir,
             build,
             env,
             log_file,
-        });
+            build_log: Some(self.build_log_file(ns, &spec.name)?),
+            build_only,
+        }))
+    }
+
+    /// Makes `sup` the one supervisor of `spec`'s service: the previous one
+    /// is stopped, and `sup`'s states are reported through the replicated
+    /// state from now on.
+    async fn adopt(self: &Arc<Self>, ns: &str, spec: &Spec, sup: Supervisor) {
+        let pid_file = match self.pid_file(ns, &spec.name) {
+            Ok(f) => f,
+            Err(e) => {
+                // Names were checked before anything was launched.
+                tracing::warn!("no pid file for {}: {}", spec.name, e.message());
+                return;
+            }
+        };
         let mut watch = sup.watch();
+        let current = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let previous = self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(format!("{ns}/{}", spec.name), sup);
+            .insert(
+                format!("{ns}/{}", spec.name),
+                Adopted {
+                    sup,
+                    current: current.clone(),
+                },
+            );
         if let Some(old) = previous {
-            old.stop().await;
+            old.current
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            old.sup.stop().await;
         }
         // Report every change of state through the replicated state.
         let (me, ns, name) = (self.clone(), ns.to_string(), spec.name.clone());
         tokio::spawn(async move {
             loop {
                 let s = watch.borrow_and_update().clone();
+                if !current.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 let (status, error) = match &s.state {
                     State::Error(e) => ("error".to_string(), e.clone()),
                     other => (other.as_str().to_string(), String::new()),
@@ -414,7 +493,82 @@ impl Manager {
                 }
             }
         });
-        Ok(())
+    }
+
+    /// Builds and starts `next`, a new version of a service, beside the
+    /// one that serves, and hands back its supervisor once the new
+    /// version runs and (if the service had registered instances) one of
+    /// its instances has registered. Otherwise it is stopped, and the
+    /// error says why in words that follow "Update failed: ".
+    async fn try_version(&self, ns: &str, next: &Spec) -> Result<Supervisor, String> {
+        let name = &next.name;
+        let failed = |e: Status| e.message().to_string();
+        // Built first without its account: the old version keeps its
+        // secret for as long as the build takes.
+        {
+            let builder = self.launch(ns, next, true).await.map_err(failed)?;
+            let mut watch = builder.watch();
+            let end = watch
+                .wait_for(|s| matches!(s.state, State::Built | State::Error(_) | State::Stopped))
+                .await
+                .map(|s| s.state.clone());
+            builder.stop().await;
+            match end {
+                Ok(State::Built) => {}
+                Ok(State::Error(e)) if e.starts_with("build failed") => {
+                    return Err(format!("build error (see `micro logs {name} --build`)"))
+                }
+                Ok(State::Error(e)) => return Err(e),
+                _ => return Err("the build was stopped".to_string()),
+            }
+        }
+        let before = registry::addresses(&self.replica, ns, name).map_err(failed)?;
+        let sup = self.launch(ns, next, false).await.map_err(failed)?;
+        let mut watch = sup.watch();
+        let outcome = async {
+            let up = watch
+                .wait_for(|s| matches!(s.state, State::Running | State::Error(_) | State::Stopped))
+                .await
+                .map(|s| s.state.clone());
+            match up {
+                Ok(State::Running) => {}
+                Ok(State::Error(e)) if e.starts_with("build failed") => {
+                    return Err(format!("build error (see `micro logs {name} --build`)"))
+                }
+                Ok(State::Error(e)) => return Err(exited(&e)),
+                _ => return Err("the new version was stopped".to_string()),
+            }
+            if before.is_empty() {
+                return Ok(());
+            }
+            // The new instance must be reachable before the old one goes:
+            // it counts once it registered an address the old did not have.
+            let deadline = tokio::time::Instant::now() + REGISTER_WITHIN;
+            loop {
+                let now = registry::addresses(&self.replica, ns, name).map_err(failed)?;
+                if now.iter().any(|a| !before.contains(a)) {
+                    return Ok(());
+                }
+                if let State::Error(e) = &watch.borrow().state {
+                    return Err(exited(e));
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "the new version did not register within {} s",
+                        REGISTER_WITHIN.as_secs()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok(sup),
+            Err(e) => {
+                sup.stop().await;
+                Err(e)
+            }
+        }
     }
 
     /// The service's own account (type service, scope `service`), with a
@@ -466,8 +620,8 @@ impl Manager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&format!("{ns}/{name}"));
-        if let Some(sup) = sup {
-            sup.stop().await;
+        if let Some(a) = sup {
+            a.sup.stop().await;
         }
     }
 
@@ -513,35 +667,78 @@ impl Manager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
-            .map(|(_, s)| s)
+            .map(|(_, a)| a.sup)
             .collect();
         for s in all {
             s.stop().await;
         }
     }
 
-    /// Fetches the source (upload or git) into the service's folder and
-    /// returns the build id.
+    /// Fetches the source (upload or git) into a new version folder of the
+    /// service; returns the build id and the folder's name (for
+    /// [`Spec::dir`]). A failed fetch leaves no folder behind.
     async fn fetch(
         &self,
         ns: &str,
         name: &str,
         source: &str,
         upload: Vec<u8>,
-    ) -> Result<String, Status> {
-        let dir = self.src_dir(ns, name)?;
-        if !upload.is_empty() {
+    ) -> Result<(String, String), Status> {
+        let folder = format!("{:x}-{:08x}", now_millis(), rand::random::<u32>());
+        let dir = paths::under(&self.versions_dir(ns, name)?, &[&folder])?;
+        let fetched = if !upload.is_empty() {
             let id = hex8(&Sha256::digest(&upload));
-            Self::unpack(upload, dir).await?;
-            Ok(id)
+            Self::unpack(upload, dir.clone()).await.map(|()| id)
         } else if is_git(source) {
             Self::clone(source, &dir).await
         } else {
             Err(Status::invalid_argument(format!(
                 "{source} is neither an uploaded folder nor a git URL"
             )))
+        };
+        match fetched {
+            Ok(id) => Ok((id, folder)),
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                Err(e)
+            }
         }
     }
+
+    /// What an update that failed left: "greeter 4b6d7534 is still
+    /// running" when its supervisor here runs it.
+    fn left_as_it_was(&self, ns: &str, spec: &Spec) -> String {
+        let state = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&format!("{ns}/{}", spec.name))
+            .map(|a| a.sup.watch().borrow().state.clone());
+        match state {
+            Some(State::Running) => format!("{} {} is still running", spec.name, spec.build),
+            Some(other) => format!(
+                "{} {} is left as it was ({})",
+                spec.name,
+                spec.build,
+                other.as_str()
+            ),
+            None => format!("{} {} is left as it was", spec.name, spec.build),
+        }
+    }
+
+    /// Removes the source folder of a version that no longer runs.
+    async fn discard(&self, ns: &str, spec: &Spec) {
+        if let Ok(dir) = self.src_dir(ns, spec) {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
+    }
+}
+
+/// "exited with status 1; restarting in 1s" as an update's failure: the
+/// new version is not restarted, it is given up.
+fn exited(state: &str) -> String {
+    let exit = state.split(';').next().unwrap_or(state);
+    format!("the new version {exit} as it started")
 }
 
 /// Kills the process group noted in `pid_file` if, and only if, its leader
@@ -639,13 +836,22 @@ impl RuntimeService {
     }
 }
 
-fn service_of(spec: &Spec, ns: &str, rep: Option<Reported>) -> Service {
+/// A spec and its last report as `micro status` shows them; the status is
+/// `down` while gossip holds the owning node down (its last report is
+/// then kept as `reported`).
+fn service_of(spec: &Spec, ns: &str, rep: Option<Reported>, node_down: bool) -> Service {
     let rep = rep.unwrap_or(Reported {
         status: "pending".into(),
         ..Default::default()
     });
+    let status = if node_down {
+        "down".to_string()
+    } else {
+        rep.status.clone()
+    };
     let mut metadata = HashMap::from([
-        ("status".to_string(), rep.status),
+        ("status".to_string(), status),
+        ("node".to_string(), spec.node.to_string()),
         ("build".to_string(), spec.build.clone()),
         ("updated".to_string(), (spec.updated / 1000).to_string()),
         ("owner".to_string(), spec.owner.clone()),
@@ -654,6 +860,9 @@ fn service_of(spec: &Spec, ns: &str, rep: Option<Reported>) -> Service {
     ]);
     if !rep.error.is_empty() {
         metadata.insert("error".to_string(), rep.error);
+    }
+    if node_down {
+        metadata.insert("reported".to_string(), rep.status);
     }
     Service {
         name: spec.name.clone(),
@@ -710,7 +919,7 @@ impl Runtime for RuntimeService {
                 svc.name
             )));
         }
-        let build = m.fetch(&ns, &svc.name, &svc.source, req.upload).await?;
+        let (build, dir) = m.fetch(&ns, &svc.name, &svc.source, req.upload).await?;
         let spec = Spec {
             name: svc.name.clone(),
             version: if svc.version.is_empty() {
@@ -727,6 +936,7 @@ impl Runtime for RuntimeService {
             node: m.node_id,
             build,
             updated: now_millis(),
+            dir,
         };
         let raw = serde_json::to_vec(&spec).map_err(|e| Status::internal(e.to_string()))?;
         let res = m
@@ -738,6 +948,7 @@ impl Runtime for RuntimeService {
             .await
             .map_err(status)?;
         if !res.succeeded {
+            m.discard(&ns, &spec).await;
             return Err(Status::already_exists(format!(
                 "service {} is already running",
                 spec.name
@@ -792,7 +1003,10 @@ impl Runtime for RuntimeService {
         }
         let services = specs
             .iter()
-            .map(|s| service_of(s, &ns, reports.remove(&s.name)))
+            .map(|s| {
+                let down = self.cluster.is_down(s.node);
+                service_of(s, &ns, reports.remove(&s.name), down)
+            })
             .collect();
         Ok(Response::new(ReadResponse { services }))
     }
@@ -812,7 +1026,7 @@ impl Runtime for RuntimeService {
             .ok_or_else(|| Status::invalid_argument("a service is required"))?;
         check_name("service name", &name)?;
         let m = &self.manager;
-        let (mut spec, version) = m
+        let (spec, version) = m
             .spec(&ns, &name)?
             .ok_or_else(|| Status::not_found("Service not found"))?;
         require_owner(runner, &ns, &spec)?;
@@ -831,28 +1045,49 @@ impl Runtime for RuntimeService {
                 spec.name
             )));
         }
+        // Build, then swap: the new version is fetched into a folder of its
+        // own and built and started beside the old one, which serves until
+        // the new one runs and has registered.
+        let mut next = spec.clone();
         if !svc.source.is_empty() {
-            spec.source = svc.source;
+            next.source = svc.source;
         }
-        m.stop(&ns, &spec.name).await;
-        spec.build = m.fetch(&ns, &spec.name, &spec.source, req.upload).await?;
-        spec.updated = now_millis();
-        let raw = serde_json::to_vec(&spec).map_err(|e| Status::internal(e.to_string()))?;
-        let res = m
+        (next.build, next.dir) = m.fetch(&ns, &name, &next.source, req.upload).await?;
+        next.updated = now_millis();
+        let sup = match m.try_version(&ns, &next).await {
+            Ok(sup) => sup,
+            Err(why) => {
+                m.discard(&ns, &next).await;
+                return Err(Status::failed_precondition(format!(
+                    "Update failed: {why}; {}",
+                    m.left_as_it_was(&ns, &spec)
+                )));
+            }
+        };
+        let raw = serde_json::to_vec(&next).map_err(|e| Status::internal(e.to_string()))?;
+        let written = m
             .replica
             .write(
-                Txn::put(spec_key(&ns, &spec.name), raw, None)
-                    .when(Cond::VersionEq(spec_key(&ns, &spec.name), version)),
+                Txn::put(spec_key(&ns, &name), raw, None)
+                    .when(Cond::VersionEq(spec_key(&ns, &name), version)),
             )
             .await
-            .map_err(status)?;
-        if !res.succeeded {
-            return Err(Status::aborted(format!(
-                "service {} changed meanwhile; try again",
-                spec.name
-            )));
+            .map_err(status);
+        match written {
+            Ok(res) if res.succeeded => {}
+            other => {
+                sup.stop().await;
+                m.discard(&ns, &next).await;
+                other?;
+                return Err(Status::aborted(format!(
+                    "service {name} changed meanwhile; try again"
+                )));
+            }
         }
-        m.start(&ns, &spec).await?;
+        m.adopt(&ns, &next, sup).await;
+        if m.src_dir(&ns, &spec)? != m.src_dir(&ns, &next)? {
+            m.discard(&ns, &spec).await;
+        }
         Ok(Response::new(UpdateResponse {}))
     }
 
@@ -884,16 +1119,21 @@ impl Runtime for RuntimeService {
             }]))
             .await
             .map_err(status)?;
-        let (src, log, pid) = (
-            m.src_dir(&ns, &name)?,
+        let (legacy, versions, log, build_log, pid) = (
+            m.legacy_src_dir(&ns, &name)?,
+            m.versions_dir(&ns, &name)?,
             m.log_file(&ns, &name)?,
+            m.build_log_file(&ns, &name)?,
             m.pid_file(&ns, &name)?,
         );
         let _ = m.accounts.delete(&ns, &name).await;
         let _ = tokio::fs::remove_file(pid).await;
-        let _ = tokio::fs::remove_dir_all(src).await;
-        let _ = tokio::fs::remove_file(&log).await;
-        let _ = tokio::fs::remove_file(log.with_extension("log.1")).await;
+        let _ = tokio::fs::remove_dir_all(legacy).await;
+        let _ = tokio::fs::remove_dir_all(versions).await;
+        for file in [log, build_log] {
+            let _ = tokio::fs::remove_file(logs::rotated_path(&file)).await;
+            let _ = tokio::fs::remove_file(file).await;
+        }
         Ok(Response::new(DeleteResponse {}))
     }
 
@@ -920,7 +1160,11 @@ impl Runtime for RuntimeService {
                 .into_inner();
             return Ok(Response::new(Box::pin(remote)));
         }
-        let file = m.log_file(&ns, &req.name)?;
+        let file = if req.build {
+            m.build_log_file(&ns, &req.name)?
+        } else {
+            m.log_file(&ns, &req.name)?
+        };
         let count = if req.count > 0 {
             req.count as usize
         } else {
