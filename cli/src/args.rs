@@ -435,6 +435,9 @@ pub struct ServerArgs {
         value_name = "ORIGINS"
     )]
     pub api_cors_origins: Vec<String>,
+    /// Services of a node gossip holds down this long are started on other nodes
+    #[arg(long, env = "MICRO_RUNTIME_RESCHEDULE_AFTER", value_parser = parse_span, default_value_t = Span(micro_node::server::DEFAULT_RESCHEDULE_AFTER), value_name = "DURATION")]
+    pub runtime_reschedule_after: Span,
     /// How long an HTTP client may take to send a request's headers
     #[arg(long, env = "MICRO_API_HEADER_TIMEOUT", value_parser = parse_span, default_value_t = Span(micro_node::server::DEFAULT_HTTP_HEADER_TIMEOUT), value_name = "DURATION", hide = true)]
     pub api_header_timeout: Span,

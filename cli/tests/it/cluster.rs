@@ -917,3 +917,66 @@ fn a_node_whose_raft_state_is_lost_or_foreign_refuses_to_start() {
     a.login_admin();
     assert_eq!(read(&a, "k").ok(), "kept\n");
 }
+
+/// When the node running a service dies, the leader starts the service on
+/// another node (from the replicated upload) and calls through the others
+/// succeed again; when the dead node comes back, it stops its stale copy,
+/// so one copy runs.
+#[test]
+fn a_service_moves_when_its_node_dies_and_runs_once_when_it_returns() {
+    let env = [("MICRO_RUNTIME_RESCHEDULE_AFTER", "3s")];
+    let mut nodes = cluster(2, &env);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("hwmover");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = crate::harness::helloworld_bin();
+    std::fs::write(
+        dir.join("micro.toml"),
+        format!("run = {:?}\n", format!("exec {}", bin.display())),
+    )
+    .unwrap();
+    assert_eq!(nodes[1].micro(&["run", dir.to_str().unwrap()]).ok(), "");
+    let line = nodes[0].wait_status("hwmover", 60, |l| l.contains(" running "));
+    let node_of = |line: &str| {
+        line.split_whitespace()
+            .nth(4)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(node_of(&line), nodes[1].node_id.to_string(), "{line}");
+    let call = |n: &Server| n.micro(&["call", "hwmover", "Helloworld.Call", r#"{"name":"Ann"}"#]);
+    let answered = |run: &Run| run.code == 0 && run.stdout.contains("Hello Ann");
+    eventually(60, "a call through node 3", || {
+        answered(&call(&nodes[2])).then_some(())
+    });
+
+    let dead = nodes[1].node_id.to_string();
+    let killed = Instant::now();
+    nodes[1].kill9();
+    let line = nodes[0].wait_status("hwmover", 120, |l| {
+        l.contains(" running ") && node_of(l) != dead
+    });
+    eventually(60, "calls through node 1 and node 3 again", || {
+        (answered(&call(&nodes[0])) && answered(&call(&nodes[2]))).then_some(())
+    });
+    eprintln!(
+        "hwmover answered again {:.1} s after its node was killed: {line}",
+        killed.elapsed().as_secs_f64()
+    );
+
+    // The old node comes back: its leftover process is stopped, the
+    // service keeps running where it moved, once.
+    nodes[1].restart();
+    eventually(60, "node 2 back and alive", || {
+        members(&nodes[0])
+            .iter()
+            .any(|(id, gossip, _)| id.to_string() == dead && gossip == "alive")
+            .then_some(())
+    });
+    eventually(30, "one copy of hwmover", || {
+        (crate::runtime::processes_of("hwmover").len() == 1).then_some(())
+    });
+    let again = nodes[1].wait_status("hwmover", 5, |l| l.contains(" running "));
+    assert_eq!(node_of(&again), node_of(&line), "it stays where it moved");
+    assert!(answered(&call(&nodes[1])), "and answers through node 2 too");
+}

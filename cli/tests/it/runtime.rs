@@ -433,7 +433,7 @@ fn logs_follow_streams_new_lines() {
 }
 
 /// The processes whose environment names the service `name`.
-fn processes_of(name: &str) -> Vec<u32> {
+pub(crate) fn processes_of(name: &str) -> Vec<u32> {
     let marker = format!("MICRO_SERVICE_NAME={name}");
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {

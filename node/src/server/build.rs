@@ -272,6 +272,7 @@ impl Built {
                     .clone()
                     .unwrap_or_else(|| data.runtime().join("target")),
                 release: opts.runtime_release,
+                reschedule_after: opts.runtime_reschedule_after,
                 proxy_cert: opts.tls.as_ref().map(|t| absolute(&t.cert)),
             },
         );

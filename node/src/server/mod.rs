@@ -13,7 +13,7 @@ use std::future::Future;
 pub use options::{
     listen_address, ServerError, ServerOptions, DEFAULT_API_ADDRESS, DEFAULT_AUTH_TOKEN_TTL,
     DEFAULT_CLUSTER_ADDRESS, DEFAULT_CLUSTER_SIZE, DEFAULT_HTTP_HEADER_TIMEOUT,
-    DEFAULT_PROXY_ADDRESS, DEFAULT_WEB_ADDRESS,
+    DEFAULT_PROXY_ADDRESS, DEFAULT_RESCHEDULE_AFTER, DEFAULT_WEB_ADDRESS,
 };
 
 /// Runs a node until `shutdown` resolves, then stops it in order: hand

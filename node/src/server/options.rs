@@ -17,6 +17,8 @@ pub const DEFAULT_CLUSTER_ADDRESS: &str = "127.0.0.1:8083";
 
 /// How long access tokens live unless told otherwise.
 pub const DEFAULT_AUTH_TOKEN_TTL: Duration = Duration::from_secs(600);
+/// How long a node is held down before its services move, by default.
+pub const DEFAULT_RESCHEDULE_AFTER: Duration = Duration::from_secs(30);
 /// How many voters a cluster keeps unless told otherwise.
 pub const DEFAULT_CLUSTER_SIZE: u32 = 5;
 /// How long an HTTP client may take to send a request head, by default.
@@ -41,6 +43,9 @@ pub struct ServerOptions {
     pub runtime_target_dir: Option<PathBuf>,
     /// build services with `--release`
     pub runtime_release: bool,
+    /// how long gossip must hold a node down before its services are
+    /// started elsewhere
+    pub runtime_reschedule_after: Duration,
     /// the first admin's password (default `micro`, with a warning)
     pub auth_admin_password: Option<String>,
     /// how long access tokens live
@@ -80,6 +85,7 @@ impl ServerOptions {
             config_secret_key: None,
             runtime_target_dir: None,
             runtime_release: true,
+            runtime_reschedule_after: DEFAULT_RESCHEDULE_AFTER,
             auth_admin_password: None,
             auth_token_ttl: DEFAULT_AUTH_TOKEN_TTL,
             join: None,

@@ -153,10 +153,10 @@ pub(super) async fn serve(
     let core = core_services(node.id, &reachable(node.addrs.proxy));
     register_core(&node.replica, &core).await;
     {
-        // Services this node ran before it stopped start again; their
-        // builds must not hold up the node.
-        let runtime = node.runtime.clone();
-        tokio::spawn(async move { runtime.restore().await });
+        // Services this node ran before it stopped start again, those
+        // moved here start, those moved away stop; their builds must not
+        // hold up the node.
+        node.runtime.spawn_scheduler(node.cluster.clone());
     }
     let heartbeat = {
         let (replica, core) = (node.replica.clone(), core.clone());

@@ -12,10 +12,10 @@
 //! threads (the supervisor owns them), or unpack an upload outside its
 //! folder.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use micro_proto::runtime::runtime_server::Runtime;
 use micro_proto::runtime::{
@@ -74,6 +74,15 @@ fn require_owner(c: &Claims, ns: &str, spec: &Spec) -> Result<(), Status> {
     }
 }
 
+/// Largest upload kept in the replicated state (so any node can build it
+/// when its own node is lost); a larger one stays on the node it was sent
+/// to. Eight such entries (a Raft RPC's most) stay well under the peer
+/// message limit.
+const MAX_REPLICATED_SOURCE: usize = 4 * 1024 * 1024;
+/// How often a node brings what it runs in line with the specs, and the
+/// leader looks for services to move.
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
 /// Largest unpacked upload.
 const MAX_UNPACKED: u64 = 512 * 1024 * 1024;
 /// Default number of log lines.
@@ -92,6 +101,9 @@ pub struct RuntimeOptions {
     /// The certificate the gRPC endpoint serves when it serves TLS: services
     /// get its path as `MICRO_PROXY_CA` and trust exactly it.
     pub proxy_cert: Option<PathBuf>,
+    /// How long gossip must hold a node down before the leader starts its
+    /// services elsewhere.
+    pub reschedule_after: Duration,
 }
 
 /// What should run, as replicated.
@@ -172,6 +184,22 @@ pub struct Manager {
     root: PathBuf,
     opts: RuntimeOptions,
     running: Mutex<HashMap<String, Adopted>>,
+    /// Services a call is creating, updating or killing here: the
+    /// scheduler leaves them alone meanwhile.
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Marks a service busy until dropped.
+struct Busy<'a>(&'a Manager, String);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
 }
 
 /// The supervisor of a service on this node, and whether it still is: one
@@ -199,6 +227,7 @@ impl Manager {
             root,
             opts,
             running: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
         })
     }
 
@@ -625,8 +654,19 @@ impl Manager {
         }
     }
 
-    /// Starts again every service this node owns (after a restart).
-    pub async fn restore(self: &Arc<Self>) {
+    /// Marks `ns/name` busy; `None` when a call already works on it.
+    fn claim(&self, ns: &str, name: &str) -> Option<Busy<'_>> {
+        let key = format!("{ns}/{name}");
+        let fresh = self
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        fresh.then(|| Busy(self, key))
+    }
+
+    /// Every spec in the replica: namespace, spec, record version.
+    fn all_specs(&self) -> Vec<(String, Spec, u64)> {
         let mut specs = Vec::new();
         for item in self
             .replica
@@ -640,22 +680,203 @@ impl Manager {
                 continue;
             }
             if let Ok(spec) = serde_json::from_slice::<Spec>(&rec.value) {
-                if spec.node == self.node_id {
-                    specs.push((parts[1].to_string(), spec));
-                }
+                specs.push((parts[1].to_string(), spec, rec.version));
             }
         }
-        for (ns, spec) in specs {
-            match self.pid_file(&ns, &spec.name) {
-                Ok(file) => kill_leftover(&file, &spec.name).await,
-                Err(e) => {
-                    tracing::warn!("not restarting {}: {}", spec.name, e.message());
-                    continue;
+        specs
+    }
+
+    /// Runs for the node's life: every [`RECONCILE_EVERY`], brings what
+    /// this node runs in line with the specs (see [`Manager::reconcile`])
+    /// and, on the leader, moves the services of nodes held down (see
+    /// [`Manager::reschedule`]). Its first round stops what a killed node
+    /// left running.
+    pub fn spawn_scheduler(self: &Arc<Self>, cluster: Arc<Cluster>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            for (ns, spec, _) in me.all_specs() {
+                if let Ok(file) = me.pid_file(&ns, &spec.name) {
+                    kill_leftover(&file, &spec.name).await;
                 }
             }
-            tracing::info!("restarting service {} in {ns}", spec.name);
-            if let Err(e) = self.start(&ns, &spec).await {
-                tracing::warn!("cannot restart {}: {}", spec.name, e.message());
+            let mut down_since = HashMap::new();
+            let mut failed = HashSet::new();
+            loop {
+                me.reconcile(&mut failed).await;
+                if me.replica.leader() == Some(me.node_id) {
+                    me.reschedule(&cluster, &mut down_since).await;
+                } else {
+                    down_since.clear();
+                }
+                tokio::time::sleep(RECONCILE_EVERY).await;
+            }
+        });
+    }
+
+    /// Starts the services this node owns and does not run (after a
+    /// restart, or moved here) and stops those it runs and no longer owns
+    /// (moved away while it was down, or killed meanwhile). A spec whose
+    /// start failed is not tried again until it changes (`failed`).
+    async fn reconcile(self: &Arc<Self>, failed: &mut HashSet<(String, u64)>) {
+        let specs = self.all_specs();
+        let mine: HashMap<String, &Spec> = specs
+            .iter()
+            .filter(|(_, s, _)| s.node == self.node_id)
+            .map(|(ns, s, _)| (format!("{ns}/{}", s.name), s))
+            .collect();
+        let stale: Vec<(String, Adopted)> = {
+            let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<String> = running
+                .keys()
+                .filter(|k| !mine.contains_key(*k) && !busy.contains(*k))
+                .cloned()
+                .collect();
+            gone.into_iter()
+                .filter_map(|k| running.remove(&k).map(|a| (k, a)))
+                .collect()
+        };
+        for (key, a) in stale {
+            tracing::info!("stopping {key}: it no longer runs on this node");
+            // Its status is its new node's to report now.
+            a.current.store(false, std::sync::atomic::Ordering::SeqCst);
+            a.sup.stop().await;
+        }
+        for (ns, spec, version) in &specs {
+            let key = format!("{ns}/{}", spec.name);
+            if spec.node != self.node_id || failed.contains(&(key.clone(), *version)) {
+                continue;
+            }
+            let Some(_busy) = self.claim(ns, &spec.name) else {
+                continue;
+            };
+            let runs = self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&key);
+            if runs {
+                continue;
+            }
+            tracing::info!("starting service {} in {ns}", spec.name);
+            if let Err(e) = self.materialize(ns, spec).await {
+                tracing::warn!("cannot start {}: {}", spec.name, e.message());
+                failed.insert((key, *version));
+                continue;
+            }
+            if let Err(e) = self.start(ns, spec).await {
+                tracing::warn!("cannot start {}: {}", spec.name, e.message());
+                failed.insert((key, *version));
+            }
+        }
+    }
+
+    /// Makes sure `spec`'s source is in its folder on this node: it is
+    /// when the node fetched it itself; otherwise it comes from the
+    /// replicated upload, or from git again.
+    async fn materialize(&self, ns: &str, spec: &Spec) -> Result<(), Status> {
+        let dir = self.src_dir(ns, spec)?;
+        if tokio::fs::metadata(&dir).await.is_ok() {
+            return Ok(());
+        }
+        let upload = self
+            .replica
+            .reader()
+            .get(&crate::keys::runtime::source(ns, &spec.name), now_millis())
+            .map_err(status)?;
+        match upload {
+            Some(rec) => Self::unpack(rec.value, dir).await,
+            None if is_git(&spec.source) => Self::clone(&spec.source, &dir).await.map(|_| ()),
+            None => Err(Status::failed_precondition(format!(
+                "the source of {} was not replicated (too large) and is not on this node",
+                spec.name
+            ))),
+        }
+    }
+
+    /// On the leader: the services of nodes gossip has held down for
+    /// longer than `reschedule_after` (or that are no longer members) are
+    /// given to the live node that runs the fewest, with status `moving`
+    /// until their new node reports. `down_since` remembers since when
+    /// each node has been seen down.
+    async fn reschedule(&self, cluster: &Cluster, down_since: &mut HashMap<u64, Instant>) {
+        let (voters, learners) = cluster.membership();
+        let members: Vec<u64> = voters.union(&learners).copied().collect();
+        let now = Instant::now();
+        down_since.retain(|id, _| members.contains(id));
+        for id in &members {
+            if cluster.is_down(*id) {
+                down_since.entry(*id).or_insert(now);
+            } else {
+                down_since.remove(id);
+            }
+        }
+        let lost = |node: u64| {
+            !members.contains(&node)
+                || down_since
+                    .get(&node)
+                    .is_some_and(|t| now.duration_since(*t) >= self.opts.reschedule_after)
+        };
+        let specs = self.all_specs();
+        if !specs.iter().any(|(_, s, _)| lost(s.node)) {
+            return;
+        }
+        let mut load: HashMap<u64, usize> = members
+            .iter()
+            .filter(|id| !down_since.contains_key(id))
+            .map(|id| (*id, 0))
+            .collect();
+        for (_, s, _) in &specs {
+            if let Some(n) = load.get_mut(&s.node) {
+                *n += 1;
+            }
+        }
+        for (ns, spec, version) in specs {
+            if !lost(spec.node) {
+                continue;
+            }
+            // The least loaded live node (lowest id among equals).
+            let Some((&target, _)) = load.iter().min_by_key(|(id, n)| (**n, **id)) else {
+                tracing::warn!("no live node to move {} to", spec.name);
+                return;
+            };
+            let from = spec.node;
+            let moved = Spec {
+                node: target,
+                updated: now_millis(),
+                ..spec
+            };
+            let Ok(raw) = serde_json::to_vec(&moved) else {
+                continue;
+            };
+            let moving = serde_json::to_vec(&Reported {
+                status: "moving".into(),
+                ..Default::default()
+            })
+            .unwrap_or_default();
+            let txn = Txn::ops(vec![
+                Op::Put {
+                    key: spec_key(&ns, &moved.name),
+                    value: raw,
+                    expires_at: None,
+                },
+                Op::Put {
+                    key: status_key(&ns, &moved.name),
+                    value: moving,
+                    expires_at: None,
+                },
+            ])
+            .when(Cond::VersionEq(spec_key(&ns, &moved.name), version));
+            match self.replica.write(txn).await {
+                Ok(r) if r.succeeded => {
+                    tracing::info!(
+                        "moving service {} in {ns} from node {from} (down) to node {target}",
+                        moved.name
+                    );
+                    *load.entry(target).or_default() += 1;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot move {}: {e}", moved.name),
             }
         }
     }
@@ -732,6 +953,42 @@ impl Manager {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
     }
+}
+
+/// Another call is creating, updating or killing the service here.
+fn busy(name: &str) -> Status {
+    Status::aborted(format!(
+        "service {name} is being changed by another call; try again"
+    ))
+}
+
+/// The upload to keep in the replicated state beside its spec, when there
+/// is one small enough.
+fn replicated_source(upload: &[u8]) -> Option<Vec<u8>> {
+    (!upload.is_empty() && upload.len() <= MAX_REPLICATED_SOURCE).then(|| upload.to_vec())
+}
+
+/// Writes a spec and, with it, its replicated source; a spec without one
+/// (git, or too large) drops a previous version's, which would no longer
+/// match it.
+fn spec_txn(ns: &str, name: &str, spec: Vec<u8>, source: Option<Vec<u8>>) -> Txn {
+    let source_key = crate::keys::runtime::source(ns, name);
+    let source_op = match source {
+        Some(value) => Op::Put {
+            key: source_key,
+            value,
+            expires_at: None,
+        },
+        None => Op::Delete { key: source_key },
+    };
+    Txn::ops(vec![
+        Op::Put {
+            key: spec_key(ns, name),
+            value: spec,
+            expires_at: None,
+        },
+        source_op,
+    ])
 }
 
 /// "exited with status 1; restarting in 1s" as an update's failure: the
@@ -913,12 +1170,14 @@ impl Runtime for RuntimeService {
             }
         }
         let m = &self.manager;
+        let _busy = m.claim(&ns, &svc.name).ok_or_else(|| busy(&svc.name))?;
         if m.spec(&ns, &svc.name)?.is_some() {
             return Err(Status::already_exists(format!(
                 "service {} is already running; use micro update",
                 svc.name
             )));
         }
+        let source = replicated_source(&req.upload);
         let (build, dir) = m.fetch(&ns, &svc.name, &svc.source, req.upload).await?;
         let spec = Spec {
             name: svc.name.clone(),
@@ -942,7 +1201,7 @@ impl Runtime for RuntimeService {
         let res = m
             .replica
             .write(
-                Txn::put(spec_key(&ns, &spec.name), raw, None)
+                spec_txn(&ns, &spec.name, raw, source)
                     .when(Cond::Absent(spec_key(&ns, &spec.name))),
             )
             .await
@@ -1039,6 +1298,7 @@ impl Runtime for RuntimeService {
         let Some(svc) = req.service else {
             return Err(Status::invalid_argument("a service is required"));
         };
+        let _busy = m.claim(&ns, &name).ok_or_else(|| busy(&name))?;
         if req.upload.is_empty() && !is_git(&spec.source) {
             return Err(Status::invalid_argument(format!(
                 "service {} came from a local folder: update it with that folder",
@@ -1052,6 +1312,7 @@ impl Runtime for RuntimeService {
         if !svc.source.is_empty() {
             next.source = svc.source;
         }
+        let source = replicated_source(&req.upload);
         (next.build, next.dir) = m.fetch(&ns, &name, &next.source, req.upload).await?;
         next.updated = now_millis();
         let sup = match m.try_version(&ns, &next).await {
@@ -1068,7 +1329,7 @@ impl Runtime for RuntimeService {
         let written = m
             .replica
             .write(
-                Txn::put(spec_key(&ns, &name), raw, None)
+                spec_txn(&ns, &name, raw, source)
                     .when(Cond::VersionEq(spec_key(&ns, &name), version)),
             )
             .await
@@ -1112,6 +1373,7 @@ impl Runtime for RuntimeService {
                 .delete(Request::from_parts(md, Default::default(), req))
                 .await;
         }
+        let _busy = m.claim(&ns, &name).ok_or_else(|| busy(&name))?;
         m.stop(&ns, &name).await;
         m.replica
             .write(Txn::ops(vec![Op::DeletePrefix {
