@@ -25,6 +25,8 @@ pub async fn start_node_full() -> Result<(serde_json::Value, tempfile::TempDir),
         proxy_address: "127.0.0.1:0".into(),
         web_address: "127.0.0.1:0".into(),
         cluster_address: "127.0.0.1:0".into(),
+        // Nothing but the node on the CPU while it is measured.
+        runtime_warm_up: false,
         ..micro_node::ServerOptions::new(data.clone())
     };
     tokio::spawn(async move {

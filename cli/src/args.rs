@@ -55,7 +55,9 @@ pub enum Command {
     New {
         /// The service's name: lowercase letters, digits and '_'
         name: String,
-        /// Path of the micro framework source to depend on (default: the one this binary was built from)
+        /// Depend on the micro framework source at DIR by path (for working on
+        /// the framework itself); by default the project depends on micro by
+        /// version and the node builds it against the framework it embeds
         #[arg(long, env = "MICRO_FRAMEWORK_PATH", value_name = "DIR")]
         framework: Option<PathBuf>,
     },
@@ -435,6 +437,10 @@ pub struct ServerArgs {
         value_name = "ORIGINS"
     )]
     pub api_cors_origins: Vec<String>,
+    /// Build the service framework's dependencies into the build cache when the
+    /// node starts, so a first `micro run` compiles only its own crate
+    #[arg(long, env = "MICRO_RUNTIME_WARM_UP", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub runtime_warm_up: bool,
     /// Services of a node gossip holds down this long are started on other nodes
     #[arg(long, env = "MICRO_RUNTIME_RESCHEDULE_AFTER", value_parser = parse_span, default_value_t = Span(micro_node::server::DEFAULT_RESCHEDULE_AFTER), value_name = "DURATION")]
     pub runtime_reschedule_after: Span,

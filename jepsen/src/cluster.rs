@@ -317,6 +317,8 @@ impl Cluster {
         }
         let log = std::fs::OpenOptions::new().append(true).open(&node.log)?;
         let mut cmd = self.net.command(idx, &self.micro);
+        // The harness runs no services: no build beside the nodes.
+        cmd.env("MICRO_RUNTIME_WARM_UP", "false");
         cmd.arg("server")
             .arg("--data-dir")
             .arg(&node.data)

@@ -16,6 +16,7 @@ mod backend;
 pub mod client_tls;
 pub mod cluster;
 pub mod data_dir;
+pub mod framework;
 mod grpc;
 pub mod keys;
 mod login_limit;

@@ -1,43 +1,15 @@
 //! `micro new NAME`: a ready Rust service project, made from the
-//! `examples/helloworld` files this binary was built with.
+//! `examples/helloworld` files this binary was built with. It depends on
+//! `micro` by version, with no path of this machine in it, and ships the
+//! `Cargo.lock` the framework is tested with; the node's runtime builds it
+//! against the framework embedded in the node (`micro_node::framework`).
 
 use std::path::{Path, PathBuf};
 
+use micro_node::framework as embedded;
+
 use super::out;
 use crate::errors::Failure;
-
-const CARGO_TOML: &str = include_str!("../../../examples/helloworld/Cargo.toml");
-const BUILD_RS: &str = include_str!("../../../examples/helloworld/build.rs");
-const PROTO: &str = include_str!("../../../examples/helloworld/proto/helloworld.proto");
-const MAIN_RS: &str = include_str!("../../../examples/helloworld/src/main.rs");
-const README: &str = include_str!("../../../examples/helloworld/README.md");
-
-/// The framework source this binary was built from.
-fn built_framework() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("service")
-}
-
-fn camel(name: &str) -> String {
-    name.split('_')
-        .map(|p| {
-            let mut c = p.chars();
-            match c.next() {
-                Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
-                None => String::new(),
-            }
-        })
-        .collect()
-}
-
-/// The template with `helloworld` renamed and the framework path set.
-fn render(template: &str, name: &str, framework: &str) -> String {
-    template
-        .replace("../../service", framework)
-        .replace("Helloworld", &camel(name))
-        .replace("helloworld", name)
-}
 
 pub fn run(name: &str, framework: Option<&Path>) -> Result<(), Failure> {
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
@@ -53,23 +25,24 @@ pub fn run(name: &str, framework: Option<&Path>) -> Result<(), Failure> {
     if dir.exists() {
         return Err(Failure::msg(format!("{name} already exists")));
     }
-    let framework = framework
-        .map(Path::to_path_buf)
-        .unwrap_or_else(built_framework);
-    let framework = framework.canonicalize().map_err(|_| {
-        Failure::msg(format!(
-            "The micro framework source is not at {}; give its path with --framework",
-            framework.display()
-        ))
-    })?;
-    let fw = framework.to_string_lossy();
-    let files = [
-        ("Cargo.toml", CARGO_TOML),
-        ("build.rs", BUILD_RS),
-        ("README.md", README),
-        ("src/main.rs", MAIN_RS),
-    ];
-    let write = |rel: &str, text: String| -> Result<(), Failure> {
+    let framework = match framework {
+        Some(dir) => Some(
+            dir.canonicalize()
+                .ok()
+                .filter(|d| d.join("Cargo.toml").is_file())
+                .ok_or_else(|| {
+                    Failure::msg(format!(
+                        "The micro framework source is not at {}",
+                        dir.display()
+                    ))
+                })?
+                .to_string_lossy()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let fw = framework.as_deref();
+    let write = |rel: &str, text: &[u8]| -> Result<(), Failure> {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -78,28 +51,16 @@ pub fn run(name: &str, framework: Option<&Path>) -> Result<(), Failure> {
         std::fs::write(&path, text)
             .map_err(|e| Failure::msg(format!("Cannot write {}: {e}", path.display())))
     };
-    for (rel, template) in files {
-        write(rel, render(template, name, &fw))?;
+    for (rel, text) in embedded::project(name, fw) {
+        write(&rel, text.as_bytes())?;
     }
-    write(&format!("proto/{name}.proto"), render(PROTO, name, &fw))?;
+    if fw.is_none() {
+        let lock = embedded::lock()
+            .map_err(|e| Failure::msg(format!("Cannot read the embedded Cargo.lock: {e}")))?;
+        write("Cargo.lock", &lock)?;
+    }
     out(format!(
         "Created service {name} in ./{name}\n\nRun it with:\n  micro run ./{name}\n  micro {name} call --name=Alice\n"
     )
     .as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_template_is_renamed() {
-        let text = render(MAIN_RS, "my_greeter", "/fw");
-        assert!(text.contains("include_proto!(\"my_greeter\")"));
-        assert!(text.contains("MyGreeterServer"));
-        assert!(!text.contains("helloworld"));
-        let toml = render(CARGO_TOML, "my_greeter", "/fw");
-        assert!(toml.contains("name = \"my_greeter\""));
-        assert!(toml.contains("path = \"/fw\""));
-    }
 }

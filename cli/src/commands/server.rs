@@ -96,6 +96,7 @@ pub fn run(args: &ServerArgs) -> Result<(), Failure> {
         runtime_target_dir: args.runtime_target_dir.clone(),
         runtime_release: args.runtime_profile == crate::args::Profile::Release,
         runtime_reschedule_after: args.runtime_reschedule_after.0,
+        runtime_warm_up: args.runtime_warm_up,
         auth_admin_password,
         auth_token_ttl: args.auth_token_ttl.0,
         join: args.join.clone(),

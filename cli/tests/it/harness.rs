@@ -106,6 +106,8 @@ impl Home {
                 cmd.env_remove(k);
             }
         }
+        // Nodes started by a test build nothing unless it asks.
+        cmd.env("MICRO_RUNTIME_WARM_UP", "false");
         let mut child = cmd.spawn().expect("run micro");
         if let Some(text) = input {
             use std::io::Write;
@@ -199,6 +201,8 @@ impl Server {
             .args(["--cluster-address", &cluster])
             .args(&self.args)
             .env("HOME", self.home.path())
+            // Nodes started by a test build nothing unless it asks.
+            .env("MICRO_RUNTIME_WARM_UP", "false")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(

@@ -218,6 +218,35 @@ fn an_update_swaps_only_a_version_that_builds_and_runs() {
     assert_eq!(kept, 1, "old and failed versions are removed");
 }
 
+/// A node that starts warms its build cache: the `micro new` template is
+/// built against the embedded framework into the shared target dir.
+#[test]
+fn a_starting_node_warms_its_build_cache() {
+    let s = runtime_server_with(&[("MICRO_RUNTIME_WARM_UP", "true")], "micro");
+    let log = s.data.join("runtime/logs/warm-up.log");
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("[micro] build finished") {
+            let unpacked = std::fs::read_dir(services_target_dir().join("micro-framework"))
+                .unwrap()
+                .flatten()
+                .any(|d| d.path().join("service/Cargo.toml").is_file());
+            assert!(
+                unpacked,
+                "built against the embedded framework, unpacked beside the cache"
+            );
+            break;
+        }
+        assert!(!text.contains("build failed"), "{text}");
+        assert!(
+            Instant::now() < deadline,
+            "the warm-up never finished:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[test]
 fn services_start_again_when_the_node_restarts() {
     let mut s = runtime_server();
@@ -300,6 +329,12 @@ fn new_run_call_update_kill() {
     s.micro_in(work.path(), &["new", "Bad-Name"])
         .fails_with("Invalid service name 'Bad-Name': use lowercase letters, digits and '_', starting with a letter");
 
+    // The project names no path of this machine: it depends on micro by
+    // version and ships the lock the framework is tested with; the node
+    // builds it against the framework it embeds.
+    let manifest = std::fs::read_to_string(work.path().join("greeter/Cargo.toml")).unwrap();
+    assert!(!manifest.contains("path"), "{manifest}");
+    assert!(work.path().join("greeter/Cargo.lock").exists());
     assert_eq!(s.micro_in(work.path(), &["run", "./greeter"]).ok(), "");
     let line = s.wait_status("greeter", 900, |l| {
         l.contains(" running ") || l.contains(" error ")
@@ -311,6 +346,11 @@ fn new_run_call_update_kill() {
     );
     let services = s.micro(&["services"]);
     assert!(services.ok().contains("greeter\n"), "{services:?}");
+    let build_log = s.micro(&["logs", "greeter", "--build", "-n", "500"]);
+    assert!(
+        build_log.ok().contains("cargo build") && build_log.stdout.contains("build finished"),
+        "{build_log:?}"
+    );
     let call = || s.micro(&["greeter", "call", "--name=Alice"]);
     assert_eq!(call().ok(), "{\n  \"msg\": \"Hello Alice\"\n}\n");
     assert_eq!(

@@ -322,6 +322,7 @@ fn start_server(api: &str, env: &[(&str, &str)]) -> (bool, String) {
         .args(["--web-address", "127.0.0.1:0"])
         .args(["--cluster-address", "127.0.0.1:0"])
         .env("HOME", dir.path())
+        .env("MICRO_RUNTIME_WARM_UP", "false")
         .env_remove("MICRO_AUTH_ADMIN_PASSWORD")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -59,8 +59,14 @@ pub enum Build {
     /// A Cargo project: `cargo build [--release]` with
     /// `CARGO_TARGET_DIR=target_dir` (one target dir shared by all services
     /// so dependencies compile once). The binary run is
-    /// `target_dir/{release|debug}/<bin>`; see [`cargo_bin_name`].
-    Cargo { target_dir: PathBuf, release: bool },
+    /// `target_dir/{release|debug}/<bin>`; see [`cargo_bin_name`]. With
+    /// `framework`, the project's `micro` dependency is patched to that
+    /// crate folder (see `crate::framework`).
+    Cargo {
+        target_dir: PathBuf,
+        release: bool,
+        framework: Option<PathBuf>,
+    },
     /// Anything else: an optional build command and a run command, both run
     /// with `sh -c` in the source dir.
     Command { build: Option<String>, run: String },
@@ -410,7 +416,11 @@ async fn supervise(
 /// What to spawn, resolved from [`Build`].
 enum Program {
     Shell(String),
-    CargoBuild { target_dir: PathBuf, release: bool },
+    CargoBuild {
+        target_dir: PathBuf,
+        release: bool,
+        framework: Option<PathBuf>,
+    },
     Exec(PathBuf),
 }
 
@@ -470,11 +480,16 @@ impl Program {
                 c.arg("-c").arg(script);
                 c
             }
-            Program::CargoBuild { release, .. } => {
+            Program::CargoBuild {
+                release, framework, ..
+            } => {
                 let mut c = Command::new("cargo");
                 c.arg("build");
                 if *release {
                     c.arg("--release");
+                }
+                if let Some(dir) = framework {
+                    c.args(crate::framework::patch_args(dir));
                 }
                 c
             }
@@ -539,6 +554,7 @@ async fn run(
         Build::Cargo {
             target_dir,
             release,
+            framework,
         } => {
             // Before building, so a manifest we cannot run fails fast.
             let bin = match read_bin_name(&spec.dir).await {
@@ -550,6 +566,7 @@ async fn run(
                 Some(Program::CargoBuild {
                     target_dir: target_dir.clone(),
                     release: *release,
+                    framework: framework.clone(),
                 }),
                 Program::Exec(target_dir.join(profile).join(bin)),
             )

@@ -273,6 +273,7 @@ impl Built {
                     .unwrap_or_else(|| data.runtime().join("target")),
                 release: opts.runtime_release,
                 reschedule_after: opts.runtime_reschedule_after,
+                warm_up: opts.runtime_warm_up,
                 proxy_cert: opts.tls.as_ref().map(|t| absolute(&t.cert)),
             },
         );

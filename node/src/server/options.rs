@@ -46,6 +46,8 @@ pub struct ServerOptions {
     /// how long gossip must hold a node down before its services are
     /// started elsewhere
     pub runtime_reschedule_after: Duration,
+    /// build the framework's dependencies when the node starts
+    pub runtime_warm_up: bool,
     /// the first admin's password (default `micro`, with a warning)
     pub auth_admin_password: Option<String>,
     /// how long access tokens live
@@ -86,6 +88,7 @@ impl ServerOptions {
             runtime_target_dir: None,
             runtime_release: true,
             runtime_reschedule_after: DEFAULT_RESCHEDULE_AFTER,
+            runtime_warm_up: true,
             auth_admin_password: None,
             auth_token_ttl: DEFAULT_AUTH_TOKEN_TTL,
             join: None,

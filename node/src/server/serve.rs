@@ -158,6 +158,8 @@ pub(super) async fn serve(
         // hold up the node.
         node.runtime.spawn_scheduler(node.cluster.clone());
     }
+    // The warm-up build lives until the node stops (dropping it ends it).
+    let warm_up = node.runtime.warm_up().await;
     let heartbeat = {
         let (replica, core) = (node.replica.clone(), core.clone());
         tokio::spawn(async move {
@@ -172,6 +174,7 @@ pub(super) async fn serve(
     announce(&node)?;
 
     shutdown.await;
+    drop(warm_up);
     stop_in_order(
         node,
         Tasks {

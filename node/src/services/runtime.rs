@@ -104,6 +104,9 @@ pub struct RuntimeOptions {
     /// How long gossip must hold a node down before the leader starts its
     /// services elsewhere.
     pub reschedule_after: Duration,
+    /// Build the framework's dependencies into the target dir when the node
+    /// starts, so that a first service compiles only its own crate.
+    pub warm_up: bool,
 }
 
 /// What should run, as replicated.
@@ -371,6 +374,25 @@ impl Manager {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// The embedded framework's `micro` crate, unpacked under
+    /// `<target dir>/micro-framework/` (once per framework version): beside
+    /// the build cache it belongs to, so that nodes sharing a target dir
+    /// share its compiled framework too.
+    async fn framework(&self) -> Option<PathBuf> {
+        let root = self.opts.target_dir.join("micro-framework");
+        match tokio::task::spawn_blocking(move || crate::framework::unpack(&root)).await {
+            Ok(Ok(dir)) => Some(dir),
+            Ok(Err(e)) => {
+                tracing::warn!("cannot unpack the embedded framework: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("cannot unpack the embedded framework: {e}");
+                None
+            }
+        }
+    }
+
     /// How to build and run the source in `dir`.
     async fn build_kind(&self, dir: &Path, command: &str, name: &str) -> Result<Build, Status> {
         if !command.is_empty() {
@@ -391,6 +413,7 @@ impl Manager {
             return Ok(Build::Cargo {
                 target_dir: self.opts.target_dir.clone(),
                 release: self.opts.release,
+                framework: self.framework().await,
             });
         }
         Err(Status::invalid_argument(format!(
@@ -652,6 +675,62 @@ impl Manager {
         if let Some(a) = sup {
             a.sup.stop().await;
         }
+    }
+
+    /// When the node starts (and `warm_up` is on and `cargo` is on the
+    /// `PATH`): builds a project of the `micro new` template in the
+    /// background, with the flags every service build gets, so the shared
+    /// target dir holds the framework's whole dependency tree before the
+    /// first `micro run`. Its output goes to `logs/warm-up.log`. The
+    /// returned supervisor ends the build when dropped (node shutdown).
+    pub async fn warm_up(&self) -> Option<Supervisor> {
+        if !self.opts.warm_up || !on_path("cargo") {
+            return None;
+        }
+        let dir = paths::under(&self.root, &["warm-up"]).ok()?;
+        let log_file = paths::under(&self.root, &["logs", "warm-up.log"]).ok()?;
+        let files = crate::framework::project("micro_warm_up", None);
+        let written = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || -> std::io::Result<()> {
+                for (rel, text) in files {
+                    let path = dir.join(rel);
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(path, text)?;
+                }
+                // Only the first time: cargo keeps it current afterwards.
+                let lock = dir.join("Cargo.lock");
+                if !lock.exists() {
+                    std::fs::write(lock, crate::framework::lock()?)?;
+                }
+                Ok(())
+            }
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!("cannot write the warm-up project in {}", dir.display());
+            return None;
+        }
+        tracing::info!(
+            "warming up the build cache in {} (log: {})",
+            self.opts.target_dir.display(),
+            log_file.display()
+        );
+        Some(Supervisor::start(ProcSpec {
+            name: "warm-up".into(),
+            dir,
+            build: Build::Cargo {
+                target_dir: self.opts.target_dir.clone(),
+                release: self.opts.release,
+                framework: self.framework().await,
+            },
+            env: Vec::new(),
+            log_file,
+            build_log: None,
+            build_only: true,
+        }))
     }
 
     /// Marks `ns/name` busy; `None` when a call already works on it.
@@ -953,6 +1032,12 @@ impl Manager {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
     }
+}
+
+/// Whether an executable named `program` is in a folder of the `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// Another call is creating, updating or killing the service here.
