@@ -131,6 +131,21 @@ pub fn unpack(root: &Path) -> io::Result<PathBuf> {
     }
 }
 
+/// Whether a Cargo manifest depends on `micro` (as a dependency or a
+/// build dependency); a manifest that does not parse is taken to.
+pub fn depends_on_micro(manifest: &str) -> bool {
+    let Ok(doc) = manifest.parse::<toml::Table>() else {
+        return true;
+    };
+    ["dependencies", "build-dependencies"]
+        .iter()
+        .any(|section| {
+            doc.get(*section)
+                .and_then(toml::Value::as_table)
+                .is_some_and(|t| t.contains_key("micro"))
+        })
+}
+
 /// The `cargo build` arguments that point a project's `micro` dependency
 /// at the unpacked framework in `crate_dir`.
 pub fn patch_args(crate_dir: &Path) -> [String; 2] {
@@ -144,6 +159,16 @@ pub fn patch_args(crate_dir: &Path) -> [String; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_projects_of_the_framework_get_it() {
+        let files: std::collections::HashMap<String, String> =
+            project("g", None).into_iter().collect();
+        assert!(depends_on_micro(&files["Cargo.toml"]));
+        assert!(!depends_on_micro(
+            "[package]\nname = \"x\"\n[dependencies]\nserde = \"1\"\n"
+        ));
+    }
 
     #[test]
     fn a_project_is_the_template_renamed_by_version() {

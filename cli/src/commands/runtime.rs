@@ -122,7 +122,7 @@ fn not_found_is_service(s: tonic::Status) -> Failure {
 
 pub async fn run(ctx: Context, a: &RunArgs) -> Result<(), Failure> {
     let source = classify(&a.source)?;
-    let name = a.name.clone().unwrap_or_else(|| default_name(&source));
+    let name = name_of(a, &source);
     let (shown, upload) = match &source {
         Source::Folder(dir) => (dir.display().to_string(), pack_async(dir.clone()).await?),
         Source::Git(url) => (url.clone(), Vec::new()),
@@ -132,7 +132,7 @@ pub async fn run(ctx: Context, a: &RunArgs) -> Result<(), Failure> {
         .runtime()
         .create(CreateRequest {
             service: Some(Service {
-                name,
+                name: name.clone(),
                 version: "latest".into(),
                 source: shown,
                 // The node records the logged-in account as the owner.
@@ -145,7 +145,96 @@ pub async fn run(ctx: Context, a: &RunArgs) -> Result<(), Failure> {
             upload,
         })
         .await?;
-    Ok(())
+    follow_build(&client, &name).await
+}
+
+/// The name `micro run` gives the service.
+fn name_of(a: &RunArgs, source: &Source) -> String {
+    a.name.clone().unwrap_or_else(|| default_name(source))
+}
+
+/// Prints the lines of the service's build log as they are written, on
+/// stderr (`past` of the lines already there first; negative: none),
+/// until the returned handle is aborted; every line written once this
+/// returns is shown. The receiver turns true once a build's last line
+/// (`[micro] build finished`, `failed …`) was printed.
+async fn show_build(
+    client: &micro::Client,
+    name: &str,
+    past: i64,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<bool>,
+) {
+    let (ended_tx, ended) = tokio::sync::watch::channel(false);
+    let req = LogsRequest {
+        name: name.to_string(),
+        count: past,
+        stream: true,
+        build: true,
+    };
+    // The node fixes where following starts when it answers: only then
+    // may the build begin.
+    let Ok(resp) = client.runtime().logs(req).await else {
+        return (tokio::spawn(async {}), ended);
+    };
+    let task = tokio::spawn(async move {
+        let mut lines = resp.into_inner();
+        while let Ok(Some(rec)) = lines.message().await {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{}", rec.message);
+            if rec.message.starts_with("[micro] build ") {
+                ended_tx.send_replace(true);
+            }
+        }
+    });
+    (task, ended)
+}
+
+/// After `micro run`: shows the build as it happens until the service
+/// runs (or fails), then its state; a failed build fails the command.
+async fn follow_build(client: &micro::Client, name: &str) -> Result<(), Failure> {
+    let (shown, mut ended) = show_build(client, name, 1000).await;
+    let outcome = loop {
+        let found = client
+            .runtime()
+            .read(ReadRequest {
+                name: name.to_string(),
+            })
+            .await?
+            .into_inner()
+            .services
+            .into_iter()
+            .next();
+        let Some(svc) = found else {
+            break Err(Failure::msg(format!("Service {name} was killed meanwhile")));
+        };
+        let get = |k: &str| svc.metadata.get(k).cloned().unwrap_or_default();
+        let (status, error) = (get("status"), get("error"));
+        match status.as_str() {
+            "pending" | "building" | "built" | "starting" | "moving" => {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                continue;
+            }
+            _ => {}
+        }
+        // The build log's last lines are on their way.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(3), ended.wait_for(|e| *e)).await;
+        break if status == "error" && error.starts_with("build failed") {
+            Err(Failure::msg(format!(
+                "Build failed: see `micro logs {name} --build`"
+            )))
+        } else if error.is_empty() {
+            eprintln!("{name} is {status}");
+            Ok(())
+        } else {
+            eprintln!("{name} is {status}: {error}");
+            Ok(())
+        };
+    };
+    shown.abort();
+    outcome
 }
 
 /// `12s ago`, `3m ago`, `2h ago`, `4d ago`.
@@ -249,7 +338,7 @@ pub async fn kill(ctx: Context, name: &str) -> Result<(), Failure> {
 }
 
 pub async fn update(ctx: Context, source: &str, name: Option<&str>) -> Result<(), Failure> {
-    let (name, shown, upload) = match classify(source) {
+    let (name, shown_source, upload) = match classify(source) {
         Ok(Source::Folder(dir)) => {
             let name = name
                 .map(str::to_string)
@@ -271,18 +360,24 @@ pub async fn update(ctx: Context, source: &str, name: Option<&str>) -> Result<()
         ),
     };
     let client = ctx.connect().await?;
-    client
+    // The new version's build, as it happens (only lines from now on).
+    let (shown, mut ended) = show_build(&client, &name, -1).await;
+    let updated = client
         .runtime()
         .update(UpdateRequest {
             service: Some(Service {
                 name,
-                source: shown,
+                source: shown_source,
                 ..Default::default()
             }),
             upload,
         })
         .await
-        .map_err(not_found_is_service)?;
+        .map_err(not_found_is_service);
+    // The build's last lines may still be on their way.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), ended.wait_for(|e| *e)).await;
+    shown.abort();
+    updated?;
     Ok(())
 }
 

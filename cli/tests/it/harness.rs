@@ -60,6 +60,15 @@ impl Run {
         );
         assert_eq!(self.stdout, "", "{self:?}");
     }
+
+    /// Asserts failure whose last line is this message (after progress
+    /// lines, as `micro run` and `update` print while building).
+    #[track_caller]
+    pub fn fails_ending_with(&self, message: &str) {
+        assert_ne!(self.code, 0, "command should have failed: {self:?}");
+        assert_eq!(self.stderr.lines().last(), Some(message), "{self:?}");
+        assert_eq!(self.stdout, "", "{self:?}");
+    }
 }
 
 /// A temporary HOME for the CLI (its `~/.micro`).

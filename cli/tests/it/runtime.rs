@@ -119,7 +119,10 @@ fn a_build_error_shows_in_status_and_logs() {
     )
     .unwrap();
     std::fs::write(dir.join("src/main.rs"), "fn main() { this is not rust }\n").unwrap();
-    s.micro(&["run", dir.to_str().unwrap()]).ok();
+    // `micro run` shows the build as it happens, and fails with it.
+    let run = s.micro(&["run", dir.to_str().unwrap()]);
+    run.fails_ending_with("Build failed: see `micro logs broken --build`");
+    assert!(run.stderr.contains("expected one of"), "{run:?}");
     let line = s.wait_status("broken", 120, |l| l.contains(" error "));
     assert!(line.contains("error=build failed"), "{line}");
     let logs = wait_logs(&s, "broken", "error");
@@ -170,10 +173,14 @@ fn an_update_swaps_only_a_version_that_builds_and_runs() {
         Some("echo the compiler says no; exit 2"),
         "echo serving two; exec sleep 600",
     );
-    s.micro(&["update", bad_build.to_str().unwrap()])
-        .fails_with(&format!(
-            "Update failed: build error (see `micro logs swapper --build`); swapper {first} is still running"
-        ));
+    let update = s.micro(&["update", bad_build.to_str().unwrap()]);
+    update.fails_ending_with(&format!(
+        "Update failed: build error (see `micro logs swapper --build`); swapper {first} is still running"
+    ));
+    assert!(
+        update.stderr.contains("the compiler says no"),
+        "the build is shown as it happens: {update:?}"
+    );
     assert_eq!(processes_of("swapper"), before, "the old process serves on");
     let line = s.wait_status("swapper", 5, |l| l.contains(" running "));
     assert_eq!(
@@ -193,7 +200,7 @@ fn an_update_swaps_only_a_version_that_builds_and_runs() {
 
     // A new version that exits as it starts.
     let dies = command_service(work.path(), "swapper", None, "echo dying; exit 7");
-    s.micro(&["update", dies.to_str().unwrap()]).fails_with(&format!(
+    s.micro(&["update", dies.to_str().unwrap()]).fails_ending_with(&format!(
         "Update failed: the new version exited with status 7 as it started; swapper {first} is still running"
     ));
     assert_eq!(processes_of("swapper"), before, "the old process serves on");
@@ -335,7 +342,13 @@ fn new_run_call_update_kill() {
     let manifest = std::fs::read_to_string(work.path().join("greeter/Cargo.toml")).unwrap();
     assert!(!manifest.contains("path"), "{manifest}");
     assert!(work.path().join("greeter/Cargo.lock").exists());
-    assert_eq!(s.micro_in(work.path(), &["run", "./greeter"]).ok(), "");
+    let run = s.micro_in(work.path(), &["run", "./greeter"]);
+    assert_eq!(run.ok(), "");
+    assert!(
+        run.stderr.contains("[micro] building: cargo build")
+            && run.stderr.contains("greeter is running"),
+        "the build is shown as it happens, then the state: {run:?}"
+    );
     let line = s.wait_status("greeter", 900, |l| {
         l.contains(" running ") || l.contains(" error ")
     });
@@ -405,7 +418,7 @@ fn new_run_call_update_kill() {
     let code = std::fs::read_to_string(&main).unwrap();
     std::fs::write(&main, format!("{code}\nfn broken() -> u32 {{ \"no\" }}\n")).unwrap();
     s.micro_in(work.path(), &["update", "./greeter"])
-        .fails_with(&format!(
+        .fails_ending_with(&format!(
             "Update failed: build error (see `micro logs greeter --build`); greeter {build} is still running"
         ));
     assert_eq!(call().ok(), "{\n  \"msg\": \"Howdy Alice\"\n}\n");

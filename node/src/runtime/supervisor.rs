@@ -645,7 +645,11 @@ async fn run(
             return Ended::Stopped;
         }
         let started = Instant::now();
-        let mut proc = match Proc::spawn(program.command(spec, false), &[sink.clone()], shared) {
+        let mut proc = match Proc::spawn(
+            program.command(spec, false),
+            std::slice::from_ref(&sink),
+            shared,
+        ) {
             Ok(p) => p,
             Err(e) => return Ended::Failed(format!("cannot start {}: {e}", program.describe())),
         };

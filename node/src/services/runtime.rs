@@ -409,11 +409,17 @@ impl Manager {
                 run: m.run,
             });
         }
-        if tokio::fs::metadata(dir.join("Cargo.toml")).await.is_ok() {
+        if let Ok(manifest) = tokio::fs::read_to_string(dir.join("Cargo.toml")).await {
+            // Only a project of the framework gets it patched in.
+            let framework = if crate::framework::depends_on_micro(&manifest) {
+                self.framework().await
+            } else {
+                None
+            };
             return Ok(Build::Cargo {
                 target_dir: self.opts.target_dir.clone(),
                 release: self.opts.release,
-                framework: self.framework().await,
+                framework,
             });
         }
         Err(Status::invalid_argument(format!(
@@ -1512,10 +1518,10 @@ impl Runtime for RuntimeService {
         } else {
             m.log_file(&ns, &req.name)?
         };
-        let count = if req.count > 0 {
-            req.count as usize
-        } else {
-            DEFAULT_LINES
+        let count = match req.count {
+            0 => DEFAULT_LINES,
+            n if n < 0 => 0,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
         };
         let (lines, end) = logs::tail_with_end(&file, count).await.unwrap_or_default();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
