@@ -88,6 +88,9 @@ pub enum Command {
         /// The service's name (default: the folder's name)
         #[arg(long)]
         name: Option<String>,
+        /// SOURCE is an executable built elsewhere, run as it is
+        #[arg(long)]
+        binary: bool,
     },
     /// Call a service endpoint with a JSON request
     Call {
@@ -525,8 +528,12 @@ pub struct RunArgs {
     #[arg(long = "env-var", value_name = "KEY=VALUE")]
     pub env_vars: Vec<String>,
     /// Run this command instead of building a Cargo project
-    #[arg(long)]
+    #[arg(long, conflicts_with = "binary")]
     pub command: Option<String>,
+    /// SOURCE is an executable built elsewhere (for the nodes' architecture):
+    /// it is uploaded and run as it is, with no build on the node
+    #[arg(long)]
+    pub binary: bool,
 }
 
 #[derive(Args, Debug)]

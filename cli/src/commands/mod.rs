@@ -238,9 +238,11 @@ pub async fn dispatch(cli: &Cli) -> Result<(), Failure> {
             build,
         }) => runtime::logs(ctx, name, *lines, *follow, *build).await,
         Some(Command::Kill { name }) => runtime::kill(ctx, name).await,
-        Some(Command::Update { source, name }) => {
-            runtime::update(ctx, source, name.as_deref()).await
-        }
+        Some(Command::Update {
+            source,
+            name,
+            binary,
+        }) => runtime::update(ctx, source, name.as_deref(), *binary).await,
         Some(Command::Login(a)) => auth::login(ctx, a).await,
         Some(Command::Logout) => auth::logout(ctx).await,
         Some(Command::User(a)) => user::run(ctx, a).await,

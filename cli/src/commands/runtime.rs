@@ -19,6 +19,22 @@ const MAX_UPLOAD: usize = 7 * 1024 * 1024;
 enum Source {
     Folder(PathBuf),
     Git(String),
+    /// An executable built elsewhere, run as it is.
+    Binary(PathBuf),
+}
+
+/// `path` as an executable to upload: a regular file with an execute bit.
+fn classify_binary(path: &str) -> Result<Source, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let not = || Failure::msg(format!("Not an executable file: {path}"));
+    let meta = std::fs::metadata(path).map_err(|_| not())?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(not());
+    }
+    let file = Path::new(path)
+        .canonicalize()
+        .map_err(|e| Failure::msg(format!("Cannot read {path}: {e}")))?;
+    Ok(Source::Binary(file))
 }
 
 fn classify(source: &str) -> Result<Source, Failure> {
@@ -42,7 +58,7 @@ fn classify(source: &str) -> Result<Source, Failure> {
 /// The name a source gives a service: the folder's or repository's name.
 fn default_name(source: &Source) -> String {
     match source {
-        Source::Folder(dir) => dir
+        Source::Folder(dir) | Source::Binary(dir) => dir
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default(),
@@ -112,6 +128,59 @@ async fn pack_async(dir: PathBuf) -> Result<Vec<u8>, Failure> {
         .map_err(|e| Failure::msg(e.to_string()))?
 }
 
+/// An executable as an upload the node runs without building: the file
+/// (its mode kept) and a `micro.toml` that runs it.
+fn pack_binary(file: &Path) -> Result<Vec<u8>, Failure> {
+    let failed = |e: std::io::Error| Failure::msg(format!("Cannot pack {}: {e}", file.display()));
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let manifest = format!(
+        "# uploaded with micro run --binary: run as it is, no build\nrun = {:?}\n",
+        format!("exec ./{name}")
+    );
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(enc);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "micro.toml", manifest.as_bytes())
+        .map_err(failed)?;
+    tar.append_path_with_name(file, &name).map_err(failed)?;
+    let bytes = tar
+        .into_inner()
+        .and_then(|gz| gz.finish())
+        .map_err(failed)?;
+    if bytes.len() > MAX_UPLOAD {
+        return Err(Failure::msg(format!(
+            "{} packs to {} bytes; the limit is {MAX_UPLOAD} (7 MiB): strip it (`strip`, or `strip = true` in its profile)",
+            file.display(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// What is uploaded for `source`, and how the source is shown.
+async fn upload_of(source: &Source) -> Result<(String, Vec<u8>), Failure> {
+    match source {
+        Source::Folder(dir) => Ok((dir.display().to_string(), pack_async(dir.clone()).await?)),
+        Source::Git(url) => Ok((url.clone(), Vec::new())),
+        Source::Binary(file) => {
+            let file = file.clone();
+            let bytes = tokio::task::spawn_blocking({
+                let file = file.clone();
+                move || pack_binary(&file)
+            })
+            .await
+            .map_err(|e| Failure::msg(e.to_string()))??;
+            Ok((file.display().to_string(), bytes))
+        }
+    }
+}
+
 fn not_found_is_service(s: tonic::Status) -> Failure {
     if s.code() == tonic::Code::NotFound {
         Failure::msg("Service not found")
@@ -121,12 +190,13 @@ fn not_found_is_service(s: tonic::Status) -> Failure {
 }
 
 pub async fn run(ctx: Context, a: &RunArgs) -> Result<(), Failure> {
-    let source = classify(&a.source)?;
-    let name = name_of(a, &source);
-    let (shown, upload) = match &source {
-        Source::Folder(dir) => (dir.display().to_string(), pack_async(dir.clone()).await?),
-        Source::Git(url) => (url.clone(), Vec::new()),
+    let source = if a.binary {
+        classify_binary(&a.source)?
+    } else {
+        classify(&a.source)?
     };
+    let name = name_of(a, &source);
+    let (shown, upload) = upload_of(&source).await?;
     let client = ctx.connect().await?;
     client
         .runtime()
@@ -337,27 +407,32 @@ pub async fn kill(ctx: Context, name: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-pub async fn update(ctx: Context, source: &str, name: Option<&str>) -> Result<(), Failure> {
-    let (name, shown_source, upload) = match classify(source) {
-        Ok(Source::Folder(dir)) => {
+pub async fn update(
+    ctx: Context,
+    source: &str,
+    name: Option<&str>,
+    binary: bool,
+) -> Result<(), Failure> {
+    let classified = if binary {
+        classify_binary(source)
+    } else {
+        classify(source)
+    };
+    let (name, shown_source, upload) = match classified {
+        Ok(source) => {
             let name = name
                 .map(str::to_string)
-                .unwrap_or_else(|| default_name(&Source::Folder(dir.clone())));
-            let upload = pack_async(dir.clone()).await?;
-            (name, dir.display().to_string(), upload)
-        }
-        Ok(Source::Git(url)) => {
-            let name = name
-                .map(str::to_string)
-                .unwrap_or_else(|| default_name(&Source::Git(url.clone())));
-            (name, url, Vec::new())
+                .unwrap_or_else(|| default_name(&source));
+            let (shown, upload) = upload_of(&source).await?;
+            (name, shown, upload)
         }
         // A plain word names a service that was run from git.
-        Err(_) => (
+        Err(_) if !binary => (
             name.unwrap_or(source).to_string(),
             String::new(),
             Vec::new(),
         ),
+        Err(e) => return Err(e),
     };
     let client = ctx.connect().await?;
     // The new version's build, as it happens (only lines from now on).

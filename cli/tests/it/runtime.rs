@@ -225,6 +225,45 @@ fn an_update_swaps_only_a_version_that_builds_and_runs() {
     assert_eq!(kept, 1, "old and failed versions are removed");
 }
 
+/// `micro run --binary`: an executable built elsewhere is uploaded and run
+/// as it is, with no build on the node; `update --binary` swaps it.
+#[test]
+fn a_binary_runs_as_it_is_and_updates() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = runtime_server();
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("artefact");
+    let write = |word: &str| {
+        std::fs::write(
+            &bin,
+            format!("#!/bin/sh\necho artefact {word} $MICRO_SERVICE_NAME\nexec sleep 600\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write("one");
+    let b = bin.to_str().unwrap();
+    let run = s.micro(&["run", "--binary", b]);
+    assert_eq!(run.ok(), "");
+    assert!(!run.stderr.contains("building"), "no build: {run:?}");
+    let line = s.wait_status("artefact", 30, |l| l.contains(" running "));
+    assert!(line.contains(b), "the artefact is the source shown: {line}");
+    wait_logs(&s, "artefact", "artefact one artefact");
+    write("two");
+    assert_eq!(s.micro(&["update", "--binary", b]).ok(), "");
+    wait_logs(&s, "artefact", "artefact two artefact");
+
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    s.micro(&["run", "--binary", b, "--name", "other"])
+        .fails_with(&format!("Not an executable file: {b}"));
+    s.micro(&["run", "--binary", work.path().to_str().unwrap()])
+        .fails_with(&format!(
+            "Not an executable file: {}",
+            work.path().display()
+        ));
+    assert!(!s.micro(&["status"]).ok().contains("other"));
+}
+
 /// A node that starts warms its build cache: the `micro new` template is
 /// built against the embedded framework into the shared target dir.
 #[test]
