@@ -21,6 +21,7 @@ mod grpc;
 pub mod keys;
 mod login_limit;
 pub mod paths;
+pub mod reflection;
 pub mod router;
 pub mod routing;
 pub mod runtime;

@@ -199,6 +199,18 @@ impl RoutingTable {
             .cloned()
     }
 
+    /// Every service of `namespace` with its routes, by name: a snapshot
+    /// (the table's `Arc` is cloned, no lock is held while listing).
+    pub fn services_in(&self, namespace: &str) -> Vec<(String, Arc<Routes>)> {
+        let table = read(&self.shared.current);
+        let mut services: Vec<(String, Arc<Routes>)> = table
+            .get(namespace)
+            .map(|s| s.iter().map(|(n, r)| (n.clone(), r.clone())).collect())
+            .unwrap_or_default();
+        services.sort_by(|a, b| a.0.cmp(&b.0));
+        services
+    }
+
     /// The nodes gossip holds down now.
     pub fn down(&self) -> Arc<HashSet<u64>> {
         read(&self.shared.down).clone()

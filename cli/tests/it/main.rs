@@ -13,6 +13,7 @@ mod events_cli;
 mod events_groups;
 mod events_topics;
 mod gateway;
+mod reflection;
 mod registry;
 mod runtime;
 mod security;

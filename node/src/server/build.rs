@@ -37,6 +37,7 @@ use crate::cluster::tls;
 use crate::cluster::transport::{Forwarder, Peers, RaftNet};
 use crate::cluster::trust::Trust;
 use crate::data_dir::{DataDir, File};
+use crate::reflection::Reflection;
 use crate::router::Router;
 use crate::secrets::SecretBox;
 use crate::services::auth::{AccountsService, AuthService, AuthStore, RulesService};
@@ -317,17 +318,17 @@ impl Built {
         health
             .set_serving::<RegistryServer<registry::RegistryService>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(micro_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| ServerError::Serve {
+        // Core services for anyone, user services for callers that may
+        // list the registry; never the node-to-node services.
+        let reflection = Reflection::new(self.router.table().clone(), self.authority.clone())
+            .map_err(|reason| ServerError::Serve {
                 what: "gRPC reflection",
-                reason: e.to_string(),
+                reason,
             })?;
         let a = &self.addrs;
         let routes = Routes::new(health_service)
-            .add_service(reflection)
+            .add_service(reflection.v1())
+            .add_service(reflection.v1alpha())
             .add_service(
                 StoreServer::new(StoreService::new(self.replica.clone()))
                     .max_decoding_message_size(MAX_MESSAGE)
