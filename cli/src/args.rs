@@ -550,7 +550,8 @@ pub enum EnvCommand {
     Add {
         name: String,
         /// HOST:PORT of a node's gRPC endpoint (the port defaults to 8081);
-        /// https://HOST:PORT for a node serving TLS
+        /// https://HOST:PORT for a node serving TLS. Several nodes of one
+        /// cluster, comma-separated, are tried in order (all https:// or none)
         address: String,
         /// A few words about it
         description: Option<String>,

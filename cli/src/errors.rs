@@ -72,6 +72,11 @@ impl From<tonic::Status> for Failure {
             }
             Code::DeadlineExceeded => Failure::msg("Request timed out"),
             Code::NotFound => Failure::msg("Not found"),
+            // The client's own words on a node it reached but cannot use
+            // (an HTTP port answering instead of gRPC) say which and why.
+            Code::Unavailable if message.starts_with("Failed to connect to micro server at ") => {
+                Failure::msg(message)
+            }
             Code::Unavailable if !SERVER_UNAVAILABLE.iter().any(|p| message.starts_with(p)) => {
                 Failure::msg("Failed to connect to micro server")
             }

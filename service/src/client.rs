@@ -86,12 +86,82 @@ impl tonic::service::Interceptor for Namespace {
 }
 
 /// A channel through which calls reach a node.
-pub type Conn = InterceptedService<Channel, Namespace>;
+pub type Conn = InterceptedService<Checked, Namespace>;
+
+/// The channel to a node; for a plaintext target it checks that replies
+/// are gRPC. The HTTP API port speaks HTTP/2 as well, so a connection to
+/// it starts, and without this check its replies fail to decode with a
+/// protocol error instead of saying what is wrong.
+#[derive(Clone)]
+pub struct Checked {
+    channel: Channel,
+    /// the plaintext `host:port` to name in the error; `None`: no check
+    plain: Option<Arc<str>>,
+}
+
+type Reply = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Checked {
+    type Response = Reply;
+    type Error = tonic::transport::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Reply, tonic::transport::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tonic::codegen::Service::poll_ready(&mut self.channel, cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let reply = tonic::codegen::Service::call(&mut self.channel, req);
+        let plain = self.plain.clone();
+        Box::pin(async move {
+            let Some(address) = plain else {
+                return reply.await;
+            };
+            let failed = match reply.await {
+                Ok(reply) if is_grpc(&reply) => return Ok(reply),
+                // An HTTP/2 server, but not gRPC (the HTTP API port).
+                Ok(_) => None,
+                // An HTTP/1-only server fails the HTTP/2 call.
+                Err(e) => Some(e),
+            };
+            // The HTTP/1 probe names the version curl would see.
+            match (crate::dial::http1_version(&address).await, failed) {
+                (Some(version), _) => Ok(not_grpc_reply(&address, &version)),
+                (None, None) => Ok(not_grpc_reply(&address, "HTTP/2")),
+                (None, Some(e)) => Err(e),
+            }
+        })
+    }
+}
+
+/// Whether a reply is gRPC (a gRPC server sends this content type even
+/// with an error status).
+fn is_grpc(reply: &Reply) -> bool {
+    reply
+        .headers()
+        .get(tonic::codegen::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The gRPC error a call to a port that answers HTTP `version` ends with.
+fn not_grpc_reply(address: &str, version: &str) -> Reply {
+    let message = format!(
+        "Failed to connect to micro server at {address}: {}",
+        crate::dial::not_grpc(version)
+    );
+    tonic::Status::unavailable(message).into_http()
+}
 
 /// A connection to one node.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
+    channel: Checked,
     namespace: Namespace,
     address: String,
 }
@@ -122,24 +192,66 @@ impl Client {
         // that its errors say which step failed.
         let endpoint = Endpoint::from_shared(format!("http://{}", target.address))
             .map_err(|_| Error::Connect(shown.clone()))?;
-        let channel =
-            endpoint.connect_with_connector(dialer).await.map_err(
-                |e| match crate::dial::explain(target, &e) {
-                    None => Error::Connect(shown.clone()),
+        let channel = match endpoint.connect_with_connector(dialer).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                // A plaintext port that took the TCP connection but not
+                // HTTP/2 may be an HTTP/1 server: ask it, to say so.
+                let http1 = match target.tls {
+                    None if crate::dial::after_dial(&e) => {
+                        crate::dial::http1_version(&target.address).await
+                    }
+                    _ => None,
+                };
+                let reason = match http1 {
+                    Some(version) => Some(crate::dial::not_grpc(&version)),
+                    None => crate::dial::explain(target, &e),
+                };
+                return Err(match reason {
+                    None => Error::Connect(shown),
                     Some(reason) => Error::Setup {
-                        address: shown.clone(),
+                        address: shown,
                         reason,
                     },
-                },
-            )?;
+                });
+            }
+        };
         Ok(Client {
-            channel,
+            channel: Checked {
+                channel,
+                plain: target
+                    .tls
+                    .is_none()
+                    .then(|| Arc::from(target.address.as_str())),
+            },
             namespace: Namespace {
                 namespace: ns,
                 bearer: Arc::default(),
             },
             address: shown,
         })
+    }
+
+    /// Connects to the first of `targets` (nodes of one cluster) that
+    /// connects, tried in order, acting in `namespace`. When none does:
+    /// the first setup error (a certificate not trusted, not a gRPC
+    /// endpoint) if there was one, else [`Error::Connect`] naming them all.
+    pub async fn connect_any(targets: &[Target], namespace: &str) -> Result<Client, Error> {
+        let mut unreached = Vec::new();
+        let mut setup = None;
+        for target in targets {
+            match Client::connect_to(target, namespace).await {
+                Ok(client) => return Ok(client),
+                Err(Error::Connect(address)) => unreached.push(address),
+                Err(e @ Error::Setup { .. }) => {
+                    unreached.push(target.to_string());
+                    setup.get_or_insert(e);
+                }
+                // Not about the address (a bad namespace): the same for all.
+                Err(e) => return Err(e),
+            }
+        }
+        Err(setup.unwrap_or_else(|| Error::Connect(unreached.join(", "))))
     }
 
     /// Sends `token` as the bearer of every later call (of this client and

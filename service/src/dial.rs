@@ -30,6 +30,9 @@ use tonic::codegen::http::Uri;
 /// How long the TCP connect, and then the TLS handshake, may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the HTTP/1 probe of a port that does not speak gRPC may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Where the system's CA bundle is looked for when `SSL_CERT_FILE` is not
 /// set (Debian/Ubuntu/Alpine, Fedora/RHEL, openSUSE, macOS with OpenSSL).
 const SYSTEM_BUNDLES: &[&str] = &[
@@ -337,6 +340,50 @@ pub fn explain(target: &Target, err: &(dyn std::error::Error + 'static)) -> Opti
         None => "the server did not answer as a plaintext gRPC endpoint (if it serves TLS, add the environment with an https:// address)".to_string(),
         Some(_) => "the server did not answer as a gRPC endpoint".to_string(),
     })
+}
+
+/// Whether `err` comes from after the dial: the TCP connect (and TLS
+/// handshake) worked, and the HTTP/2 connection did not start.
+pub fn after_dial(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<DialError>() {
+            return false;
+        }
+        cur = e.source();
+    }
+    true
+}
+
+/// Asks `address` (plaintext `host:port`) a minimal HTTP/1.1 request and
+/// gives the HTTP version of its status line (`HTTP/1.1`) if it answers
+/// one within [`PROBE_TIMEOUT`]; `None` otherwise. Used only once a
+/// connection failed, to tell an HTTP port from a gRPC endpoint.
+pub async fn http1_version(address: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut tcp = TcpStream::connect(address).await.ok()?;
+        let request = format!("GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        // "HTTP/1.x" is all that is looked at.
+        let mut head = [0u8; 8];
+        tcp.read_exact(&mut head).await.ok()?;
+        let version = std::str::from_utf8(&head).ok()?;
+        version.starts_with("HTTP/1.").then(|| version.to_string())
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Why a plaintext target that answers HTTP (`version`), not gRPC, cannot
+/// be used, after "Failed to connect to micro server at …: ".
+pub fn not_grpc(version: &str) -> String {
+    format!(
+        "it answers {version}, not gRPC (is this the HTTP API port? the gRPC endpoint is :{} by default)",
+        crate::DEFAULT_PROXY_PORT
+    )
 }
 
 fn explain_tls(io: &io::Error) -> String {

@@ -1,7 +1,9 @@
 //! Environments: named node addresses the CLI talks to, kept with the
 //! current choice in `~/.micro/config.json`. An `https://` environment is
 //! reached over TLS and keeps the CA certificate it trusts (the PEM itself,
-//! so the environment does not depend on where the file was).
+//! so the environment does not depend on where the file was). An
+//! environment may name several nodes of one cluster: they are tried in
+//! order, and the first that connects is used.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,8 +17,13 @@ pub const LOCAL: &str = "local";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Env {
     pub name: String,
-    /// host:port of a node's gRPC endpoint
+    /// host:port of a node's gRPC endpoint: the first one tried
     pub proxy_address: String,
+    /// host:port of other nodes of the same cluster, tried in this order
+    /// when the ones before cannot be reached (absent from configs written
+    /// before environments had several addresses)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_addresses: Vec<String>,
     /// reached over TLS (`https://` when added)
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
@@ -32,15 +39,36 @@ pub struct Env {
 }
 
 impl Env {
-    /// The address as the user gave it: `https://host:port` over TLS.
+    /// The addresses as the user gave them (`https://host:port` over TLS),
+    /// comma-separated in the order they are tried.
     pub fn address(&self) -> String {
-        self.target().to_string()
+        let shown: Vec<String> = self.targets().iter().map(|t| t.to_string()).collect();
+        shown.join(",")
     }
 
-    /// Where and how to connect.
+    /// Every `host:port`, in the order they are tried.
+    pub fn addresses(&self) -> Vec<&str> {
+        std::iter::once(self.proxy_address.as_str())
+            .chain(self.other_addresses.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// Where and how to connect to the first address.
     pub fn target(&self) -> crate::dial::Target {
+        self.target_of(&self.proxy_address)
+    }
+
+    /// Where and how to connect, one target per address, in order.
+    pub fn targets(&self) -> Vec<crate::dial::Target> {
+        self.addresses()
+            .into_iter()
+            .map(|a| self.target_of(a))
+            .collect()
+    }
+
+    fn target_of(&self, address: &str) -> crate::dial::Target {
         crate::dial::Target {
-            address: self.proxy_address.clone(),
+            address: address.to_string(),
             tls: self.tls.then(|| {
                 if self.ca.is_empty() {
                     crate::dial::Trust::System
@@ -79,6 +107,12 @@ pub enum EnvError {
     BadName(String),
     #[error("Invalid address '{0}': expected HOST, HOST:PORT or https://HOST:PORT")]
     BadAddress(String),
+    #[error("Invalid address list '{0}': an address in it is empty")]
+    EmptyAddress(String),
+    #[error("Address '{0}' is listed twice")]
+    DuplicateAddress(String),
+    #[error("Cannot mix https:// and plaintext addresses in one environment: use https:// for all of them or for none")]
+    MixedTls,
     #[error("A CA certificate needs an https:// address")]
     CaWithoutTls,
     #[error("The CA file {0} holds no valid PEM certificate")]
@@ -93,6 +127,7 @@ fn local_env() -> Env {
     Env {
         name: LOCAL.into(),
         proxy_address: format!("127.0.0.1:{}", crate::DEFAULT_PROXY_PORT),
+        other_addresses: Vec::new(),
         description: "Local running Micro Server".into(),
         namespace: String::new(),
         tls: false,
@@ -136,6 +171,40 @@ pub fn normalize_address(addr: &str) -> Result<String, EnvError> {
         Some(_) => Err(bad()),
         None => Ok(format!("{addr}:{}", crate::DEFAULT_PROXY_PORT)),
     }
+}
+
+/// Parses `list`, one address or several separated by commas: each
+/// normalized (default port added), `https://` for all or for none.
+/// Returns whether they are TLS, and the `host:port`s in order.
+pub fn parse_addresses(list: &str) -> Result<(bool, Vec<String>), EnvError> {
+    let items: Vec<&str> = list.split(',').collect();
+    let several = items.len() > 1;
+    let mut tls = None;
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        let trimmed = item.trim();
+        // One address is named in errors as given, as before lists.
+        let shown = if several { trimmed } else { list };
+        if trimmed.is_empty() && several {
+            return Err(EnvError::EmptyAddress(list.to_string()));
+        }
+        let (secure, rest) = match trimmed.strip_prefix("https://") {
+            Some(rest) => (true, rest.strip_suffix('/').unwrap_or(rest)),
+            None => (false, trimmed),
+        };
+        let address =
+            normalize_address(rest).map_err(|_| EnvError::BadAddress(shown.to_string()))?;
+        if *tls.get_or_insert(secure) != secure {
+            return Err(EnvError::MixedTls);
+        }
+        // Host names are case-insensitive: `Node` and `node` are one node.
+        if out.iter().any(|a| a.eq_ignore_ascii_case(&address)) {
+            let scheme = if secure { "https://" } else { "" };
+            return Err(EnvError::DuplicateAddress(format!("{scheme}{address}")));
+        }
+        out.push(address);
+    }
+    Ok((tls.unwrap_or(false), out))
 }
 
 impl Config {
@@ -197,9 +266,10 @@ impl Config {
             .ok_or_else(|| EnvError::Unknown(name.to_string()))
     }
 
-    /// Adds an environment; an `https://` address is reached over TLS,
-    /// trusting `ca` (the CA certificate's PEM and the file it came from,
-    /// for errors) or else the system's CAs.
+    /// Adds an environment of one address or several (comma-separated,
+    /// nodes of one cluster, tried in order); `https://` addresses are
+    /// reached over TLS, trusting `ca` (the CA certificate's PEM and the
+    /// file it came from, for errors) or else the system's CAs.
     pub fn add(
         &mut self,
         name: &str,
@@ -217,13 +287,10 @@ impl Config {
         if self.all().contains_key(name) {
             return Err(EnvError::Exists(name.to_string()));
         }
-        let trimmed = address.trim();
-        let (tls, rest) = match trimmed.strip_prefix("https://") {
-            Some(rest) => (true, rest.strip_suffix('/').unwrap_or(rest)),
-            None => (false, trimmed),
+        let (tls, addresses) = parse_addresses(address)?;
+        let Some((first, others)) = addresses.split_first() else {
+            return Err(EnvError::BadAddress(address.to_string()));
         };
-        let proxy_address =
-            normalize_address(rest).map_err(|_| EnvError::BadAddress(address.to_string()))?;
         let ca = match ca {
             None => String::new(),
             Some(_) if !tls => return Err(EnvError::CaWithoutTls),
@@ -236,7 +303,8 @@ impl Config {
             name.to_string(),
             Env {
                 name: name.to_string(),
-                proxy_address,
+                proxy_address: first.clone(),
+                other_addresses: others.to_vec(),
                 description: description.to_string(),
                 namespace: String::new(),
                 tls,
@@ -318,5 +386,107 @@ mod tests {
         assert_eq!(sec.address(), "https://node.example:8081");
         assert_eq!(sec.target().tls, Some(crate::dial::Trust::System));
         assert_eq!(again.get("dev").unwrap().address(), "10.1.1.1:8081");
+    }
+
+    #[test]
+    fn an_env_may_list_the_nodes_of_a_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let mut cfg = Config::load(&path).unwrap();
+        cfg.add("prod", "10.0.0.1, 10.0.0.2:9000 ,10.0.0.3", "", None)
+            .unwrap();
+        let prod = cfg.get("prod").unwrap();
+        assert_eq!(prod.proxy_address, "10.0.0.1:8081");
+        assert_eq!(
+            prod.addresses(),
+            ["10.0.0.1:8081", "10.0.0.2:9000", "10.0.0.3:8081"]
+        );
+        assert_eq!(prod.address(), "10.0.0.1:8081,10.0.0.2:9000,10.0.0.3:8081");
+        assert_eq!(prod.target(), prod.targets()[0]);
+        assert_eq!(
+            prod.targets()[2],
+            crate::dial::Target::plain("10.0.0.3:8081")
+        );
+        cfg.add("sec", "https://a/,https://[::1]:7", "", None)
+            .unwrap();
+        let sec = cfg.get("sec").unwrap();
+        assert_eq!(sec.address(), "https://a:8081,https://[::1]:7");
+        assert!(sec
+            .targets()
+            .iter()
+            .all(|t| t.tls == Some(crate::dial::Trust::System)));
+        cfg.save().unwrap();
+        assert_eq!(Config::load(&path).unwrap().get("prod").unwrap(), prod);
+    }
+
+    #[test]
+    fn bad_address_lists_are_refused_and_change_nothing() {
+        let mut cfg = Config::default();
+        let before = cfg.envs.clone();
+        let err = |list: &str| {
+            let mut c = Config::default();
+            c.add("x", list, "", None).unwrap_err().to_string()
+        };
+        assert_eq!(
+            err("10.0.0.1,,10.0.0.2"),
+            "Invalid address list '10.0.0.1,,10.0.0.2': an address in it is empty"
+        );
+        assert_eq!(
+            err("10.0.0.1,"),
+            "Invalid address list '10.0.0.1,': an address in it is empty"
+        );
+        assert_eq!(
+            err("10.0.0.1,10.0.0.1:8081"),
+            "Address '10.0.0.1:8081' is listed twice"
+        );
+        assert_eq!(
+            err("https://Node,https://node:8081"),
+            "Address 'https://node:8081' is listed twice"
+        );
+        assert_eq!(
+            err("https://a,b"),
+            "Cannot mix https:// and plaintext addresses in one environment: use https:// for all of them or for none"
+        );
+        assert_eq!(
+            err("a, host:port"),
+            "Invalid address 'host:port': expected HOST, HOST:PORT or https://HOST:PORT"
+        );
+        // One address is named as given, as before.
+        assert_eq!(
+            err(" host:port "),
+            "Invalid address ' host:port ': expected HOST, HOST:PORT or https://HOST:PORT"
+        );
+        assert!(matches!(
+            cfg.add("x", "a,b", "", Some(("pem", "ca.pem"))),
+            Err(EnvError::CaWithoutTls)
+        ));
+        assert!(cfg.add("x", "a,,b", "", None).is_err());
+        assert_eq!(cfg.envs, before);
+    }
+
+    #[test]
+    fn a_config_written_before_address_lists_loads_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"env":"old","envs":{"old":{"name":"old","proxy_address":"10.9.9.9:8081","description":"d"}}}"#,
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let old = cfg.get("old").unwrap();
+        assert_eq!(old.addresses(), ["10.9.9.9:8081"]);
+        assert_eq!(old.targets(), [crate::dial::Target::plain("10.9.9.9:8081")]);
+        assert_eq!(old.address(), "10.9.9.9:8081");
+        // Saved again, it has no list of other addresses: older CLIs read it.
+        cfg.save().unwrap();
+        let raw = std::fs::read_to_string(&path).unwrap();
+        assert!(!raw.contains("other_addresses"), "{raw}");
+        let mut cfg = cfg;
+        cfg.add("new", "a,b", "", None).unwrap();
+        cfg.save().unwrap();
+        let raw = std::fs::read_to_string(&path).unwrap();
+        assert!(raw.contains(r#""proxy_address": "a:8081""#), "{raw}");
+        assert!(raw.contains(r#""other_addresses": ["#), "{raw}");
     }
 }

@@ -156,7 +156,10 @@ pub async fn run(
 }
 
 /// A dynamic command: `micro SERVICE [endpoint words] [--flags]`, where
-/// SERVICE is no builtin. Unknown services are unrecognized commands.
+/// SERVICE is no builtin. Unknown services are unrecognized commands; so
+/// is any name when the registry refuses an anonymous caller (it shows
+/// services only to accounts), with a hint to log in. A node that cannot
+/// be reached is named as for any other command.
 pub async fn dynamic(ctx: Context, words: &[String]) -> Result<(), Failure> {
     let Some((service, rest)) = words.split_first() else {
         return Err(Failure::msg(
@@ -168,10 +171,15 @@ pub async fn dynamic(ctx: Context, words: &[String]) -> Result<(), Failure> {
             "Unrecognized micro command: {service}. Please refer to 'micro --help'"
         ))
     };
-    let client = ctx.connect().await.map_err(|_| unrecognized())?;
+    let client = ctx.connect().await?;
     let (reg, pool) = match client.describe(service).await {
         Ok(found) => found,
         Err(micro::Error::NoService(_)) => return Err(unrecognized()),
+        Err(micro::Error::Status(s)) if s.code() == tonic::Code::Unauthenticated => {
+            return Err(Failure::msg(format!(
+                "Unrecognized micro command: {service}. Please refer to 'micro --help' (not logged in: services show after micro login)"
+            )))
+        }
         Err(e) => return Err(failure(service, e)),
     };
     let (positional, flags) = crate::dynamic::split_args(rest);

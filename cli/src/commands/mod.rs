@@ -107,10 +107,12 @@ impl Context {
         Ok(client)
     }
 
-    /// Connects acting in `ns` without any token.
+    /// Connects acting in `ns` without any token, to the first of the
+    /// environment's addresses that connects (tried in order, nothing
+    /// remembered: the nodes of a cluster share sessions).
     pub async fn connect_anonymous(&self, ns: &str) -> Result<micro::Client, Failure> {
         let env = self.config.get(self.env_name())?;
-        micro::Client::connect_to(&env.target(), ns)
+        micro::Client::connect_any(&env.targets(), ns)
             .await
             .map_err(|e| match e {
                 micro::Error::Connect(a) => {

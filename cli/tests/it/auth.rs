@@ -83,8 +83,10 @@ fn the_lockdown_scenario() {
         .fails_with("Not authorized to perform this request");
     s.micro(&["store", "list"])
         .fails_with("Not authorized to perform this request");
+    // Logged out, the registry shows no service: a service's name reads
+    // as a typo would, with the hint to log in.
     s.micro(&["helloworld", "call", "--name=Bob"])
-        .fails_with("Not authorized to perform this request");
+        .fails_with("Unrecognized micro command: helloworld. Please refer to 'micro --help' (not logged in: services show after micro login)");
     s.micro(&["user"]).fails_with("You are not logged in");
 
     s.login("jane", &secret);

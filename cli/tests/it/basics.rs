@@ -61,8 +61,8 @@ fn bad_command_lines_get_one_clear_line() {
     let home = Home::new();
     home.micro(&[])
         .fails_with("No command provided to micro. Please refer to 'micro --help'");
-    home.micro(&["foo"])
-        .fails_with("Unrecognized micro command: foo. Please refer to 'micro --help'");
+    // (`micro foo` asks a node whether foo is a service: see
+    // an_unreachable_server_is_named and services.rs.)
     home.micro(&["config", "foo"]).fails_with(
         "Unrecognized subcommand for micro config: foo. Please refer to 'micro config --help'",
     );
@@ -128,6 +128,71 @@ fn an_unreachable_server_is_named() {
         .fails_with("Failed to connect to micro server at 127.0.0.1:1");
     home.micro(&["-e", "dead", "services"])
         .fails_with("Failed to connect to micro server at 127.0.0.1:1");
+    // A dynamic command cannot tell a service from a typo without a node:
+    // it says that the node is down, not that the command is unknown.
+    home.micro(&["-e", "dead", "greeter", "call"])
+        .fails_with("Failed to connect to micro server at 127.0.0.1:1");
+    home.micro(&["-e", "dead", "foo"])
+        .fails_with("Failed to connect to micro server at 127.0.0.1:1");
+    // An environment of several nodes names them all.
+    home.micro(&["env", "add", "deads", "127.0.0.1:1,127.0.0.1:2"])
+        .ok();
+    home.micro(&["-e", "deads", "store", "read", "k"])
+        .fails_with("Failed to connect to micro server at 127.0.0.1:1, 127.0.0.1:2");
+    home.micro(&["-e", "deads", "greeter", "call"])
+        .fails_with("Failed to connect to micro server at 127.0.0.1:1, 127.0.0.1:2");
+}
+
+#[test]
+fn an_env_lists_every_node_of_a_cluster_and_refuses_bad_lists() {
+    let home = Home::new();
+    home.micro(&["env", "add", "prod", "10.0.0.1,10.0.0.2:9000, 10.0.0.3"])
+        .ok();
+    let listed = "* local  127.0.0.1:8081                             Local running Micro Server\n  prod   10.0.0.1:8081,10.0.0.2:9000,10.0.0.3:8081\n";
+    assert_eq!(home.micro(&["env"]).ok(), listed);
+    home.micro(&["env", "add", "p2", "10.0.0.1,,10.0.0.2"])
+        .fails_with("Invalid address list '10.0.0.1,,10.0.0.2': an address in it is empty");
+    home.micro(&["env", "add", "p2", "10.0.0.1,10.0.0.1:8081"])
+        .fails_with("Address '10.0.0.1:8081' is listed twice");
+    home.micro(&["env", "add", "p2", "https://10.0.0.1,10.0.0.2"]).fails_with(
+        "Cannot mix https:// and plaintext addresses in one environment: use https:// for all of them or for none",
+    );
+    home.micro(&["env", "add", "p2", "10.0.0.1,host:port"])
+        .fails_with("Invalid address 'host:port': expected HOST, HOST:PORT or https://HOST:PORT");
+    home.micro(&[
+        "env",
+        "add",
+        "p2",
+        "10.0.0.1,10.0.0.2",
+        "--ca",
+        "/nonexistent.pem",
+    ])
+    .fails_with("Cannot read the CA file /nonexistent.pem: No such file or directory (os error 2)");
+    // Nothing of the refused lists was kept.
+    assert_eq!(home.micro(&["env"]).ok(), listed);
+}
+
+#[test]
+fn an_env_pointed_at_an_http_port_says_so() {
+    let server = Server::start();
+    for (name, addr) in [("api", &server.api), ("web", &server.web)] {
+        server.micro(&["env", "add", name, addr]).ok();
+        let message = format!(
+            "Failed to connect to micro server at {addr}: it answers HTTP/1.1, not gRPC (is this the HTTP API port? the gRPC endpoint is :8081 by default)"
+        );
+        for cmd in [
+            &["store", "read", "k"][..],
+            &["services"],
+            &["greeter", "call"],
+            &["login", "--username", "admin", "--password", "micro"],
+        ] {
+            let mut args = vec!["-e", name];
+            args.extend_from_slice(cmd);
+            server.micro(&args).fails_with(&message);
+        }
+    }
+    // The gRPC endpoint of the same node works.
+    server.micro(&["store", "write", "k", "v"]).ok();
 }
 
 #[test]

@@ -342,6 +342,7 @@ fn try_join(home: &crate::harness::Home, name: &str, cluster: &str, token: &str)
 /// killed and reported with code -1.
 fn serve_once(home: &crate::harness::Home, data: &std::path::Path, extra: &[&str]) -> Run {
     let mut cmd = std::process::Command::new(crate::harness::MICRO);
+    cmd.env("MICRO_RUNTIME_WARM_UP", "false");
     cmd.args(["server", "--data-dir", data.to_str().unwrap()]);
     for flag in [
         "--api-address",
@@ -979,4 +980,57 @@ fn a_service_moves_when_its_node_dies_and_runs_once_when_it_returns() {
     let again = nodes[1].wait_status("hwmover", 5, |l| l.contains(" running "));
     assert_eq!(node_of(&again), node_of(&line), "it stays where it moved");
     assert!(answered(&call(&nodes[1])), "and answers through node 2 too");
+}
+
+/// One environment names the three nodes; one `micro login` serves them
+/// all (they share the token-signing key). With the first node killed,
+/// the same commands go through the next address, with the same login.
+#[test]
+fn one_env_for_a_cluster_fails_over_to_the_next_address_with_one_login() {
+    let mut nodes = cluster(2, &[]);
+    let home = crate::harness::Home::new();
+    let list: Vec<&str> = nodes.iter().map(|n| n.proxy.as_str()).collect();
+    let list = list.join(",");
+    home.micro(&["env", "add", "prod", &list]).ok();
+    home.micro(&["env", "set", "prod"]).ok();
+    let listed = home.micro(&["env"]).ok().to_string();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("* prod") && l.contains(&list)),
+        "{listed}"
+    );
+    home.micro(&["auth", "list", "accounts"])
+        .fails_with("Not authorized to perform this request");
+    assert_eq!(
+        home.micro(&["login", "--username", "admin", "--password", "micro"])
+            .ok(),
+        "Successfully logged in.\n"
+    );
+    let session = || std::fs::read_to_string(home.path().join(".micro/tokens")).unwrap();
+    let before = session();
+    let accounts = home.micro(&["auth", "list", "accounts"]).ok().to_string();
+    assert!(accounts.contains("admin"), "{accounts}");
+    home.micro(&["store", "write", "fo", "before"]).ok();
+
+    nodes[0].kill9();
+    // The next address answers at once; the cluster may still be electing
+    // a leader (the first node may have led), but the node is reached and
+    // takes the login.
+    let after = eventually(30, "auth list accounts through the next node", || {
+        let run = home.micro(&["auth", "list", "accounts"]);
+        assert!(
+            !run.stderr.starts_with("Failed to connect") && !run.stderr.contains("Not authorized"),
+            "failed over with the same login: {run:?}"
+        );
+        (run.code == 0).then_some(run.stdout)
+    });
+    assert_eq!(after, accounts);
+    eventually(30, "a write through the next node", || {
+        (home.micro(&["store", "write", "fo", "after"]).code == 0).then_some(())
+    });
+    assert_eq!(home.micro(&["store", "read", "fo"]).ok(), "after\n");
+    assert_eq!(home.micro(&["user"]).ok(), "admin\n");
+    // No new login, no refresh: the session is the one from before.
+    assert_eq!(session(), before);
 }

@@ -407,3 +407,33 @@ fn the_dashboard_lists_services_only_to_those_who_may() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""name":"store""#), "{body}");
 }
+
+/// After a lockdown the registry answers only accounts, so logged out a
+/// typo cannot be told from a service: it is an unknown command with a
+/// hint to log in, not a refusal. Logged in, an unknown name is plainly
+/// unknown and a service is called as before.
+#[test]
+fn a_typo_while_logged_out_of_a_locked_down_node_is_an_unknown_command() {
+    let s = Server::start();
+    let _hw = crate::harness::Instance::start(&s, "a");
+    crate::harness::wait_for_nodes(&s, "helloworld", 1);
+    s.login_admin();
+    s.lock_down();
+    s.micro(&["helloworl", "call", "--name=Bob"])
+        .fails_with("Unrecognized micro command: helloworl. Please refer to 'micro --help'");
+    assert_eq!(
+        s.micro(&["helloworld", "call", "--name=Bob"]).ok(),
+        "{\n  \"msg\": \"Hello Bob\"\n}\n"
+    );
+    assert_eq!(s.micro(&["logout"]).ok(), "");
+    let hint = "Please refer to 'micro --help' (not logged in: services show after micro login)";
+    s.micro(&["helloworl", "call", "--name=Bob"])
+        .fails_with(&format!("Unrecognized micro command: helloworl. {hint}"));
+    // The registry hides which services exist from anonymous callers, so
+    // a real one reads the same until the login.
+    s.micro(&["helloworld", "call", "--name=Bob"])
+        .fails_with(&format!("Unrecognized micro command: helloworld. {hint}"));
+    // Builtins still say what the node refused.
+    s.micro(&["store", "list"])
+        .fails_with("Not authorized to perform this request");
+}
