@@ -112,10 +112,16 @@ fn pack(dir: &Path) -> Result<Vec<u8>, Failure> {
             gz.finish()
         })
         .map_err(|e| Failure::msg(format!("Cannot pack {}: {e}", dir.display())))?;
+    within_upload_limit(bytes, dir, "leave build output and data out of it")
+}
+
+/// `bytes` packed from `what`, unless they exceed the upload limit (then
+/// the error says how large, and `advice`).
+fn within_upload_limit(bytes: Vec<u8>, what: &Path, advice: &str) -> Result<Vec<u8>, Failure> {
     if bytes.len() > MAX_UPLOAD {
         return Err(Failure::msg(format!(
-            "{} packs to {} bytes; the limit is {MAX_UPLOAD} (7 MiB) — leave build output and data out of it",
-            dir.display(),
+            "{} packs to {} bytes; the limit is {MAX_UPLOAD} (7 MiB): {advice}",
+            what.display(),
             bytes.len()
         )));
     }
@@ -153,14 +159,11 @@ fn pack_binary(file: &Path) -> Result<Vec<u8>, Failure> {
         .into_inner()
         .and_then(|gz| gz.finish())
         .map_err(failed)?;
-    if bytes.len() > MAX_UPLOAD {
-        return Err(Failure::msg(format!(
-            "{} packs to {} bytes; the limit is {MAX_UPLOAD} (7 MiB): strip it (`strip`, or `strip = true` in its profile)",
-            file.display(),
-            bytes.len()
-        )));
-    }
-    Ok(bytes)
+    within_upload_limit(
+        bytes,
+        file,
+        "strip it (`strip`, or `strip = true` in its profile)",
+    )
 }
 
 /// What is uploaded for `source`, and how the source is shown.
