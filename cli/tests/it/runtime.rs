@@ -225,6 +225,72 @@ fn an_update_swaps_only_a_version_that_builds_and_runs() {
     assert_eq!(kept, 1, "old and failed versions are removed");
 }
 
+/// A node killed during an update, while the new version runs beside the
+/// old one and before the swap, stops both when it starts again and runs
+/// the version its spec names: one copy, the old one.
+#[test]
+fn a_node_killed_during_an_update_runs_one_copy_after_it_restarts() {
+    let mut s = runtime_server();
+    let work = tempfile::tempdir().unwrap();
+    let bin = crate::harness::helloworld_bin();
+    let dir = command_service(
+        work.path(),
+        "hwswap",
+        None,
+        &format!("exec {}", bin.display()),
+    );
+    s.micro(&["run", dir.to_str().unwrap()]).ok();
+    crate::harness::wait_for_nodes(&s, "hwswap", 1);
+    // The new version runs but never registers: the update waits for it.
+    let next = work.path().join("next");
+    std::fs::create_dir_all(&next).unwrap();
+    let next = command_service(&next, "hwswap", None, "exec sleep 600");
+    let update = std::process::Command::new(crate::harness::MICRO)
+        .args(["update", next.to_str().unwrap()])
+        .env("HOME", s.home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let noted = s.data.join("runtime/pids-next/micro/hwswap");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processes_of("hwswap").len() < 2 || !noted.exists() {
+        assert!(Instant::now() < deadline, "the new version never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.kill9();
+    s.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = processes_of("hwswap");
+        let status = s.micro(&["status"]).stdout;
+        if running.len() == 1 && status.contains(" running ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not one copy: {running:?}\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut update = update;
+    let _ = update.wait();
+    // The old version serves (the killed copy's registration may linger
+    // until its TTL; calls to it fail over).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let call = s.micro(&["call", "hwswap", "Helloworld.Call", r#"{"name":"Al"}"#]);
+        if call.code == 0 && call.stdout.contains("Hello Al") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old version never served: {call:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// `micro run --binary`: an executable built elsewhere is uploaded and run
 /// as it is, with no build on the node; `update --binary` swaps it.
 #[test]

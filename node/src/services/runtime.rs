@@ -267,6 +267,12 @@ impl Manager {
         paths::under(&self.root, &["pids", ns, name])
     }
 
+    /// The pid of an update's new version while it runs beside the old
+    /// one, so that a node killed before the swap stops it too.
+    fn next_pid_file(&self, ns: &str, name: &str) -> Result<PathBuf, Status> {
+        paths::under(&self.root, &["pids-next", ns, name])
+    }
+
     fn log_file(&self, ns: &str, name: &str) -> Result<PathBuf, Status> {
         paths::under(&self.root, &["logs", ns, &format!("{name}.log")])
     }
@@ -584,6 +590,20 @@ impl Manager {
         let sup = self.launch(ns, next, false).await.map_err(failed)?;
         let mut watch = sup.watch();
         let outcome = async {
+            // Noted as soon as it has a pid: a node killed from then on
+            // stops it when it starts again.
+            let started = watch
+                .wait_for(|s| {
+                    s.pid.is_some() || matches!(s.state, State::Error(_) | State::Stopped)
+                })
+                .await
+                .map(|s| s.pid);
+            if let (Ok(Some(pid)), Ok(file)) = (started, self.next_pid_file(ns, name)) {
+                if let Some(dir) = file.parent() {
+                    let _ = tokio::fs::create_dir_all(dir).await;
+                }
+                let _ = tokio::fs::write(&file, pid.to_string()).await;
+            }
             let up = watch
                 .wait_for(|s| matches!(s.state, State::Running | State::Error(_) | State::Stopped))
                 .await
@@ -624,8 +644,16 @@ impl Manager {
             Ok(()) => Ok(sup),
             Err(e) => {
                 sup.stop().await;
+                self.forget_next(ns, name).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Drops the note of an update's new version (swapped in or stopped).
+    async fn forget_next(&self, ns: &str, name: &str) {
+        if let Ok(file) = self.next_pid_file(ns, name) {
+            let _ = tokio::fs::remove_file(file).await;
         }
     }
 
@@ -780,7 +808,13 @@ impl Manager {
         let me = self.clone();
         tokio::spawn(async move {
             for (ns, spec, _) in me.all_specs() {
-                if let Ok(file) = me.pid_file(&ns, &spec.name) {
+                for file in [
+                    me.pid_file(&ns, &spec.name),
+                    me.next_pid_file(&ns, &spec.name),
+                ]
+                .into_iter()
+                .flatten()
+                {
                     kill_leftover(&file, &spec.name).await;
                 }
             }
@@ -1429,6 +1463,7 @@ impl Runtime for RuntimeService {
             Ok(res) if res.succeeded => {}
             other => {
                 sup.stop().await;
+                m.forget_next(&ns, &name).await;
                 m.discard(&ns, &next).await;
                 other?;
                 return Err(Status::aborted(format!(
@@ -1437,6 +1472,7 @@ impl Runtime for RuntimeService {
             }
         }
         m.adopt(&ns, &next, sup).await;
+        m.forget_next(&ns, &name).await;
         if m.src_dir(&ns, &spec)? != m.src_dir(&ns, &next)? {
             m.discard(&ns, &spec).await;
         }
