@@ -190,6 +190,8 @@ pub struct Manager {
     /// Services a call is creating, updating or killing here: the
     /// scheduler leaves them alone meanwhile.
     busy: Mutex<HashSet<String>>,
+    /// The node is shutting down: the scheduler starts nothing more.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Marks a service busy until dropped.
@@ -231,6 +233,7 @@ impl Manager {
             opts,
             running: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -519,6 +522,19 @@ impl Manager {
             old.current
                 .store(false, std::sync::atomic::Ordering::SeqCst);
             old.sup.stop().await;
+        }
+        // Adopted while the node shuts down (after `shutdown` took the
+        // others): it stops at once too.
+        if self.is_stopping() {
+            let late = self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&format!("{ns}/{}", spec.name));
+            if let Some(late) = late {
+                late.sup.stop().await;
+            }
+            return;
         }
         // Report every change of state through the replicated state.
         let (me, ns, name) = (self.clone(), ns.to_string(), spec.name.clone());
@@ -820,7 +836,7 @@ impl Manager {
             }
             let mut down_since = HashMap::new();
             let mut failed = HashSet::new();
-            loop {
+            while !me.is_stopping() {
                 me.reconcile(&mut failed).await;
                 if me.replica.leader() == Some(me.node_id) {
                     me.reschedule(&cluster, &mut down_since).await;
@@ -838,6 +854,9 @@ impl Manager {
     /// start failed is not tried again until it changes (`failed`).
     async fn reconcile(self: &Arc<Self>, failed: &mut HashSet<(String, u64)>) {
         let specs = self.all_specs();
+        if self.is_stopping() {
+            return;
+        }
         let mine: HashMap<String, &Spec> = specs
             .iter()
             .filter(|(_, s, _)| s.node == self.node_id)
@@ -869,6 +888,9 @@ impl Manager {
             let Some(_busy) = self.claim(ns, &spec.name) else {
                 continue;
             };
+            if self.is_stopping() {
+                return;
+            }
             let runs = self
                 .running
                 .lock()
@@ -1000,8 +1022,15 @@ impl Manager {
         }
     }
 
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Stops every process (node shutdown); specs stay, to restart later.
     pub async fn shutdown(&self) {
+        // First, so the scheduler starts nothing meanwhile.
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let all: Vec<Supervisor> = self
             .running
             .lock()
