@@ -8,7 +8,7 @@
 //! | [`config`] | `config/<ns>` | one JSON document (secrets sealed) |
 //! | [`auth`] | `auth/…` | JSON accounts, names, refresh tokens, rules |
 //! | [`registry`] | `registry/…`, `registry-owners/…`, `registry-schemas/…` | protobuf registrations and schemas, JSON owners |
-//! | [`runtime`] | `runtime/<ns>/<name>/{spec,status}` | JSON |
+//! | [`runtime`] | `runtime/<ns>/<name>/{spec,status}`, `runtime-source/<ns>/<name>` | JSON; the upload as sent |
 //! | [`events`] | `events/<ns>/<topic>/…` | see the module |
 //! | [`cluster`] | `cluster/…` | see the module |
 //!

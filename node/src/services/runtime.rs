@@ -1145,6 +1145,19 @@ fn spec_txn(ns: &str, name: &str, spec: Vec<u8>, source: Option<Vec<u8>>) -> Txn
     ])
 }
 
+/// Removes everything replicated about a service: its spec, status and
+/// upload.
+fn forget_txn(ns: &str, name: &str) -> Txn {
+    Txn::ops(vec![
+        Op::DeletePrefix {
+            prefix: crate::keys::runtime::service(ns, name),
+        },
+        Op::Delete {
+            key: crate::keys::runtime::source(ns, name),
+        },
+    ])
+}
+
 /// "exited with status 1; restarting in 1s" as an update's failure: the
 /// new version is not restarted, it is given up.
 fn exited(state: &str) -> String {
@@ -1368,12 +1381,7 @@ impl Runtime for RuntimeService {
             )));
         }
         if let Err(e) = m.start(&ns, &spec).await {
-            let _ = m
-                .replica
-                .write(Txn::ops(vec![Op::DeletePrefix {
-                    prefix: crate::keys::runtime::service(&ns, &spec.name),
-                }]))
-                .await;
+            let _ = m.replica.write(forget_txn(&ns, &spec.name)).await;
             return Err(e);
         }
         Ok(Response::new(CreateResponse {}))
@@ -1532,9 +1540,7 @@ impl Runtime for RuntimeService {
         let _busy = m.claim(&ns, &name).ok_or_else(|| busy(&name))?;
         m.stop(&ns, &name).await;
         m.replica
-            .write(Txn::ops(vec![Op::DeletePrefix {
-                prefix: crate::keys::runtime::service(&ns, &name),
-            }]))
+            .write(forget_txn(&ns, &name))
             .await
             .map_err(status)?;
         let (legacy, versions, log, build_log, pid) = (
